@@ -1,0 +1,277 @@
+"""trm-parity: run the legacy PyTorch reference and trm_mlx from the same weights and compare them.
+
+Per ACT step (evaluation loop, every row runs halt_max_steps steps) it reports the max abs/rel differences of
+logits and Q logits; with --grads, the loss and every parameter gradient of one training step (the puzzle
+embedding rows included). PASS/FAIL against the tolerances in TOLERANCES (see docs/PARITY.md).
+
+    trm-parity --checkpoint checkpoints/run/step_1000 [--config all_config.yaml] [--grads] [--json]
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import trm_mlx  # noqa: F401  (first: picks the fast CPU BLAS before MLX loads)
+import mlx.core as mx
+import numpy as np
+import torch
+from mlx.utils import tree_flatten
+
+from legacy.models.losses import ACTLossHead as LegacyLossHead
+from legacy.utils.functions import load_model_class
+from trm_mlx.checkpoint import load_weights_into, read_all_config, read_weights
+from trm_mlx.checkpoint.original import arch_from_original
+from trm_mlx.model import ACTLossHead, create_model
+
+# Acceptance tolerances: fp32 is the contract; bf16 is measured drift of two bf16 implementations (docs/PARITY.md).
+TOLERANCES = {
+    "float32": {"logits_abs": 1e-4, "q_abs": 1e-4, "loss_rel": 1e-5, "grad_rel": 1e-4},
+    "bfloat16": {"logits_abs": 0.25, "q_abs": 0.1, "loss_rel": 2e-2, "grad_rel": 0.1},
+}
+
+
+def legacy_model(arch: dict, batch_size: int):
+    """The legacy ACT model and loss head for an arch dict (name + fields, injected sizes included)."""
+    fields = {k: v for k, v in arch.items() if k not in ("name", "loss")}
+    fields["batch_size"] = batch_size
+    model = load_model_class(arch["name"], prefix="legacy.models.")(fields)
+    return LegacyLossHead(model, loss_type=arch.get("loss", {}).get("loss_type", "stablemax_cross_entropy"))
+
+
+def load_legacy_weights(head, weights: dict) -> None:
+    """Copy native-named MLX arrays into the legacy model (`model.` + native key), strictly, keeping dtypes."""
+    state = head.state_dict()
+    new_state = {}
+    for key, ref in state.items():
+        native = key[len("model.") :]
+        if native not in weights:
+            raise ValueError(f"legacy key {key} has no counterpart in the checkpoint")
+        value = np.array(weights[native].astype(mx.float32))
+        new_state[key] = torch.from_numpy(value).to(ref.dtype)
+    head.load_state_dict(new_state, strict=True)
+
+
+def make_batch(arch: dict, batch_size: int, seed: int, data_path=None) -> dict:
+    """A batch of NumPy int32 arrays: the first rows of a dataset's test split, or random tokens."""
+    rng = np.random.default_rng(seed)
+    if data_path is not None:
+        root = Path(data_path) / "test"
+        inputs = np.load(root / "all__inputs.npy", mmap_mode="r")[:batch_size].astype(np.int32)
+        labels = np.load(root / "all__labels.npy", mmap_mode="r")[:batch_size].astype(np.int32)
+        meta = json.loads((root / "dataset.json").read_text())
+        if meta.get("ignore_label_id") is not None:
+            labels[labels == meta["ignore_label_id"]] = -100
+        ids = rng.integers(0, arch["num_puzzle_identifiers"], size=len(inputs)).astype(np.int32)
+        return {"inputs": inputs, "labels": labels, "puzzle_identifiers": ids}
+    seq_len, vocab = arch["seq_len"], arch["vocab_size"]
+    labels = rng.integers(0, vocab, size=(batch_size, seq_len)).astype(np.int32)
+    labels[:, : seq_len // 4] = -100  # some ignored positions, as in real data
+    return {
+        "inputs": rng.integers(0, vocab, size=(batch_size, seq_len)).astype(np.int32),
+        "labels": labels,
+        "puzzle_identifiers": rng.integers(0, arch["num_puzzle_identifiers"], size=batch_size).astype(np.int32),
+    }
+
+
+def _diff(a: np.ndarray, b: np.ndarray) -> dict:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    abs_diff = np.abs(a - b)
+    return {"max_abs": float(abs_diff.max()), "max_rel": float((abs_diff / (np.abs(b) + 1e-6)).max())}
+
+
+def _to_numpy(t) -> np.ndarray:
+    return t.detach().float().cpu().numpy() if isinstance(t, torch.Tensor) else np.array(t.astype(mx.float32))
+
+
+def noise_floor(arch: dict, weights: dict, batch: dict, batch_size: int) -> list:
+    """Per ACT step, how far the legacy fp32 logits are from the same model run in fp64.
+
+    The recursion amplifies rounding differences (untrained weights most of all), so two correct fp32
+    implementations can drift apart by about this much; the verdict allows twice the floor above the tolerance.
+    """
+    exact = legacy_model({**arch, "forward_dtype": "float64"}, batch_size)
+    load_legacy_weights(exact, weights)
+    exact = exact.double()
+    single = legacy_model({**arch, "forward_dtype": "float32"}, batch_size)
+    load_legacy_weights(single, weights)
+    t_batch = {k: torch.from_numpy(v) for k, v in batch.items()}
+    floors = []
+    with torch.inference_mode():
+        exact.eval(), single.eval()
+        c64, c32 = exact.initial_carry(t_batch), single.initial_carry(t_batch)
+        for _ in range(arch["halt_max_steps"]):
+            c64, _, _, o64, _ = exact(return_keys=["logits"], carry=c64, batch=t_batch)
+            c32, _, _, o32, _ = single(return_keys=["logits"], carry=c32, batch=t_batch)
+            floors.append(float((o32["logits"].double() - o64["logits"]).abs().max()))
+    return floors
+
+
+def compare_forward(legacy_head, mlx_head, batch: dict) -> list:
+    """Evaluation ACT loop on both; per-step differences of logits and Q logits."""
+    legacy_head.eval()
+    mlx_head.eval()
+    t_batch = {k: torch.from_numpy(v) for k, v in batch.items()}
+    m_batch = {k: mx.array(v) for k, v in batch.items()}
+    with torch.inference_mode():
+        t_carry = legacy_head.initial_carry(t_batch)
+    m_carry = mlx_head.initial_carry(m_batch)
+    rows = []
+    for step in range(mlx_head.model.config.halt_max_steps):
+        with torch.inference_mode():
+            t_carry, _, _, t_out, _ = legacy_head(
+                return_keys=["logits", "q_halt_logits", "q_continue_logits"], carry=t_carry, batch=t_batch
+            )
+        m_carry, _, _, m_out, _ = mlx_head(m_carry, m_batch)
+        mx.eval(m_carry, m_out)
+        rows.append(
+            {
+                "step": step + 1,
+                "logits": _diff(_to_numpy(m_out["logits"]), _to_numpy(t_out["logits"])),
+                "q_halt": _diff(_to_numpy(m_out["q_halt_logits"]), _to_numpy(t_out["q_halt_logits"])),
+                "q_continue": _diff(_to_numpy(m_out["q_continue_logits"]), _to_numpy(t_out["q_continue_logits"])),
+            }
+        )
+    return rows
+
+
+def compare_gradients(legacy_head, mlx_head, batch: dict) -> dict:
+    """One training step from a fresh carry (exploration off): loss and every gradient, norm-wise relative."""
+    legacy_head.train()
+    mlx_head.train()
+    t_batch = {k: torch.from_numpy(v) for k, v in batch.items()}
+    t_carry = legacy_head.initial_carry(t_batch)
+    _, t_loss, _, _, _ = legacy_head(return_keys=[], carry=t_carry, batch=t_batch)
+    t_loss.backward()
+    t_grads = {k[len("model.") :]: p.grad for k, p in legacy_head.named_parameters() if p.grad is not None}
+    emb = legacy_head.model.puzzle_emb if hasattr(legacy_head.model.inner, "puzzle_emb") else None
+    if emb is not None:
+        t_grads["puzzle_rows"] = emb.local_weights.grad
+
+    model = mlx_head.model
+    m_batch = {k: mx.array(v) for k, v in batch.items()}
+    carry, data = model.begin_step(model.initial_carry(m_batch), m_batch)
+    rows = model.gather_puzzle_rows(data)
+
+    def loss_fn(params, rows):
+        model.update(params)
+        return mlx_head.step(carry, data, rows)[1]
+
+    m_loss, (g_params, g_rows) = mx.value_and_grad(loss_fn, argnums=(0, 1))(model.trainable_parameters(), rows)
+    m_grads = dict(tree_flatten(g_params))
+    if g_rows is not None:
+        m_grads["puzzle_rows"] = g_rows
+
+    result = {"loss": {"legacy": float(t_loss.detach()), "mlx": float(m_loss.item())}, "grads": {}}
+    result["loss"]["rel"] = abs(result["loss"]["mlx"] - result["loss"]["legacy"]) / max(abs(result["loss"]["legacy"]), 1e-12)
+    missing = sorted(set(t_grads) ^ set(m_grads))
+    if missing:
+        raise ValueError(f"gradients present on one side only: {missing}")
+    for key, t_grad in t_grads.items():
+        a, b = _to_numpy(m_grads[key]).astype(np.float64), _to_numpy(t_grad).astype(np.float64)
+        norm = np.linalg.norm(b)
+        result["grads"][key] = {"rel": float(np.linalg.norm(a - b) / norm) if norm > 0 else float(np.linalg.norm(a)), "norm": float(norm)}
+    return result
+
+
+def verdict(forward_rows: list, grads: dict | None, tolerances: dict) -> bool:
+    def allowed(row, key):
+        return max(tolerances[key], 2 * row.get("noise_floor", 0.0))
+
+    ok = all(
+        r["logits"]["max_abs"] <= allowed(r, "logits_abs")
+        and r["q_halt"]["max_abs"] <= allowed(r, "q_abs")
+        and r["q_continue"]["max_abs"] <= allowed(r, "q_abs")
+        for r in forward_rows
+    )
+    if grads is not None:
+        ok = ok and grads["loss"]["rel"] <= tolerances["loss_rel"]
+        ok = ok and all(g["rel"] <= tolerances["grad_rel"] for g in grads["grads"].values())
+    return ok
+
+
+def run(checkpoint, config=None, dtype=None, batch_size=4, seed=0, data_path=None, grads=False, floor=False) -> dict:
+    weights, arch = read_weights(checkpoint)
+    if config is not None or arch is None:
+        full = config if config is not None else read_all_config(checkpoint)
+        if full is None:
+            raise ValueError(f"{checkpoint}: pass --config (no all_config.yaml beside it)")
+        arch = arch_from_original(full, weights, checkpoint)
+    if dtype is not None:
+        arch = {**arch, "forward_dtype": dtype}
+    if arch.get("seq_len") is None:
+        raise ValueError("sequence length unknown: pass --data-path or a config whose data_paths exist")
+    arch = {**arch, "halt_exploration_prob": 0.0}
+    dtype_name = arch.get("forward_dtype", "bfloat16")
+
+    mlx_head = ACTLossHead(create_model(arch), arch.get("loss", {}).get("loss_type", "stablemax_cross_entropy"))
+    load_weights_into(mlx_head.model, weights, checkpoint)
+    torch.manual_seed(seed)
+    legacy_head = legacy_model(arch, batch_size)
+    load_legacy_weights(legacy_head, weights)
+
+    batch = make_batch(arch, batch_size, seed, data_path)
+    forward_rows = compare_forward(legacy_head, mlx_head, batch)
+    if floor and dtype_name == "float32":
+        for row, value in zip(forward_rows, noise_floor(arch, weights, batch, batch_size)):
+            row["noise_floor"] = value
+    grad_result = compare_gradients(legacy_head, mlx_head, batch) if grads else None
+    tolerances = TOLERANCES["float32" if dtype_name == "float32" else "bfloat16"]
+    return {
+        "dtype": dtype_name,
+        "tolerances": tolerances,
+        "forward": forward_rows,
+        "gradients": grad_result,
+        "pass": verdict(forward_rows, grad_result, tolerances),
+    }
+
+
+def _print_report(result: dict) -> None:
+    print(f"dtype {result['dtype']}  tolerances {result['tolerances']}")
+    print(f"{'step':>4}  {'logits abs':>11}  {'logits rel':>11}  {'q_halt abs':>11}  {'q_cont abs':>11}  {'fp32 floor':>11}")
+    for r in result["forward"]:
+        floor = f"{r['noise_floor']:11.3e}" if "noise_floor" in r else f"{'-':>11}"
+        print(
+            f"{r['step']:>4}  {r['logits']['max_abs']:11.3e}  {r['logits']['max_rel']:11.3e}  "
+            f"{r['q_halt']['max_abs']:11.3e}  {r['q_continue']['max_abs']:11.3e}  {floor}"
+        )
+    if result["gradients"] is not None:
+        g = result["gradients"]
+        print(f"loss legacy {g['loss']['legacy']:.8g}  mlx {g['loss']['mlx']:.8g}  rel {g['loss']['rel']:.3e}")
+        for key, d in g["grads"].items():
+            print(f"  grad {key:<60} rel {d['rel']:.3e}  (norm {d['norm']:.3e})")
+    print("PASS" if result["pass"] else "FAIL")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="trm-parity", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="original PyTorch (step_N) or native checkpoint")
+    parser.add_argument("--config", help="all_config.yaml (default: the one beside the checkpoint)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], help="override forward_dtype (default: config's)")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-path", help="built dataset: take the batch from its test split")
+    parser.add_argument("--grads", action="store_true", help="also compare loss and gradients of a training step")
+    parser.add_argument(
+        "--noise-floor", action="store_true", help="fp32: also run legacy in fp64 and allow twice its fp32 error"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    args = parser.parse_args(argv)
+
+    config = None
+    if args.config:
+        import yaml
+
+        config = yaml.safe_load(Path(args.config).read_text())
+    result = run(
+        args.checkpoint, config, args.dtype, args.batch_size, args.seed, args.data_path, args.grads, args.noise_floor
+    )
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _print_report(result)
+    return 0 if result["pass"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

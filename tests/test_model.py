@@ -1,0 +1,97 @@
+"""Properties of trm_mlx.model that need no reference implementation: init statistics, memory, shapes."""
+
+import math
+import types
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from trm_mlx.model import ACTLossHead, create_model
+from trm_mlx.model import trm as trm_module
+from trm_mlx.model.init import truncated_normal
+
+
+def tiny_arch(**overrides):
+    arch = dict(
+        seq_len=32, vocab_size=11, num_puzzle_identifiers=3, puzzle_emb_ndim=64, H_cycles=2, L_cycles=2,
+        L_layers=2, hidden_size=64, expansion=4, num_heads=4, pos_encodings="rope", halt_max_steps=4,
+        halt_exploration_prob=0.1, forward_dtype="float32",
+    )
+    return {**arch, **overrides}
+
+
+def test_truncated_normal_statistics():
+    mx.random.seed(0)
+    x = np.array(truncated_normal((400_000,), std=0.3))
+    # comp_std = std * 1.1368472343385565 (spec §2.3.1); samples are clipped to +-2 comp_std.
+    bound = 2 * 0.3 * 1.1368472343385565
+    assert np.abs(x).max() <= bound + 1e-6
+    assert np.abs(x).max() > 0.99 * bound
+    assert abs(x.std() - 0.3) < 0.003
+    assert abs(x.mean()) < 0.003
+    assert not np.any(np.array(truncated_normal((10,), std=0.0)))
+
+
+def test_initialisation_rules():
+    model = create_model(tiny_arch(forward_dtype="bfloat16"))
+    inner = model.inner
+    assert not np.any(np.array(inner.q_head.weight))
+    assert np.all(np.array(inner.q_head.bias) == -5)
+    assert not np.any(np.array(inner.puzzle_emb.weights))
+    assert inner.H_init.dtype == mx.bfloat16 and inner.L_init.dtype == mx.bfloat16
+    assert inner.lm_head.weight.dtype == mx.float32
+    # LeCun std 1/sqrt(fan_in) for a projection, 1/sqrt(D) for the token embedding.
+    w = np.array(inner.L_level.layers[0].mlp.gate_up_proj.weight)
+    assert abs(w.std() - 1 / math.sqrt(64)) < 0.01
+    from mlx.utils import tree_flatten
+
+    trainable = {k for k, _ in tree_flatten(model.trainable_parameters())}
+    assert "inner.puzzle_emb.weights" not in trainable and "inner.H_init" not in trainable
+    assert "inner.q_head.bias" in trainable
+
+
+def test_eval_runs_every_row_for_halt_max_steps():
+    model = create_model(tiny_arch())
+    rng = np.random.default_rng(0)
+    batch = {"inputs": rng.integers(0, 11, (5, 32)), "puzzle_identifiers": np.array([0, 1, 2, 0, 1])}
+    out = model.predict(batch)
+    assert out["logits"].shape == (5, 32, 11) and out["logits"].dtype == np.float32
+    assert np.all(out["steps"] == 4)
+    np.testing.assert_array_equal(out["preds"], out["logits"].argmax(-1))
+
+
+def _step_peak_memory(H_cycles: int) -> int:
+    model = create_model(tiny_arch(H_cycles=H_cycles, L_cycles=3))
+    head = ACTLossHead(model)
+    model.train()
+    rng = np.random.default_rng(0)
+    batch = {
+        "inputs": mx.array(rng.integers(0, 11, (16, 32)).astype(np.int32)),
+        "labels": mx.array(rng.integers(0, 11, (16, 32)).astype(np.int32)),
+        "puzzle_identifiers": mx.zeros((16,), dtype=mx.int32),
+    }
+    carry, data = model.begin_step(model.initial_carry(batch), batch)
+    rows = model.gather_puzzle_rows(data)
+    mx.eval(carry, rows, model.parameters())
+
+    def loss_fn(params, rows):
+        model.update(params)
+        return head.step(carry, data, rows)[1]
+
+    mx.reset_peak_memory()
+    base = mx.get_active_memory()
+    loss, grads = mx.value_and_grad(loss_fn, argnums=(0, 1))(model.trainable_parameters(), rows)
+    mx.eval(loss, grads)
+    return mx.get_peak_memory() - base
+
+
+def test_no_gradient_cycles_hold_no_memory(monkeypatch):
+    """A training step's peak memory must not grow with H_cycles: the no-grad cycles' graph is released."""
+    short, long = _step_peak_memory(1), _step_peak_memory(4)
+    assert long < 1.05 * short, (short, long)
+    # Control: without the stop_gradient the same measurement grows, so the check above can fail.
+    no_stop = types.SimpleNamespace(**{k: getattr(mx, k) for k in dir(mx) if not k.startswith("__")})
+    no_stop.stop_gradient = lambda x: x
+    monkeypatch.setattr(trm_module, "mx", no_stop)
+    assert _step_peak_memory(4) > 1.5 * short

@@ -1,0 +1,172 @@
+"""trm_mlx against the legacy PyTorch reference, from the same (original-format) checkpoint."""
+
+import json
+from collections import OrderedDict
+
+import mlx.core as mx
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from scripts import parity
+from mlx.utils import tree_flatten
+
+from trm_mlx import load
+from trm_mlx.checkpoint import read_weights, save_native, save_original, torch_file
+
+TRM = "recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1"
+
+TINY = dict(
+    name=TRM,
+    loss={"name": "losses@ACTLossHead", "loss_type": "stablemax_cross_entropy"},
+    H_cycles=2,
+    L_cycles=2,
+    H_layers=0,
+    L_layers=2,
+    hidden_size=32,
+    expansion=2,
+    num_heads=4,
+    pos_encodings="rope",
+    puzzle_emb_ndim=48,  # > hidden: the embedding spans two prefix positions, the second zero-padded
+    puzzle_emb_len=2,
+    halt_max_steps=3,
+    halt_exploration_prob=0.1,
+    forward_dtype="float32",
+)
+SIZES = dict(seq_len=12, vocab_size=7, num_puzzle_identifiers=5)
+
+VARIANTS = {
+    "rope": {},
+    "learned": {"pos_encodings": "learned"},
+    "none": {"pos_encodings": "none"},
+    "mlp_t": {"mlp_t": True, "pos_encodings": "none"},
+    "q_continue": {"no_ACT_continue": False},
+    "bfloat16": {"forward_dtype": "bfloat16"},
+}
+
+
+def write_original_checkpoint(tmp_path, arch: dict, seed: int = 0):
+    """A legacy model saved as the original trainer does: `_orig_mod.` keys, all_config.yaml beside it.
+
+    q_head and the puzzle table start as constants in the original; they are randomised so that every path
+    (halting decisions, puzzle rows) is exercised.
+    """
+    torch.manual_seed(seed)
+    head = parity.legacy_model({**arch, **SIZES}, batch_size=4)
+    inner = head.model.inner
+    with torch.no_grad():
+        inner.q_head.weight.normal_(0, 0.2)
+        inner.q_head.bias.normal_(0, 0.5)
+        inner.puzzle_emb.weights.normal_(0, 0.5)
+    state = OrderedDict(("_orig_mod." + k, v) for k, v in head.state_dict().items())
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    torch.save(state, run_dir / "step_7")
+    data_dir = tmp_path / "data"
+    (data_dir / "train").mkdir(parents=True)
+    (data_dir / "train" / "dataset.json").write_text(json.dumps({"seq_len": SIZES["seq_len"]}))
+    config = {"arch": arch, "data_paths": [str(data_dir)], "global_batch_size": 4}
+    (run_dir / "all_config.yaml").write_text(yaml.safe_dump(config))
+    return run_dir / "step_7", state
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_forward_and_gradients_match_legacy(tmp_path, variant):
+    arch = {**TINY, **VARIANTS[variant]}
+    checkpoint, _ = write_original_checkpoint(tmp_path, arch)
+    result = parity.run(checkpoint, batch_size=4, seed=1, grads=True, floor=True)
+    tol = parity.TOLERANCES[arch["forward_dtype"]]
+
+    assert len(result["forward"]) == arch["halt_max_steps"]
+    # The first step is a fixed amount of compute from the same weights: the plain tolerance, no floor.
+    assert result["forward"][0]["logits"]["max_abs"] <= tol["logits_abs"]
+    for row in result["forward"]:
+        allowed = max(tol["logits_abs"], 2 * row.get("noise_floor", 0.0))
+        assert row["logits"]["max_abs"] <= allowed, row
+        assert row["q_halt"]["max_abs"] <= max(tol["q_abs"], 2 * row.get("noise_floor", 0.0)), row
+        assert row["q_continue"]["max_abs"] <= max(tol["q_abs"], 2 * row.get("noise_floor", 0.0)), row
+    grads = result["gradients"]
+    assert grads["loss"]["rel"] <= tol["loss_rel"]
+    assert "puzzle_rows" in grads["grads"] and grads["grads"]["puzzle_rows"]["norm"] > 0
+    expected_params = {k for k, _ in tree_flatten(load(checkpoint).trainable_parameters())}
+    assert set(grads["grads"]) == expected_params | {"puzzle_rows"}
+    for key, g in grads["grads"].items():
+        assert g["rel"] <= tol["grad_rel"], (key, g)
+    assert result["pass"]
+
+
+def test_parity_detects_a_wrong_model(tmp_path):
+    """The comparison must fail when the MLX side computes something else (here: one more L cycle)."""
+    checkpoint, _ = write_original_checkpoint(tmp_path, TINY)
+    config = yaml.safe_load((checkpoint.parent / "all_config.yaml").read_text())
+    legacy_cfg = dict(config)
+    weights, _ = read_weights(checkpoint)
+    head = parity.ACTLossHead(parity.create_model({**TINY, **SIZES, "L_cycles": 3}))
+    parity.load_weights_into(head.model, weights, checkpoint)
+    legacy = parity.legacy_model({**TINY, **SIZES}, batch_size=4)
+    parity.load_legacy_weights(legacy, weights)
+    rows = parity.compare_forward(legacy, head, parity.make_batch({**TINY, **SIZES}, 4, 0))
+    assert not parity.verdict(rows, None, parity.TOLERANCES["float32"])
+    assert legacy_cfg["arch"]["L_cycles"] == 2
+
+
+def test_original_native_original_round_trip_is_bit_identical(tmp_path):
+    checkpoint, state = write_original_checkpoint(tmp_path, {**TINY, "forward_dtype": "bfloat16"})
+    model = load(checkpoint)
+    native = save_native(tmp_path / "native" / "step_7", model)
+    back = save_original(tmp_path / "back" / "step_7", load(native))
+    restored = torch.load(back)
+    assert list(restored) == list(state)
+    for key, value in state.items():
+        assert restored[key].dtype == value.dtype, key
+        assert torch.equal(restored[key], value), key
+    assert state["_orig_mod.model.inner.H_init"].dtype == torch.bfloat16
+
+
+def test_unprefixed_keys_and_native_config(tmp_path):
+    checkpoint, state = write_original_checkpoint(tmp_path, TINY)
+    plain = OrderedDict((k[len("_orig_mod.") :], v) for k, v in state.items())
+    torch.save(plain, checkpoint.parent / "step_8")
+    a, b = load(checkpoint), load(checkpoint.parent / "step_8")
+    native = load(save_native(tmp_path / "n" / "model.safetensors", a))
+    assert native.arch_config() == a.arch_config()
+    assert a.config.seq_len == SIZES["seq_len"]  # from data_paths' dataset.json
+    batch = parity.make_batch({**TINY, **SIZES}, 3, 0)
+    outs = [m.predict(batch) for m in (a, b, native)]
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out["logits"], outs[0]["logits"])
+
+
+def test_torch_file_reader_matches_torch(tmp_path):
+    tensors = OrderedDict(
+        f32=torch.randn(3, 4),
+        bf16=torch.randn(7).to(torch.bfloat16),
+        transposed=torch.arange(6).reshape(2, 3).t(),
+        sliced=torch.randn(4, 6)[1:, ::2],
+        i32=torch.randint(0, 9, (5,), dtype=torch.int32),
+        u8=torch.randint(0, 9, (2, 2), dtype=torch.uint8),
+        scalar=torch.tensor(3.5),
+    )
+    torch.save(tensors, tmp_path / "t")
+    arrays, dtypes = torch_file.load_with_dtypes(tmp_path / "t")
+    for key, value in tensors.items():
+        np.testing.assert_array_equal(arrays[key], value.float().numpy() if key == "bf16" else value.numpy())
+    assert dtypes["bf16"] == "bfloat16" and dtypes["u8"] == "uint8"
+
+
+def test_torch_file_reader_refuses_code(tmp_path):
+    torch.save({"x": torch.ones(1), "f": print}, tmp_path / "evil")
+    with pytest.raises(Exception, match="unsupported object"):
+        torch_file.load(tmp_path / "evil")
+
+
+def test_bad_checkpoints_name_the_file(tmp_path):
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="garbage"):
+        load(garbage)
+    checkpoint, _ = write_original_checkpoint(tmp_path, TINY)
+    (checkpoint.parent / "all_config.yaml").unlink()
+    with pytest.raises(ValueError, match="all_config.yaml"):
+        load(checkpoint)

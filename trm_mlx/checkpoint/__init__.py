@@ -1,0 +1,162 @@
+"""Checkpoints: the native format (safetensors) and the original PyTorch format, both ways.
+
+Native format: one safetensors file (any name; training writes `step_N` with no extension, as the original)
+whose tensors are named like the model's parameter tree (`inner.lm_head.weight`, ...: the original state-dict
+keys without the `_orig_mod.model.` prefix) and whose metadata holds `format = "trm-mlx"` and `arch`, the arch
+config as JSON (class locator `name` plus every field, injected sizes included). See docs/CHECKPOINTS.md.
+"""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import yaml
+from mlx.utils import tree_flatten
+
+from . import torch_file
+from .original import arch_from_original, native_to_original_keys, original_to_native_keys
+
+FORMAT = "trm-mlx"
+
+
+def _atomic_target(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return tmp
+
+
+def model_arrays(model) -> dict:
+    return dict(tree_flatten(model.parameters()))
+
+
+def save_native(path, model) -> Path:
+    """Write the model's weights and arch config; the file appears complete or not at all."""
+    path = Path(path)
+    tmp = _atomic_target(path)
+    metadata = {"format": FORMAT, "arch": json.dumps(model.arch_config())}
+    try:
+        mx.save_safetensors(tmp + ".safetensors", model_arrays(model), metadata=metadata)
+        os.replace(tmp + ".safetensors", path)
+    finally:
+        for leftover in (tmp, tmp + ".safetensors"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+    return path
+
+
+def is_torch_file(path) -> bool:
+    import zipfile
+
+    return zipfile.is_zipfile(path)
+
+
+def read_weights(path) -> tuple[dict, dict | None]:
+    """({native key: mx.array}, arch config or None) from a native or an original checkpoint file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    if is_torch_file(path):
+        arrays, dtypes = torch_file.load_with_dtypes(path)
+        weights = {}
+        for key, value in original_to_native_keys(arrays, path).items():
+            dtype = mx.bfloat16 if dtypes[key] == "bfloat16" else None
+            weights[value] = mx.array(arrays[key], dtype=dtype)
+        return weights, None
+    try:
+        weights, metadata = mx.load(str(path), format="safetensors", return_metadata=True)
+    except Exception as e:  # MLX raises a plain RuntimeError/ValueError for a malformed file
+        raise ValueError(f"{path}: neither a torch checkpoint nor a safetensors file ({e})") from e
+    if metadata.get("format") != FORMAT or "arch" not in metadata:
+        raise ValueError(f"{path}: safetensors file without trm-mlx metadata (format/arch)")
+    return weights, json.loads(metadata["arch"])
+
+
+def resize_puzzle_table(table: mx.array, num_rows: int) -> mx.array:
+    """The original's rule for a puzzle table of another size: every row becomes the mean of the old rows."""
+    return mx.broadcast_to(table.mean(axis=0, keepdims=True), (num_rows, table.shape[1]))
+
+
+def load_weights_into(model, weights: dict, path, resize_puzzle_embedding: bool = False) -> None:
+    """Strictly load `weights` into `model`, casting to the model's dtypes; clear errors name the file and key."""
+    expected = model_arrays(model)
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    if missing or unexpected:
+        raise ValueError(f"{path}: checkpoint does not match the model: missing {missing}, unexpected {unexpected}")
+    loaded = []
+    for key, ref in expected.items():
+        value = weights[key]
+        if value.shape != ref.shape:
+            if resize_puzzle_embedding and key == "inner.puzzle_emb.weights" and value.shape[1] == ref.shape[1]:
+                value = resize_puzzle_table(value, ref.shape[0])
+            else:
+                raise ValueError(f"{path}: {key} has shape {tuple(value.shape)}, the model expects {tuple(ref.shape)}")
+        loaded.append((key, value.astype(ref.dtype)))
+    model.load_weights(loaded)
+    mx.eval(model.parameters())
+
+
+def read_all_config(path) -> dict | None:
+    """The `all_config.yaml` the original (and our trainer) writes beside checkpoints, if there is one."""
+    config_file = Path(path).parent / "all_config.yaml"
+    if not config_file.is_file():
+        return None
+    with open(config_file) as f:
+        config = yaml.safe_load(f)
+    if not isinstance(config, dict) or not isinstance(config.get("arch"), dict):
+        raise ValueError(f"{config_file}: expected a mapping with an 'arch' section")
+    return config
+
+
+def load(path, config: dict | None = None, forward_dtype: str | None = None):
+    """A ready model (eval mode) from a native or original checkpoint file.
+
+    `config` is a full training config (with `arch`, optionally `data_paths`) or an arch dict; without it, the
+    config stored in a native file or `all_config.yaml` beside the checkpoint is used. Sizes the original's
+    config lacks (vocab, puzzle identifiers, sequence length) are inferred from the weights and datasets.
+    """
+    from ..model import create_model
+
+    weights, arch = read_weights(path)
+    if config is None and arch is None:
+        config = read_all_config(path)
+        if config is None:
+            raise ValueError(f"{path}: no config: pass one, or put the run's all_config.yaml beside the checkpoint")
+    if config is not None:
+        arch = arch_from_original(config, weights, path)
+    if forward_dtype is not None:
+        arch = {**arch, "forward_dtype": forward_dtype}
+    model = create_model(arch)
+    load_weights_into(model, weights, path)
+    model.eval()
+    return model
+
+
+def save_original(path, model, compiled_prefix: bool = True) -> Path:
+    """Write an original-format PyTorch checkpoint (needs torch); key order and dtypes as the original's."""
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError("writing PyTorch checkpoints needs torch: pip install 'trm-mlx[legacy]'") from e
+    from collections import OrderedDict
+
+    state = OrderedDict()
+    for key, value in native_to_original_keys(model_arrays(model), compiled_prefix).items():
+        if value.dtype == mx.bfloat16:
+            bits = np.array(value.view(mx.uint16)).astype(np.int16)
+            state[key] = torch.from_numpy(bits).view(torch.bfloat16)
+        else:
+            state[key] = torch.from_numpy(np.array(value))
+    path = Path(path)
+    tmp = _atomic_target(path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path

@@ -1,0 +1,73 @@
+"""Backend detection and the CPU BLAS choice.
+
+On Linux the `mlx[cpu]` wheel links a reference BLAS (about 5 GFLOP/s on a laptop-class core); an optimised
+BLAS loaded with RTLD_GLOBAL *before* MLX's own library is loaded supplies the same symbols ~30x faster
+(docs/BENCHMARKS.md). `use_fast_cpu_blas` does that on import of trm_mlx. Set TRM_MLX_BLAS to a library path to
+choose one, or to `off` to keep MLX's bundled BLAS.
+"""
+
+import ctypes
+import os
+import sys
+import warnings
+
+# Debian/Ubuntu (libopenblas0-pthread, libopenblas0-openmp), Fedora/RHEL, and a plain OpenBLAS install.
+FAST_BLAS_CANDIDATES = (
+    "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3",
+    "/usr/lib/aarch64-linux-gnu/openblas-pthread/libblas.so.3",
+    "/usr/lib/x86_64-linux-gnu/openblas-openmp/libblas.so.3",
+    "/usr/lib/aarch64-linux-gnu/openblas-openmp/libblas.so.3",
+    "/usr/lib64/libopenblas.so.0",
+    "/usr/lib/libopenblas.so.0",
+    "/usr/local/lib/libopenblas.so.0",
+)
+
+INSTALL_HINT = (
+    "MLX's CPU build on Linux uses a slow reference BLAS. Install OpenBLAS for ~30x faster matrix products, e.g. "
+    "`sudo apt-get install libopenblas0-pthread` (Debian/Ubuntu) or `sudo dnf install openblas` (Fedora), "
+    "or point TRM_MLX_BLAS at a BLAS shared library."
+)
+
+fast_blas_path = None  # the library loaded by use_fast_cpu_blas, if any
+
+
+def use_fast_cpu_blas() -> str | None:
+    """Load an optimised BLAS for MLX's CPU backend (Linux only); returns its path, or None."""
+    global fast_blas_path
+    choice = os.environ.get("TRM_MLX_BLAS", "auto")
+    if not sys.platform.startswith("linux") or choice == "off" or fast_blas_path is not None:
+        return fast_blas_path
+    if "mlx.core" in sys.modules:
+        return None  # too late: MLX already bound its BLAS symbols
+    candidates = FAST_BLAS_CANDIDATES if choice == "auto" else (choice,)
+    for path in candidates:
+        if os.path.exists(path):
+            try:
+                ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+            except OSError as e:
+                warnings.warn(f"TRM_MLX_BLAS: could not load {path}: {e}")
+                continue
+            fast_blas_path = path
+            return path
+    if choice != "auto":
+        warnings.warn(f"TRM_MLX_BLAS={choice}: no such library")
+    return None
+
+
+def backend() -> str:
+    """'metal', 'cuda' or 'cpu': where MLX runs by default here."""
+    import mlx.core as mx
+
+    if mx.default_device() == mx.cpu:
+        return "cpu"
+    if sys.platform == "darwin":
+        return "metal"
+    return "cuda"
+
+
+def describe() -> str:
+    """One line naming the backend (and the CPU BLAS in use), for logs and benchmark records."""
+    name = backend()
+    if name != "cpu" or not sys.platform.startswith("linux"):
+        return name
+    return f"cpu (BLAS: {fast_blas_path or 'MLX bundled reference BLAS; ' + INSTALL_HINT})"

@@ -1,0 +1,91 @@
+"""The ACT loss head: LM loss on every row at every step, Q-halt (and Q-continue) BCE, and metrics (spec §4)."""
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .recursive import IGNORE_LABEL_ID
+
+
+def loss_dtype():
+    """fp64 where MLX has it (the CPU), as the original's stablemax; fp32 on GPUs (see docs/ARCHITECTURE.md)."""
+    return mx.float64 if mx.default_device() == mx.cpu else mx.float32
+
+
+def log_stablemax(x: mx.array, axis: int = -1) -> mx.array:
+    s = mx.where(x < 0, 1 / (1 - x + 1e-30), x + 1)
+    return mx.log(s / mx.sum(s, axis=axis, keepdims=True))
+
+
+def stablemax_cross_entropy(logits: mx.array, labels: mx.array, valid: mx.array) -> mx.array:
+    logprobs = log_stablemax(logits.astype(loss_dtype()))
+    picked = mx.take_along_axis(logprobs, mx.where(valid, labels, 0)[..., None], axis=-1)[..., 0]
+    return -mx.where(valid, picked, 0)
+
+
+def softmax_cross_entropy(logits: mx.array, labels: mx.array, valid: mx.array) -> mx.array:
+    logprobs = nn.log_softmax(logits.astype(mx.float32), axis=-1)
+    picked = mx.take_along_axis(logprobs, mx.where(valid, labels, 0)[..., None], axis=-1)[..., 0]
+    return -mx.where(valid, picked, 0)
+
+
+LOSS_FUNCTIONS = {"stablemax_cross_entropy": stablemax_cross_entropy, "softmax_cross_entropy": softmax_cross_entropy}
+
+
+def binary_cross_entropy_with_logits(x: mx.array, target: mx.array) -> mx.array:
+    return mx.maximum(x, 0) - x * target + mx.log1p(mx.exp(-mx.abs(x)))
+
+
+class ACTLossHead(nn.Module):
+    def __init__(self, model: nn.Module, loss_type: str = "stablemax_cross_entropy"):
+        super().__init__()
+        if loss_type not in LOSS_FUNCTIONS:
+            raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {sorted(LOSS_FUNCTIONS)}")
+        self.model = model
+        self.loss_fn = LOSS_FUNCTIONS[loss_type]
+
+    def initial_carry(self, batch: dict) -> dict:
+        return self.model.initial_carry(batch)
+
+    def step(self, carry: dict, data: dict, puzzle_rows):
+        """One ACT step on merged data: (carry, summed loss, metrics, outputs)."""
+        carry, outputs = self.model.step(carry, data, puzzle_rows)
+        labels = carry["current_data"]["labels"]
+        logits = outputs["logits"]
+        q_halt = outputs["q_halt_logits"]
+
+        mask = labels != IGNORE_LABEL_ID
+        count = mask.sum(-1)
+        divisor = mx.maximum(count, 1)[:, None]
+        preds = mx.argmax(logits, axis=-1).astype(mx.int32)
+        outputs["preds"] = preds
+        is_correct = mask & (preds == labels)
+        seq_correct = is_correct.sum(-1) == count
+        valid = carry["halted"] & (count > 0)
+
+        metrics = {
+            "count": valid.sum(),
+            "accuracy": mx.where(valid, (is_correct.astype(mx.float32) / divisor).sum(-1), 0).sum(),
+            "exact_accuracy": (valid & seq_correct).sum(),
+            "q_halt_accuracy": (valid & ((q_halt >= 0) == seq_correct)).sum(),
+            "steps": mx.where(valid, carry["steps"], 0).sum(),
+        }
+
+        lm_loss = (self.loss_fn(logits, labels, mask) / divisor).sum()
+        q_halt_loss = binary_cross_entropy_with_logits(q_halt, seq_correct.astype(mx.float32)).sum()
+        metrics["lm_loss"] = lm_loss
+        metrics["q_halt_loss"] = q_halt_loss
+        q_continue_loss = 0
+        if "target_q_continue" in outputs:
+            q_continue_loss = binary_cross_entropy_with_logits(
+                outputs["q_continue_logits"], outputs["target_q_continue"]
+            ).sum()
+            metrics["q_continue_loss"] = q_continue_loss
+        loss = lm_loss + 0.5 * (q_halt_loss + q_continue_loss)
+        metrics = {k: mx.stop_gradient(v) for k, v in metrics.items()}
+        return carry, loss, metrics, outputs
+
+    def __call__(self, carry: dict, batch: dict):
+        """The original's interface: (carry, loss, metrics, outputs, all_halted)."""
+        carry, data = self.model.begin_step(carry, batch)
+        carry, loss, metrics, outputs = self.step(carry, data, self.model.gather_puzzle_rows(data))
+        return carry, loss, metrics, outputs, carry["halted"].all()

@@ -1,0 +1,195 @@
+"""What every recursive-reasoning architecture shares: the input embedding, the output heads, the latent-state
+carry, and the ACT wrapper that runs one supervision step per call (spec §2.5, §2.6, §2.9, §3)."""
+
+import math
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from .config import TRMConfig
+from .init import truncated_normal
+from .layers import CastedEmbedding, CastedLinear, PuzzleEmbedding, RotaryTables
+
+IGNORE_LABEL_ID = -100
+
+
+class RecursiveInner(nn.Module):
+    """Embeddings and heads around an architecture-specific recurrence.
+
+    Subclasses set `state_inits` (carry key -> name of its init vector, in state-dict order), build their reasoning
+    modules in `build_levels`, and implement `recur(carry, x, rotary) -> (carry, z_out)`.
+    """
+
+    state_inits: dict = {}
+
+    def __init__(self, config: TRMConfig, prefix_len: int):
+        super().__init__()
+        config.check()
+        self.config = config
+        self.prefix_len = prefix_len
+        self.dtype = getattr(mx, config.forward_dtype)
+        D = config.hidden_size
+        # Registration order = the original's state-dict order: init vectors, embeddings, heads, levels.
+        for name in self.state_inits.values():
+            setattr(self, name, mx.zeros((D,), dtype=self.dtype))
+        self.embed_tokens = CastedEmbedding(config.vocab_size, D, init_std=1.0 / math.sqrt(D))
+        self.lm_head = CastedLinear(D, config.vocab_size)
+        self.q_head = CastedLinear(D, 2, bias=True)
+        self.q_head.weight = mx.zeros_like(self.q_head.weight)
+        self.q_head.bias = mx.full((2,), -5.0)
+        if config.puzzle_emb_ndim > 0:
+            self.puzzle_emb = PuzzleEmbedding(config.num_puzzle_identifiers, config.puzzle_emb_ndim)
+        if config.pos_encodings == "learned":
+            self.embed_pos = CastedEmbedding(config.seq_len + prefix_len, D, init_std=1.0 / math.sqrt(D))
+        self._rotary = RotaryTables(config.head_dim, config.rope_theta) if config.pos_encodings == "rope" else None
+        self.build_levels()
+        for name in self.state_inits.values():
+            setattr(self, name, truncated_normal((D,), std=1.0, dtype=self.dtype))
+        self.freeze(keys=list(self.state_inits.values()), recurse=False)
+
+    @property
+    def mlp_t_len(self) -> int:
+        """Token-mixing width of the mlp_t variant: S + P (0 when the variant is off)."""
+        return self.config.seq_len + self.prefix_len if self.config.mlp_t else 0
+
+    def empty_carry(self, batch_size: int, seq_len: int) -> dict:
+        shape = (batch_size, seq_len + self.prefix_len, self.config.hidden_size)
+        return {key: mx.zeros(shape, dtype=self.dtype) for key in self.state_inits}
+
+    def reset_carry(self, reset: mx.array, carry: dict) -> dict:
+        flag = reset[:, None, None]
+        return {key: mx.where(flag, getattr(self, name), carry[key]) for key, name in self.state_inits.items()}
+
+    def input_embeddings(self, inputs: mx.array, puzzle_rows) -> mx.array:
+        D = self.config.hidden_size
+        emb = self.embed_tokens(inputs.astype(mx.int32), self.dtype)
+        if self.config.puzzle_emb_ndim > 0:
+            pe = puzzle_rows.astype(self.dtype)
+            pad = self.prefix_len * D - pe.shape[-1]
+            if pad > 0:
+                pe = mx.pad(pe, [(0, 0), (0, pad)])
+            emb = mx.concatenate([pe.reshape(-1, self.prefix_len, D), emb], axis=1)
+        if self.config.pos_encodings == "learned":
+            emb = 0.707106781 * (emb + self.embed_pos.embedding_weight.astype(self.dtype))
+        return math.sqrt(D) * emb
+
+    def __call__(self, carry: dict, data: dict, puzzle_rows):
+        x = self.input_embeddings(data["inputs"], puzzle_rows)
+        rotary = self._rotary(x.shape[1]) if self._rotary is not None else None
+        carry, z = self.recur(carry, x, rotary)
+        carry = {key: mx.stop_gradient(value) for key, value in carry.items()}
+        logits = self.lm_head(z)[:, self.prefix_len :]
+        q = self.q_head(z[:, 0]).astype(mx.float32)
+        return carry, logits, (q[:, 0], q[:, 1])
+
+
+class ACTModel(nn.Module):
+    """The ACT wrapper: one call = one supervision step for every row (spec §2.9).
+
+    A step is split in three so training can differentiate the gathered puzzle-embedding rows on their own:
+    `begin_step` (reset halted rows, take their new examples), `gather_puzzle_rows`, and `step`.
+    """
+
+    name: str  # the original's class locator (`arch.name`)
+
+    def __init__(self, config: TRMConfig, inner: RecursiveInner):
+        super().__init__()
+        self.config = config
+        self.inner = inner
+
+    def arch_config(self) -> dict:
+        """The arch config that rebuilds this model (stored in native checkpoints)."""
+        return {"name": self.name, **self.config.model_dump(exclude_none=True)}
+
+    @property
+    def puzzle_emb(self):
+        return self.inner.puzzle_emb if "puzzle_emb" in self.inner else None
+
+    def initial_carry(self, batch: dict) -> dict:
+        B, S = batch["inputs"].shape
+        return {
+            "inner": self.inner.empty_carry(B, S),
+            "steps": mx.zeros((B,), dtype=mx.int32),
+            "halted": mx.ones((B,), dtype=mx.bool_),
+            "current_data": {k: mx.zeros_like(v) for k, v in batch.items()},
+        }
+
+    def begin_step(self, carry: dict, batch: dict):
+        halted = carry["halted"]
+        inner = self.inner.reset_carry(halted, carry["inner"])
+        steps = mx.where(halted, 0, carry["steps"])
+        data = {
+            k: mx.where(halted.reshape((-1,) + (1,) * (v.ndim - 1)), batch[k], v)
+            for k, v in carry["current_data"].items()
+        }
+        return {"inner": inner, "steps": steps, "halted": halted, "current_data": data}, data
+
+    def gather_puzzle_rows(self, data: dict):
+        emb = self.puzzle_emb
+        return emb.gather(data["puzzle_identifiers"]) if emb is not None else None
+
+    def halting_enabled(self) -> bool:
+        return self.training and self.config.halt_max_steps > 1
+
+    def halt_by_q(self, q_halt: mx.array, q_continue: mx.array) -> mx.array:
+        if self.config.no_ACT_continue:
+            return q_halt > 0
+        return q_halt > q_continue
+
+    def computes_target_q(self) -> bool:
+        return not self.config.no_ACT_continue
+
+    def step(self, carry: dict, data: dict, puzzle_rows):
+        cfg = self.config
+        inner, logits, (q_halt, q_continue) = self.inner(carry["inner"], data, puzzle_rows)
+        outputs = {"logits": logits, "q_halt_logits": q_halt, "q_continue_logits": q_continue}
+
+        steps = carry["steps"] + 1
+        is_last = steps >= cfg.halt_max_steps
+        halted = is_last
+        if self.halting_enabled():
+            halted = halted | mx.stop_gradient(self.halt_by_q(q_halt, q_continue))
+            # Exploration: two draws every step (uniform, then randint), as the original.
+            explore = mx.random.uniform(shape=q_halt.shape) < cfg.halt_exploration_prob
+            min_steps = mx.random.randint(2, cfg.halt_max_steps + 1, shape=steps.shape, dtype=mx.int32)
+            halted = halted & (steps >= explore * min_steps)
+            if self.computes_target_q():
+                # The intended Q-continue target (HRM semantics); the original TRM crashes here (spec §2.9).
+                _, _, (next_halt, next_continue) = self.inner(inner, data, puzzle_rows)
+                target = mx.where(is_last, next_halt, mx.maximum(next_halt, next_continue))
+                outputs["target_q_continue"] = mx.stop_gradient(mx.sigmoid(target))
+        return {"inner": inner, "steps": steps, "halted": halted, "current_data": data}, outputs
+
+    def __call__(self, carry: dict, batch: dict):
+        carry, data = self.begin_step(carry, batch)
+        return self.step(carry, data, self.gather_puzzle_rows(data))
+
+    def predict(self, batch: dict) -> dict:
+        """Full evaluation ACT loop on a dict of NumPy int arrays; returns NumPy arrays."""
+        was_training = self.training
+        self.eval()
+        try:
+            arrays = {k: mx.array(np.asarray(batch[k]).astype(np.int32)) for k in ("inputs", "puzzle_identifiers")}
+            labels = batch.get("labels")
+            arrays["labels"] = (
+                mx.array(np.asarray(labels).astype(np.int32))
+                if labels is not None
+                else mx.full(arrays["inputs"].shape, IGNORE_LABEL_ID, dtype=mx.int32)
+            )
+            step = mx.compile(self.__call__, inputs=self.state)
+            carry = self.initial_carry(arrays)
+            for _ in range(self.config.halt_max_steps):
+                carry, outputs = step(carry, arrays)
+                mx.eval(carry, outputs)
+                if bool(carry["halted"].all()):
+                    break
+            logits = outputs["logits"]
+            return {
+                "logits": np.array(logits.astype(mx.float32)),
+                "q_halt_logits": np.array(outputs["q_halt_logits"]),
+                "preds": np.array(mx.argmax(logits, axis=-1).astype(mx.int32)),
+                "steps": np.array(carry["steps"]),
+            }
+        finally:
+            self.train(was_training)

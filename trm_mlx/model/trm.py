@@ -1,0 +1,43 @@
+"""TRM: one tiny network applied recursively to a latent z_L (L cycles) and an answer state z_H (spec §2.7)."""
+
+import mlx.core as mx
+
+from .config import TRMConfig
+from .layers import Block, ReasoningModule
+from .recursive import ACTModel, RecursiveInner
+
+
+class TRMInner(RecursiveInner):
+    state_inits = {"z_H": "H_init", "z_L": "L_init"}
+
+    def build_levels(self) -> None:
+        c = self.config
+        self.L_level = ReasoningModule(
+            [Block(c.hidden_size, c.num_heads, c.expansion, c.rms_norm_eps, self.mlp_t_len) for _ in range(c.L_layers)]
+        )
+
+    def cycle(self, z_H, z_L, x, rotary):
+        for _ in range(self.config.L_cycles):
+            z_L = self.L_level(z_L, z_H + x, rotary)
+        z_H = self.L_level(z_H, z_L, rotary)
+        return z_H, z_L
+
+    def recur(self, carry, x, rotary):
+        z_H, z_L = carry["z_H"], carry["z_L"]
+        # H_cycles - 1 cycles without gradient, then one cycle that is back-propagated through entirely.
+        for _ in range(self.config.H_cycles - 1):
+            z_H, z_L = self.cycle(z_H, z_L, x, rotary)
+        z_H, z_L = mx.stop_gradient(z_H), mx.stop_gradient(z_L)
+        z_H, z_L = self.cycle(z_H, z_L, x, rotary)
+        return {"z_H": z_H, "z_L": z_L}, z_H
+
+
+class TRM(ACTModel):
+    name = "recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1"
+
+    def __init__(self, config: TRMConfig):
+        super().__init__(config, TRMInner(config, self.prefix_len(config)))
+
+    @staticmethod
+    def prefix_len(config: TRMConfig) -> int:
+        return config.puzzle_prefix_len
