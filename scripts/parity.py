@@ -81,74 +81,77 @@ def _diff(a: np.ndarray, b: np.ndarray) -> dict:
 
 
 def _to_numpy(t) -> np.ndarray:
-    return t.detach().float().cpu().numpy() if isinstance(t, torch.Tensor) else np.array(t.astype(mx.float32))
+    return t.detach().cpu().double().numpy() if isinstance(t, torch.Tensor) else np.array(t.astype(mx.float32))
 
 
-def noise_floor(arch: dict, weights: dict, batch: dict, batch_size: int) -> list:
-    """Per ACT step, how far the legacy fp32 logits are from the same model run in fp64.
-
-    The recursion amplifies rounding differences (untrained weights most of all), so two correct fp32
-    implementations can drift apart by about this much; the verdict allows twice the floor above the tolerance.
-    """
+def exact_legacy_model(arch: dict, weights: dict, batch_size: int):
+    """The legacy model in fp64: the exact computation both fp32 implementations approximate."""
     exact = legacy_model({**arch, "forward_dtype": "float64"}, batch_size)
     load_legacy_weights(exact, weights)
     exact = exact.double()
-    single = legacy_model({**arch, "forward_dtype": "float32"}, batch_size)
-    load_legacy_weights(single, weights)
-    t_batch = {k: torch.from_numpy(v) for k, v in batch.items()}
-    floors = []
-    with torch.inference_mode():
-        exact.eval(), single.eval()
-        c64, c32 = exact.initial_carry(t_batch), single.initial_carry(t_batch)
-        for _ in range(arch["halt_max_steps"]):
-            c64, _, _, o64, _ = exact(return_keys=["logits"], carry=c64, batch=t_batch)
-            c32, _, _, o32, _ = single(return_keys=["logits"], carry=c32, batch=t_batch)
-            floors.append(float((o32["logits"].double() - o64["logits"]).abs().max()))
-    return floors
+    if hasattr(exact.model.inner, "puzzle_emb"):  # .double() made the gradient buffer a non-leaf; make it a leaf
+        emb = exact.model.inner.puzzle_emb
+        emb.local_weights = emb.local_weights.detach().requires_grad_()
+    return exact
 
 
-def compare_forward(legacy_head, mlx_head, batch: dict) -> list:
-    """Evaluation ACT loop on both; per-step differences of logits and Q logits."""
-    legacy_head.eval()
-    mlx_head.eval()
+def compare_forward(legacy_head, mlx_head, batch: dict, exact_head=None) -> list:
+    """Evaluation ACT loop on both; per-step differences of logits and Q logits.
+
+    With `exact_head` (legacy in fp64) each step also records how far legacy fp32 (`noise_floor`) and trm_mlx
+    (`mlx_vs_exact`) are from the exact computation: the recursion amplifies rounding (random weights most of
+    all), so after a few steps two correct fp32 implementations differ by about as much as each differs from
+    fp64, and the verdict asks trm_mlx to be no less accurate than the reference.
+    """
+    heads = {"legacy": legacy_head, "exact": exact_head}
+    heads = {k: h for k, h in heads.items() if h is not None}
     t_batch = {k: torch.from_numpy(v) for k, v in batch.items()}
     m_batch = {k: mx.array(v) for k, v in batch.items()}
+    mlx_head.eval()
     with torch.inference_mode():
-        t_carry = legacy_head.initial_carry(t_batch)
+        for head in heads.values():
+            head.eval()
+        t_carries = {k: h.initial_carry(t_batch) for k, h in heads.items()}
     m_carry = mlx_head.initial_carry(m_batch)
+    keys = ["logits", "q_halt_logits", "q_continue_logits"]
     rows = []
     for step in range(mlx_head.model.config.halt_max_steps):
+        t_out = {}
         with torch.inference_mode():
-            t_carry, _, _, t_out, _ = legacy_head(
-                return_keys=["logits", "q_halt_logits", "q_continue_logits"], carry=t_carry, batch=t_batch
-            )
+            for name, head in heads.items():
+                t_carries[name], _, _, t_out[name], _ = head(return_keys=keys, carry=t_carries[name], batch=t_batch)
         m_carry, _, _, m_out, _ = mlx_head(m_carry, m_batch)
         mx.eval(m_carry, m_out)
-        rows.append(
-            {
-                "step": step + 1,
-                "logits": _diff(_to_numpy(m_out["logits"]), _to_numpy(t_out["logits"])),
-                "q_halt": _diff(_to_numpy(m_out["q_halt_logits"]), _to_numpy(t_out["q_halt_logits"])),
-                "q_continue": _diff(_to_numpy(m_out["q_continue_logits"]), _to_numpy(t_out["q_continue_logits"])),
-            }
-        )
+        mlx_logits, legacy_logits = _to_numpy(m_out["logits"]), _to_numpy(t_out["legacy"]["logits"])
+        row = {
+            "step": step + 1,
+            "logits": _diff(mlx_logits, legacy_logits),
+            "q_halt": _diff(_to_numpy(m_out["q_halt_logits"]), _to_numpy(t_out["legacy"]["q_halt_logits"])),
+            "q_continue": _diff(_to_numpy(m_out["q_continue_logits"]), _to_numpy(t_out["legacy"]["q_continue_logits"])),
+        }
+        if exact_head is not None:
+            exact_logits = _to_numpy(t_out["exact"]["logits"])
+            row["noise_floor"] = _diff(legacy_logits, exact_logits)["max_abs"]
+            row["mlx_vs_exact"] = _diff(mlx_logits, exact_logits)["max_abs"]
+        rows.append(row)
     return rows
 
 
-def compare_gradients(legacy_head, mlx_head, batch: dict) -> dict:
-    """One training step from a fresh carry (exploration off): loss and every gradient, norm-wise relative."""
+def legacy_gradients(legacy_head, batch: dict) -> tuple[float, dict]:
+    """Loss and gradients (native names, plus `puzzle_rows`) of one training step from a fresh carry."""
     legacy_head.train()
-    mlx_head.train()
     t_batch = {k: torch.from_numpy(v) for k, v in batch.items()}
-    t_carry = legacy_head.initial_carry(t_batch)
-    _, t_loss, _, _, _ = legacy_head(return_keys=[], carry=t_carry, batch=t_batch)
-    t_loss.backward()
-    t_grads = {k[len("model.") :]: p.grad for k, p in legacy_head.named_parameters() if p.grad is not None}
-    emb = legacy_head.model.puzzle_emb if hasattr(legacy_head.model.inner, "puzzle_emb") else None
-    if emb is not None:
-        t_grads["puzzle_rows"] = emb.local_weights.grad
+    _, loss, _, _, _ = legacy_head(return_keys=[], carry=legacy_head.initial_carry(t_batch), batch=t_batch)
+    loss.backward()
+    grads = {k[len("model.") :]: _to_numpy(p.grad) for k, p in legacy_head.named_parameters() if p.grad is not None}
+    if hasattr(legacy_head.model.inner, "puzzle_emb"):
+        grads["puzzle_rows"] = _to_numpy(legacy_head.model.puzzle_emb.local_weights.grad)
+    return float(loss.detach()), grads
 
+
+def mlx_gradients(mlx_head, batch: dict) -> tuple[float, dict]:
     model = mlx_head.model
+    mlx_head.train()
     m_batch = {k: mx.array(v) for k, v in batch.items()}
     carry, data = model.begin_step(model.initial_carry(m_batch), m_batch)
     rows = model.gather_puzzle_rows(data)
@@ -157,36 +160,58 @@ def compare_gradients(legacy_head, mlx_head, batch: dict) -> dict:
         model.update(params)
         return mlx_head.step(carry, data, rows)[1]
 
-    m_loss, (g_params, g_rows) = mx.value_and_grad(loss_fn, argnums=(0, 1))(model.trainable_parameters(), rows)
-    m_grads = dict(tree_flatten(g_params))
+    loss, (g_params, g_rows) = mx.value_and_grad(loss_fn, argnums=(0, 1))(model.trainable_parameters(), rows)
+    grads = {k: _to_numpy(v) for k, v in tree_flatten(g_params)}
     if g_rows is not None:
-        m_grads["puzzle_rows"] = g_rows
+        grads["puzzle_rows"] = _to_numpy(g_rows)
+    return loss.item(), grads
 
-    result = {"loss": {"legacy": float(t_loss.detach()), "mlx": float(m_loss.item())}, "grads": {}}
-    result["loss"]["rel"] = abs(result["loss"]["mlx"] - result["loss"]["legacy"]) / max(abs(result["loss"]["legacy"]), 1e-12)
-    missing = sorted(set(t_grads) ^ set(m_grads))
-    if missing:
-        raise ValueError(f"gradients present on one side only: {missing}")
-    for key, t_grad in t_grads.items():
-        a, b = _to_numpy(m_grads[key]).astype(np.float64), _to_numpy(t_grad).astype(np.float64)
-        norm = np.linalg.norm(b)
-        result["grads"][key] = {"rel": float(np.linalg.norm(a - b) / norm) if norm > 0 else float(np.linalg.norm(a)), "norm": float(norm)}
+
+def _relative(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    norm = np.linalg.norm(b)
+    return float(np.linalg.norm(a - b) / norm) if norm > 0 else float(np.linalg.norm(a))
+
+
+def compare_gradients(legacy_head, mlx_head, batch: dict, exact_head=None) -> dict:
+    """One training step (exploration off): loss and every gradient, norm-wise relative to legacy.
+
+    With `exact_head` (legacy in fp64), each entry also gets the legacy fp32 error against it (`floor`).
+    """
+    t_loss, t_grads = legacy_gradients(legacy_head, batch)
+    m_loss, m_grads = mlx_gradients(mlx_head, batch)
+    one_sided = sorted(set(t_grads) ^ set(m_grads))
+    if one_sided:
+        raise ValueError(f"gradients present on one side only: {one_sided}")
+    result = {"loss": {"legacy": t_loss, "mlx": m_loss, "rel": abs(m_loss - t_loss) / max(abs(t_loss), 1e-12)}}
+    result["grads"] = {k: {"rel": _relative(m_grads[k], g), "norm": float(np.linalg.norm(g))} for k, g in t_grads.items()}
+    if exact_head is not None:
+        e_loss, e_grads = legacy_gradients(exact_head, batch)
+        result["loss"]["floor"] = abs(t_loss - e_loss) / max(abs(e_loss), 1e-12)
+        result["loss"]["mlx_vs_exact"] = abs(m_loss - e_loss) / max(abs(e_loss), 1e-12)
+        for key, g in t_grads.items():
+            result["grads"][key]["floor"] = _relative(g, e_grads[key])
+            result["grads"][key]["mlx_vs_exact"] = _relative(m_grads[key], e_grads[key])
     return result
 
 
-def verdict(forward_rows: list, grads: dict | None, tolerances: dict) -> bool:
-    def allowed(row, key):
-        return max(tolerances[key], 2 * row.get("noise_floor", 0.0))
+def within(diff: float, tolerance: float, entry: dict, floor_key: str = "noise_floor") -> bool:
+    """diff <= tolerance, or (with an fp64 reference) trm_mlx at most twice as far from exact as legacy fp32."""
+    if diff <= tolerance:
+        return True
+    return floor_key in entry and entry["mlx_vs_exact"] <= tolerance + 2 * entry[floor_key]
 
+
+def verdict(forward_rows: list, grads: dict | None, tolerances: dict) -> bool:
     ok = all(
-        r["logits"]["max_abs"] <= allowed(r, "logits_abs")
-        and r["q_halt"]["max_abs"] <= allowed(r, "q_abs")
-        and r["q_continue"]["max_abs"] <= allowed(r, "q_abs")
+        within(r["logits"]["max_abs"], tolerances["logits_abs"], r)
+        and r["q_halt"]["max_abs"] <= tolerances["q_abs"] + 2 * r.get("noise_floor", 0.0)
+        and r["q_continue"]["max_abs"] <= tolerances["q_abs"] + 2 * r.get("noise_floor", 0.0)
         for r in forward_rows
     )
     if grads is not None:
-        ok = ok and grads["loss"]["rel"] <= tolerances["loss_rel"]
-        ok = ok and all(g["rel"] <= tolerances["grad_rel"] for g in grads["grads"].values())
+        ok = ok and within(grads["loss"]["rel"], tolerances["loss_rel"], grads["loss"], "floor")
+        ok = ok and all(within(g["rel"], tolerances["grad_rel"], g, "floor") for g in grads["grads"].values())
     return ok
 
 
@@ -211,11 +236,9 @@ def run(checkpoint, config=None, dtype=None, batch_size=4, seed=0, data_path=Non
     load_legacy_weights(legacy_head, weights)
 
     batch = make_batch(arch, batch_size, seed, data_path)
-    forward_rows = compare_forward(legacy_head, mlx_head, batch)
-    if floor and dtype_name == "float32":
-        for row, value in zip(forward_rows, noise_floor(arch, weights, batch, batch_size)):
-            row["noise_floor"] = value
-    grad_result = compare_gradients(legacy_head, mlx_head, batch) if grads else None
+    exact = exact_legacy_model(arch, weights, batch_size) if floor and dtype_name == "float32" else None
+    forward_rows = compare_forward(legacy_head, mlx_head, batch, exact)
+    grad_result = compare_gradients(legacy_head, mlx_head, batch, exact) if grads else None
     tolerances = TOLERANCES["float32" if dtype_name == "float32" else "bfloat16"]
     return {
         "dtype": dtype_name,
@@ -228,18 +251,24 @@ def run(checkpoint, config=None, dtype=None, batch_size=4, seed=0, data_path=Non
 
 def _print_report(result: dict) -> None:
     print(f"dtype {result['dtype']}  tolerances {result['tolerances']}")
-    print(f"{'step':>4}  {'logits abs':>11}  {'logits rel':>11}  {'q_halt abs':>11}  {'q_cont abs':>11}  {'fp32 floor':>11}")
+    print(
+        f"{'step':>4}  {'logits abs':>11}  {'logits rel':>11}  {'q_halt abs':>11}  {'q_cont abs':>11}"
+        f"  {'legacy-fp64':>11}  {'mlx-fp64':>11}"
+    )
     for r in result["forward"]:
-        floor = f"{r['noise_floor']:11.3e}" if "noise_floor" in r else f"{'-':>11}"
+        exact = "".join(f"  {r[k]:11.3e}" if k in r else f"  {'-':>11}" for k in ("noise_floor", "mlx_vs_exact"))
         print(
             f"{r['step']:>4}  {r['logits']['max_abs']:11.3e}  {r['logits']['max_rel']:11.3e}  "
-            f"{r['q_halt']['max_abs']:11.3e}  {r['q_continue']['max_abs']:11.3e}  {floor}"
+            f"{r['q_halt']['max_abs']:11.3e}  {r['q_continue']['max_abs']:11.3e}{exact}"
         )
     if result["gradients"] is not None:
         g = result["gradients"]
-        print(f"loss legacy {g['loss']['legacy']:.8g}  mlx {g['loss']['mlx']:.8g}  rel {g['loss']['rel']:.3e}")
+        def exact(d):
+            return f"  legacy-fp64 {d['floor']:.3e}  mlx-fp64 {d['mlx_vs_exact']:.3e}" if "floor" in d else ""
+
+        print(f"loss legacy {g['loss']['legacy']:.8g}  mlx {g['loss']['mlx']:.8g}  rel {g['loss']['rel']:.3e}{exact(g['loss'])}")
         for key, d in g["grads"].items():
-            print(f"  grad {key:<60} rel {d['rel']:.3e}  (norm {d['norm']:.3e})")
+            print(f"  grad {key:<56} rel {d['rel']:.3e}  norm {d['norm']:.3e}{exact(d)}")
     print("PASS" if result["pass"] else "FAIL")
 
 
@@ -253,7 +282,10 @@ def main(argv=None) -> int:
     parser.add_argument("--data-path", help="built dataset: take the batch from its test split")
     parser.add_argument("--grads", action="store_true", help="also compare loss and gradients of a training step")
     parser.add_argument(
-        "--noise-floor", action="store_true", help="fp32: also run legacy in fp64 and allow twice its fp32 error"
+        "--noise-floor",
+        action="store_true",
+        help="fp32: also run legacy in fp64; a difference above tolerance passes if trm_mlx is at most twice as far "
+        "from fp64 as legacy fp32 is (for chaotic, e.g. untrained, weights)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args(argv)

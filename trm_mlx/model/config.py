@@ -73,18 +73,18 @@ class TRMConfig(BaseModel):
         """ceil(Dp / D): the prefix length of HRM and the Transformer baseline."""
         return -(self.puzzle_emb_ndim // -self.hidden_size)
 
-    def check(self) -> None:
+    def check(self, prefix_len: int) -> None:
         if self.forward_dtype not in DTYPE_NAMES:
             raise ValueError(f"forward_dtype must be one of {DTYPE_NAMES}, got {self.forward_dtype!r}")
-        if self.puzzle_emb_ndim > self.puzzle_prefix_len * self.hidden_size:
+        if self.puzzle_emb_ndim == 0 and prefix_len != 0:
+            raise ValueError(
+                "puzzle_emb_ndim=0 needs puzzle_emb_len=0 (the original breaks on this combination: it keeps "
+                f"{prefix_len} prefix positions with no puzzle embedding to fill them)"
+            )
+        if self.puzzle_emb_ndim > prefix_len * self.hidden_size:
             raise ValueError(
                 f"puzzle_emb_ndim={self.puzzle_emb_ndim} does not fit in puzzle_emb_len={self.puzzle_emb_len} "
                 f"prefix positions of hidden_size={self.hidden_size}"
-            )
-        if self.puzzle_emb_ndim == 0 and self.puzzle_emb_len != 0:
-            raise ValueError(
-                "puzzle_emb_ndim=0 needs puzzle_emb_len=0 (the original breaks on this combination: it keeps "
-                f"{self.puzzle_emb_len} prefix positions with no puzzle embedding to fill them)"
             )
         if self.mlp_t and self.seq_len is None:
             raise ValueError("mlp_t needs seq_len: its token-mixing weights are sized by the sequence length")

@@ -25,7 +25,7 @@ class RecursiveInner(nn.Module):
 
     def __init__(self, config: TRMConfig, prefix_len: int):
         super().__init__()
-        config.check()
+        config.check(prefix_len)
         self.config = config
         self.prefix_len = prefix_len
         self.dtype = getattr(mx, config.forward_dtype)
@@ -129,7 +129,12 @@ class ACTModel(nn.Module):
         emb = self.puzzle_emb
         return emb.gather(data["puzzle_identifiers"]) if emb is not None else None
 
-    def halting_enabled(self) -> bool:
+    @staticmethod
+    def prefix_len(config: TRMConfig) -> int:
+        """Puzzle-embedding prefix positions: ceil(Dp / D), as HRM and the baseline (TRM overrides it)."""
+        return config.ceil_prefix_len
+
+    def adaptive_halting(self) -> bool:
         return self.training and self.config.halt_max_steps > 1
 
     def halt_by_q(self, q_halt: mx.array, q_continue: mx.array) -> mx.array:
@@ -148,8 +153,9 @@ class ACTModel(nn.Module):
         steps = carry["steps"] + 1
         is_last = steps >= cfg.halt_max_steps
         halted = is_last
-        if self.halting_enabled():
+        if self.adaptive_halting():
             halted = halted | mx.stop_gradient(self.halt_by_q(q_halt, q_continue))
+        if self.adaptive_halting() and self.training:
             # Exploration: two draws every step (uniform, then randint), as the original.
             explore = mx.random.uniform(shape=q_halt.shape) < cfg.halt_exploration_prob
             min_steps = mx.random.randint(2, cfg.halt_max_steps + 1, shape=steps.shape, dtype=mx.int32)
@@ -179,7 +185,7 @@ class ACTModel(nn.Module):
             )
             step = mx.compile(self.__call__, inputs=self.state)
             carry = self.initial_carry(arrays)
-            for _ in range(self.config.halt_max_steps):
+            for _ in range(self.config.halt_max_steps):  # a model may halt early (baseline's act_inference)
                 carry, outputs = step(carry, arrays)
                 mx.eval(carry, outputs)
                 if bool(carry["halted"].all()):

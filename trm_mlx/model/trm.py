@@ -34,9 +34,10 @@ class TRMInner(RecursiveInner):
 
 class TRM(ACTModel):
     name = "recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1"
+    inner_class = TRMInner
 
     def __init__(self, config: TRMConfig):
-        super().__init__(config, TRMInner(config, self.prefix_len(config)))
+        super().__init__(config, self.inner_class(config, self.prefix_len(config)))
 
     @staticmethod
     def prefix_len(config: TRMConfig) -> int:

@@ -1,0 +1,34 @@
+"""TRM with a single latent: z_L is both the reasoning state and the answer (spec §3.2)."""
+
+import mlx.core as mx
+
+from .layers import Block, ReasoningModule
+from .recursive import RecursiveInner
+from .trm import TRM
+
+
+class TRMSingleZInner(RecursiveInner):
+    state_inits = {"z_L": "L_init"}
+
+    def build_levels(self) -> None:
+        c = self.config
+        self.L_level = ReasoningModule(
+            [Block(c.hidden_size, c.num_heads, c.expansion, c.rms_norm_eps, self.mlp_t_len) for _ in range(c.L_layers)]
+        )
+
+    def cycle(self, z_L, x, rotary):
+        for _ in range(self.config.L_cycles):
+            z_L = self.L_level(z_L, x, rotary)
+        return self.L_level(z_L, None, rotary)
+
+    def recur(self, carry, x, rotary):
+        z_L = carry["z_L"]
+        for _ in range(self.config.H_cycles - 1):
+            z_L = self.cycle(z_L, x, rotary)
+        z_L = self.cycle(mx.stop_gradient(z_L), x, rotary)
+        return {"z_L": z_L}, z_L
+
+
+class TRMSingleZ(TRM):
+    name = "recursive_reasoning.trm_singlez@TinyRecursiveReasoningModel_ACTV1"
+    inner_class = TRMSingleZInner
