@@ -133,6 +133,10 @@ def compare_forward(legacy_head, mlx_head, batch: dict, exact_head=None) -> list
             exact_logits = _to_numpy(t_out["exact"]["logits"])
             row["noise_floor"] = _diff(legacy_logits, exact_logits)["max_abs"]
             row["mlx_vs_exact"] = _diff(mlx_logits, exact_logits)["max_abs"]
+            q_keys = ("q_halt_logits", "q_continue_logits")
+            exact_q = [_to_numpy(t_out["exact"][k]) for k in q_keys]
+            row["q_noise_floor"] = max(_diff(_to_numpy(t_out["legacy"][k]), e)["max_abs"] for k, e in zip(q_keys, exact_q))
+            row["q_mlx_vs_exact"] = max(_diff(_to_numpy(m_out[k]), e)["max_abs"] for k, e in zip(q_keys, exact_q))
         rows.append(row)
     return rows
 
@@ -195,18 +199,21 @@ def compare_gradients(legacy_head, mlx_head, batch: dict, exact_head=None) -> di
     return result
 
 
-def within(diff: float, tolerance: float, entry: dict, floor_key: str = "noise_floor") -> bool:
+def within(diff: float, tolerance: float, entry: dict, floor_key="noise_floor", exact_key="mlx_vs_exact") -> bool:
     """diff <= tolerance, or (with an fp64 reference) trm_mlx at most twice as far from exact as legacy fp32."""
     if diff <= tolerance:
         return True
-    return floor_key in entry and entry["mlx_vs_exact"] <= tolerance + 2 * entry[floor_key]
+    return floor_key in entry and entry[exact_key] <= tolerance + 2 * entry[floor_key]
 
 
 def verdict(forward_rows: list, grads: dict | None, tolerances: dict) -> bool:
+    def q_within(diff, row):
+        return within(diff, tolerances["q_abs"], row, "q_noise_floor", "q_mlx_vs_exact")
+
     ok = all(
         within(r["logits"]["max_abs"], tolerances["logits_abs"], r)
-        and r["q_halt"]["max_abs"] <= tolerances["q_abs"] + 2 * r.get("noise_floor", 0.0)
-        and r["q_continue"]["max_abs"] <= tolerances["q_abs"] + 2 * r.get("noise_floor", 0.0)
+        and q_within(r["q_halt"]["max_abs"], r)
+        and q_within(r["q_continue"]["max_abs"], r)
         for r in forward_rows
     )
     if grads is not None:
