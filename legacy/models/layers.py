@@ -64,8 +64,7 @@ class CastedLinear(nn.Module):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         # The bias goes into the fused linear (one rounding to the output dtype), as in the original (§2.4.1).
         bias = self.bias.to(input.dtype) if self.bias is not None else None
-        out = F.linear(input, self.weight.to(input.dtype))
-        return out + bias if bias is not None else out
+        return F.linear(input, self.weight.to(input.dtype), bias=bias)
 
 
 class CastedEmbedding(nn.Module):
