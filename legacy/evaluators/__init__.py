@@ -1,0 +1,3 @@
+from legacy.evaluators.arc import ARC
+
+__all__ = ["ARC"]

@@ -1,0 +1,150 @@
+"""trm-train: equal to the PyTorch reference over 20 steps, bit-exact resume, the README command lines start
+training, and the command line behaves as Hydra users expect."""
+
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import trm_mlx.training.cli as cli
+from readme_commands import README_COMMANDS, overrides
+from scripts.train_parity import run_parity
+from tiny_dataset import BATCH, TINY_ARCH, write_tiny_dataset
+from trm_mlx.checkpoint import save_native
+from trm_mlx.training.checkpointing import ARRAYS_FILE, STATE_FILE, find_train_state
+from trm_mlx.training.config import compose, from_hydra
+from trm_mlx.training.state import create_train_state
+from trm_mlx.training.trainer import train
+
+TINY_RUN = [f"global_batch_size={BATCH}", "lr_warmup_steps=2", "evaluators=[]", *TINY_ARCH]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    return write_tiny_dataset(tmp_path_factory.mktemp("data") / "tiny")
+
+
+@pytest.fixture(autouse=True)
+def cpu_device():
+    previous = mx.default_device()
+    yield
+    mx.set_default_device(previous)
+
+
+@pytest.mark.parametrize(
+    "variant, steps",
+    [([], 20), (["freeze_weights=True"], 8), (["arch.puzzle_emb_ndim=0", "arch.puzzle_emb_len=0"], 8)],
+    ids=["default", "freeze_weights", "no_puzzle_embedding"],
+)
+def test_training_equals_the_pytorch_reference(variant, steps, tiny_data, tmp_path):
+    report = run_parity([f"data_paths=[{tiny_data}]", *TINY_RUN, *variant], steps=steps, work_dir=tmp_path)
+    assert len(report.mlx_metrics) == steps
+    assert any(m["train/count"] > 0 for m in report.legacy_metrics)  # rows halted: the carry was really exercised
+    for ours, theirs in zip(report.mlx_metrics, report.legacy_metrics):
+        assert ours["train/lr"] == theirs["train/lr"]
+        for key in ("train/lm_loss", "train/q_halt_loss"):
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-4)
+        for key in ("train/count", "train/accuracy", "train/exact_accuracy", "train/steps"):
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-5, abs=1e-6)
+    assert report.max_weight_error <= 1e-4
+    assert report.legacy_metrics[-1]["train/lm_loss"] < report.legacy_metrics[0]["train/lm_loss"]
+
+
+def test_load_checkpoint_resizes_the_puzzle_table(tmp_path):
+    def metadata(num_ids):
+        return SimpleNamespace(vocab_size=5, seq_len=6, num_puzzle_identifiers=num_ids, total_groups=8,
+                               mean_puzzle_examples=2.0)
+
+    config = from_hydra(compose(["data_paths=[unused]", *TINY_RUN]))
+    source = create_train_state(config, metadata(3))
+    table = mx.random.normal((3, 16))
+    source.model.puzzle_emb.weights = table
+    save_native(tmp_path / "step_7", source.model)
+
+    loaded = create_train_state(config.model_copy(update={"load_checkpoint": str(tmp_path / "step_7")}), metadata(5))
+    np.testing.assert_allclose(np.array(loaded.model.puzzle_emb.weights), np.tile(np.array(table.mean(axis=0)), (5, 1)))
+    np.testing.assert_array_equal(np.array(loaded.model.inner.lm_head.weight), np.array(source.model.inner.lm_head.weight))
+
+
+def _train(data: Path, checkpoint_path: Path, *extra: str) -> dict:
+    config = from_hydra(
+        compose(
+            [
+                f"data_paths=[{data}]", *TINY_RUN, "epochs=4", "eval_interval=2", "ema=True",
+                "arch.halt_exploration_prob=0.5", "device=cpu", f"+checkpoint_path={checkpoint_path}", "+run_name=r",
+                *extra,
+            ]
+        )
+    )
+    return train(config, show_progress=False)
+
+
+def _saved_state(checkpoint_path: Path) -> tuple[dict, str]:
+    state_dir = find_train_state(checkpoint_path)
+    return mx.load(str(state_dir / ARRAYS_FILE)), (state_dir / STATE_FILE).read_text()
+
+
+def test_resume_continues_bit_exactly(tiny_data, tmp_path):
+    # 16 steps in all, evaluation + checkpoint after steps 8 and 16; stop at 5 (mid-iteration), resume to 11.
+    straight = _train(tiny_data, tmp_path / "straight", "max_steps=11")
+    _train(tiny_data, tmp_path / "resumed", "max_steps=5")
+    assert find_train_state(tmp_path / "resumed").name == "train_state_step_5"
+    resumed = _train(tiny_data, tmp_path / "resumed", "max_steps=11", f"resume={tmp_path / 'resumed'}")
+    assert straight["step"] == resumed["step"] == 11
+
+    expected, expected_meta = _saved_state(tmp_path / "straight")
+    actual, actual_meta = _saved_state(tmp_path / "resumed")
+    assert set(actual) == set(expected)
+    assert {key.split(".")[0] for key in expected} == {"model", "optimizer", "ema", "carry", "rng"}
+    for key in expected:
+        assert expected[key].dtype == actual[key].dtype, key
+        assert np.array_equal(np.array(expected[key]), np.array(actual[key])), key
+    assert expected_meta.replace("straight", "resumed").split('"config"')[0] == actual_meta.split('"config"')[0]
+    assert straight["train"] == resumed["train"]
+    # The checkpoint written at step 8 of both runs holds the same EMA weights.
+    assert (tmp_path / "straight" / "step_8").read_bytes() == (tmp_path / "resumed" / "step_8").read_bytes()
+
+
+@pytest.mark.parametrize("name", list(README_COMMANDS))
+def test_readme_command_lines_start_training(name, tiny_data, tmp_path):
+    """The README's overrides as given (bfloat16, its cycles and layers), on tiny data with a tiny width."""
+    command, _ = README_COMMANDS[name]
+    args = [a for a in overrides(command) if not a.startswith("data_paths=")]
+    shrink = [f"data_paths=[{tiny_data}]", f"global_batch_size={BATCH}", "arch.hidden_size=16", "arch.num_heads=2",
+              "arch.halt_max_steps=2", "max_steps=2", f"+checkpoint_path={tmp_path}", "device=cpu"]
+    result = train(from_hydra(compose(args + shrink)), show_progress=False)
+    assert result["step"] == 2
+    assert np.isfinite(result["train"]["train/lm_loss"])
+    assert result["config"].run_name == dict(a.split("=", 1) for a in args)["+run_name"]
+
+
+def test_no_arguments_means_the_builtin_demo(monkeypatch):
+    seen = []
+    monkeypatch.setattr(cli, "launch", lambda: seen.append(list(sys.argv)))
+    monkeypatch.setattr(sys, "argv", ["trm-train"])
+    cli.main()
+    monkeypatch.setattr(sys, "argv", ["trm-train", "epochs=5"])
+    cli.main()
+    assert seen == [["trm-train", "preset=demo"], ["trm-train", "epochs=5"]]
+    demo = from_hydra(compose(["preset=demo"]))
+    assert demo.data_paths == ["data/builtin-sudoku"] and demo.arch.forward_dtype == "float32"
+
+
+def test_help_and_cfg_job_work_as_in_hydra():
+    command = [sys.executable, "-m", "trm_mlx.training.cli"]
+    shown = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert "arch: hrm, transformers_baseline, trm, trm_hier6, trm_singlez" in shown.stdout
+    assert "preset: arc1, arc2, demo, maze, sudoku_att, sudoku_mlp" in shown.stdout
+    job = subprocess.run([*command, "--cfg", "job", "arch=hrm", "+run_name=x"], capture_output=True, text=True, timeout=120)
+    assert job.returncode == 0, job.stderr
+    assert "H_layers: 4" in job.stdout and "run_name: x" in job.stdout
+    assert "puzzle_emb_ndim: ${.hidden_size}" in job.stdout  # as Hydra shows it; --resolve resolves
+    resolved = subprocess.run([*command, "--cfg", "job", "--resolve", "arch.hidden_size=64"], capture_output=True, text=True,
+                              timeout=120)
+    assert resolved.returncode == 0, resolved.stderr
+    assert "puzzle_emb_ndim: 64" in resolved.stdout

@@ -1,0 +1,219 @@
+"""`trm-eval`: evaluate a checkpoint on built datasets, or re-score saved predictions without a model.
+
+Settings and their defaults are in configs/eval.yaml. Run it under `mlx.launch` for data-parallel evaluation: every
+rank evaluates its slice of each batch, rank 0 writes the results.
+"""
+
+import json
+import sys
+from pathlib import Path
+from typing import Literal
+
+import hydra
+import mlx.core as mx
+import pydantic
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from trm_mlx.checkpoint import load_weights_into, read_all_config, read_weights
+from trm_mlx.checkpoint.original import arch_from_original
+from trm_mlx.data.dataset import PuzzleDataset
+from trm_mlx.data.metadata import load_metadata, merge_metadata
+from trm_mlx.evaluation import render
+from trm_mlx.evaluation.arc import ARCEvaluator, write_json_atomic
+from trm_mlx.evaluation.evaluators import create_evaluator, default_evaluator_names
+from trm_mlx.evaluation.loop import evaluate
+from trm_mlx.evaluation.preds import load_predictions
+from trm_mlx.model import ACTLossHead, create_model
+from trm_mlx.training.checkpointing import ARRAYS_FILE, find_train_state, read_train_state_meta
+from trm_mlx.training.config import hydra_config_path
+
+DEFAULT_LOSS_TYPE = "stablemax_cross_entropy"
+
+
+class EvalConfig(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    checkpoint: str | None = None
+    config: str | None = None
+    arch: dict = {}
+    ema: bool = False
+    forward_dtype: str | None = None
+    loss_type: str | None = None
+    data_paths: list[str]
+    evaluators: list[str | dict] | None = None
+    preds: list[str] | str | None = None
+    output_dir: str | None = None
+    global_batch_size: int = pydantic.Field(256, ge=1)
+    save_outputs: list[str] = []
+    render: bool = False
+    render_limit: int = pydantic.Field(20, ge=0)
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    progress: bool = True
+
+    @pydantic.model_validator(mode="after")
+    def _one_source(self):
+        if not self.data_paths:
+            raise ValueError("data_paths is empty: give the built dataset(s) to evaluate on, e.g. data_paths=[data/x]")
+        if (self.checkpoint is None) == (self.preds is None):
+            raise ValueError("give exactly one of checkpoint=FILE (run a model) or preds=FILE (re-score predictions)")
+        return self
+
+    @property
+    def preds_files(self) -> list[str]:
+        return [self.preds] if isinstance(self.preds, str) else list(self.preds or [])
+
+    def default_output_dir(self) -> Path:
+        source = self.checkpoint or self.preds_files[0]
+        return Path("outputs") / "eval" / Path(source).name
+
+
+def _read_config_file(path: str) -> dict:
+    with open(path) as f:
+        config = yaml.safe_load(f)
+    if not isinstance(config, dict) or not isinstance(config.get("arch"), dict):
+        raise ValueError(f"{path}: expected a training config with an 'arch' mapping")
+    return config
+
+
+def _section(arrays: dict, prefix: str) -> dict:
+    return {key.removeprefix(prefix): value for key, value in arrays.items() if key.startswith(prefix)}
+
+
+def _load_model(cfg: EvalConfig):
+    """The model to evaluate and its loss type.
+
+    `checkpoint` is a checkpoint file (native, or original with all_config.yaml beside it) or a trm-train
+    training-state folder, whose EMA weights `ema=true` selects (the puzzle table stays the live one, as in the
+    original's EMA checkpoints). `config=FILE` replaces the checkpoint's config; `arch` entries override it.
+    """
+    path = Path(cfg.checkpoint)
+    config = _read_config_file(cfg.config) if cfg.config is not None else None
+    if path.is_dir():
+        state_dir = find_train_state(path)
+        arrays = mx.load(str(state_dir / ARRAYS_FILE))
+        weights = _section(arrays, "model.")
+        if cfg.ema:
+            ema = _section(arrays, "ema.")
+            if not ema:
+                raise ValueError(f"{state_dir}: no EMA weights in this training state (the run had ema=False)")
+            weights.update(ema)
+        config = config or read_train_state_meta(state_dir)["config"]
+    else:
+        if cfg.ema:
+            raise ValueError(
+                f"{path}: ema=true needs a trm-train training-state folder (train_state_step_N); the step_N file of "
+                "a run with ema=True already holds the EMA weights"
+            )
+        weights, native_arch = read_weights(path)
+        config = config or read_all_config(path) or ({"arch": native_arch} if native_arch else None)
+        if config is None:
+            raise ValueError(f"{path}: no config: pass config=FILE, or put the run's all_config.yaml beside it")
+    merged = {**config, "arch": {**config["arch"], **cfg.arch}, "data_paths": cfg.data_paths}
+    arch = arch_from_original(merged, weights, path)
+    if cfg.forward_dtype is not None:
+        arch["forward_dtype"] = cfg.forward_dtype
+    model = create_model(arch)
+    load_weights_into(model, weights, path)
+    model.eval()
+    loss_type = cfg.loss_type or (merged["arch"].get("loss") or {}).get("loss_type", DEFAULT_LOSS_TYPE)
+    return model, loss_type
+
+
+def _make_evaluators(cfg: EvalConfig, metadata):
+    names = cfg.evaluators if cfg.evaluators is not None else default_evaluator_names(cfg.data_paths[0], metadata)
+    keep = cfg.render_limit if cfg.render else 0
+    return [create_evaluator(spec, cfg.data_paths, metadata, keep_examples=keep) for spec in names]
+
+
+def _evaluate_checkpoint(cfg: EvalConfig, output_dir: Path, group: mx.distributed.Group):
+    model, loss_type = _load_model(cfg)
+    head = ACTLossHead(model, loss_type=loss_type)
+    if cfg.global_batch_size % group.size():
+        raise ValueError(f"global_batch_size {cfg.global_batch_size} is not a multiple of {group.size()} processes")
+    dataset = PuzzleDataset(cfg.data_paths, "test", cfg.global_batch_size, rank=group.rank(), world_size=group.size())
+    data, arch = dataset.metadata, model.config
+    if arch.seq_len is not None and data.seq_len != arch.seq_len:
+        raise ValueError(f"{cfg.data_paths}: sequence length {data.seq_len} differs from the model's {arch.seq_len}")
+    if data.num_puzzle_identifiers > arch.num_puzzle_identifiers:
+        raise ValueError(
+            f"{cfg.data_paths}: {data.num_puzzle_identifiers} puzzle identifiers, but the checkpoint's puzzle "
+            f"embedding has {arch.num_puzzle_identifiers} rows (was it trained on this dataset?)"
+        )
+    evaluators = _make_evaluators(cfg, dataset.metadata)
+    metrics = evaluate(
+        head, dataset, evaluators, cfg.save_outputs, save_dir=output_dir, group=group, progress=cfg.progress
+    )
+    return metrics, evaluators
+
+
+def _rescore(cfg: EvalConfig, output_dir: Path):
+    metadata = merge_metadata(cfg.data_paths, [load_metadata(p, "test") for p in cfg.data_paths])
+    evaluators = _make_evaluators(cfg, metadata)
+    if not evaluators:
+        raise ValueError(f"no evaluator for {cfg.data_paths[0]}; name one, e.g. evaluators=[ARC]")
+    required = set().union(*(e.required_outputs for e in evaluators))
+    rows = load_predictions(cfg.preds_files, required=required)
+    metrics = {}
+    for evaluator in evaluators:
+        evaluator.begin_eval()
+        evaluator.update_batch(rows, rows)
+        metrics.update(evaluator.result(output_dir))
+    return metrics, evaluators
+
+
+def _write_report(cfg: EvalConfig, output_dir: Path, evaluators) -> Path:
+    sections = {}
+    for evaluator in evaluators:
+        if isinstance(evaluator, ARCEvaluator):
+            sections["ARC"] = render.arc_rows(evaluator.test_puzzles, evaluator.submission, cfg.render_limit)
+        else:
+            sections[evaluator.name] = render.board_rows(evaluator.name, evaluator.examples, cfg.render_limit)
+    title = f"trm-eval · {cfg.checkpoint or ', '.join(cfg.preds_files)} · {', '.join(cfg.data_paths)}"
+    return render.write_report(output_dir / "report", title, sections)
+
+
+def run(cfg: EvalConfig) -> dict:
+    """Evaluate (or re-score), write metrics.json (and submission.json, the report) on rank 0; return the metrics."""
+    if cfg.device != "auto":
+        mx.set_default_device(mx.cpu if cfg.device == "cpu" else mx.gpu)
+    group = mx.distributed.init()
+    output_dir = Path(cfg.output_dir) if cfg.output_dir else cfg.default_output_dir()
+    if cfg.preds is not None:
+        metrics, evaluators = _rescore(cfg, output_dir)
+    else:
+        metrics, evaluators = _evaluate_checkpoint(cfg, output_dir, group)
+    if group.rank() == 0:
+        write_json_atomic(output_dir / "metrics.json", metrics)
+        if cfg.render:
+            report = _write_report(cfg, output_dir, evaluators)
+            print(f"report: {report}", file=sys.stderr)
+    return metrics
+
+
+def _describe(error: dict) -> str:
+    message = error["msg"].removeprefix("Value error, ")
+    where = ".".join(map(str, error["loc"]))
+    return f"{where}: {message}" if where else message
+
+
+@hydra.main(config_path=hydra_config_path(), config_name="eval", version_base=None)
+def _hydra_main(hydra_cfg: DictConfig) -> None:
+    try:
+        cfg = EvalConfig.model_validate(OmegaConf.to_container(hydra_cfg, resolve=True))
+        metrics = run(cfg)
+    except pydantic.ValidationError as e:
+        problems = "; ".join(_describe(err) for err in e.errors())
+        sys.exit(f"trm-eval: {problems}")
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"trm-eval: {e}")
+    if mx.distributed.init().rank() == 0:
+        print(json.dumps(metrics), flush=True)
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Evaluate a model on a dataset's test split as the original does (spec §5.9): every batch runs the full ACT loop
+(`halt_max_steps` compiled steps from a fresh carry), the last step's metrics are summed per set and divided by
+their count, and evaluators see each batch with the last step's predictions."""
+
+import math
+import time
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+from tqdm import tqdm
+
+from trm_mlx.data.dataset import PuzzleDataset
+from trm_mlx.evaluation.gather import all_gather_objects
+from trm_mlx.evaluation.preds import save_predictions
+
+STEP_OUTPUTS = ("preds", "q_halt_logits")
+SAVABLE = ("inputs", "labels", "puzzle_identifiers", *STEP_OUTPUTS)
+
+
+def compiled_eval_step(head):
+    """One ACT step of the loss head as a compiled function of (carry, batch); the weights are implicit inputs."""
+
+    def eval_step(carry, batch):
+        carry, _loss, metrics, outputs, _all_halted = head(carry, batch)
+        return carry, metrics, {key: outputs[key] for key in STEP_OUTPUTS}
+
+    return mx.compile(eval_step, inputs=head.state)
+
+
+def predictions_file_name(rank: int, step: int | None) -> str:
+    return f"all_preds.{rank}.npz" if step is None else f"step_{step}_all_preds.{rank}.npz"
+
+
+def evaluate(
+    head,
+    dataset: PuzzleDataset,
+    evaluators=(),
+    save_outputs=(),
+    save_dir: str | Path | None = None,
+    step: int | None = None,
+    group: mx.distributed.Group | None = None,
+    progress: bool = True,
+) -> dict:
+    """Metrics `{set: {accuracy, exact_accuracy, lm_loss, q_halt_accuracy, q_halt_loss, steps}, evaluator keys...,
+    examples, examples_per_second}` (the same on every rank).
+
+    With `save_dir`: the `save_outputs` arrays go to `predictions_file_name(rank, step)` and each evaluator saves
+    into `save_dir` (or `save_dir/evaluator_<name>_step_<step>` when a training `step` is given, as the original).
+    """
+    unknown = sorted(set(save_outputs) - set(SAVABLE))
+    if unknown:
+        raise ValueError(f"cannot save outputs {unknown}; choose from {list(SAVABLE)}")
+    model = head.model
+    model.eval()
+    rank = group.rank() if group is not None else 0
+    for evaluator in evaluators:
+        evaluator.begin_eval()
+    eval_step = compiled_eval_step(head)
+    sums: dict[str, dict[str, float]] = {name: {} for name in dataset.sets}
+    saved: dict[str, list[np.ndarray]] = {key: [] for key in save_outputs}
+    num_batches = sum(math.ceil(len(s.inputs) / dataset.global_batch_size) for s in dataset.sets.values())
+    examples = 0
+
+    start = time.perf_counter()
+    with tqdm(total=num_batches, desc="eval", unit="batch", disable=not progress or rank != 0) as bar:
+        for set_name, batch, global_rows in dataset.iter_test():
+            arrays = {key: mx.array(value) for key, value in batch.items()}
+            carry = head.initial_carry(arrays)
+            for _ in range(model.config.halt_max_steps):
+                carry, metrics, outputs = eval_step(carry, arrays)
+                mx.eval(carry, metrics, outputs)
+            if not bool(carry["halted"].all()):
+                raise RuntimeError("rows still running after halt_max_steps ACT steps (is the model in eval mode?)")
+            host_outputs = {key: np.array(value) for key, value in outputs.items()}
+            for evaluator in evaluators:
+                evaluator.update_batch(batch, host_outputs)
+            for key, value in metrics.items():
+                sums[set_name][key] = sums[set_name].get(key, 0.0) + value.item()
+            for key in save_outputs:
+                saved[key].append(batch[key] if key in batch else host_outputs[key])
+            examples += global_rows
+            bar.update(1)
+            bar.set_postfix(examples_per_s=f"{examples / (time.perf_counter() - start):.1f}")
+    elapsed = time.perf_counter() - start
+
+    if group is not None and group.size() > 1:
+        per_rank = all_gather_objects(sums, group)
+        sums = {name: {key: sum(r[name].get(key, 0.0) for r in per_rank) for key in sums[name]} for name in sums}
+    results: dict = {}
+    for set_name, totals in sums.items():
+        count = totals.pop("count", 0)
+        results[set_name] = {key: totals[key] / count if count else math.nan for key in sorted(totals)}
+
+    save_dir = Path(save_dir) if save_dir is not None else None
+    if save_dir is not None and save_outputs:
+        save_predictions(
+            save_dir / predictions_file_name(rank, step), {key: np.concatenate(parts) for key, parts in saved.items()}
+        )
+    for evaluator in evaluators:
+        evaluator_dir = save_dir
+        if save_dir is not None and step is not None:
+            evaluator_dir = save_dir / f"evaluator_{evaluator.name}_step_{step}"
+        results.update(evaluator.result(evaluator_dir, group))
+    results["examples"] = examples
+    results["examples_per_second"] = examples / elapsed
+    return results

@@ -1,0 +1,1 @@
+"""Training: configs, optimizers, LR schedule and the trm-train loop."""

@@ -1,0 +1,148 @@
+"""What a run writes under ``checkpoint_path``: model checkpoints ``step_N`` (native format, loadable by
+``trm_mlx.load`` and ``load_checkpoint=``), ``all_config.yaml``, and the full training state that
+``resume=PATH`` continues from exactly.
+
+The training state is a folder ``train_state_step_N`` holding ``arrays.safetensors`` (model incl. puzzle table,
+optimizer moments and step counts, EMA, ACT carry, RNG key) and ``state.json`` (step counters, sampler position,
+config). It is written to a temporary folder and renamed into place; older training states are then removed.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import mlx.core as mx
+import yaml
+from mlx.utils import tree_flatten, tree_unflatten
+
+from trm_mlx.checkpoint import load_weights_into, model_arrays, save_native
+from trm_mlx.training.config import PretrainConfig
+from trm_mlx.training.state import TrainState
+
+STATE_FORMAT = "trm-mlx-train-state"
+STATE_VERSION = 1
+STATE_PREFIX = "train_state_step_"
+ARRAYS_FILE = "arrays.safetensors"
+STATE_FILE = "state.json"
+
+
+def model_checkpoint_path(config: PretrainConfig, step: int) -> Path:
+    return Path(config.checkpoint_path) / f"step_{step}"
+
+
+def save_model_checkpoint(config: PretrainConfig, model, step: int) -> Path:
+    return save_native(model_checkpoint_path(config, step), model)
+
+
+def write_all_config(config: PretrainConfig) -> Path:
+    """``all_config.yaml``: the resolved run config, as the original writes it (``trm_mlx.load`` reads it)."""
+    path = Path(config.checkpoint_path) / "all_config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".all_config.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(config.model_dump(), f, sort_keys=False)
+    os.replace(tmp, path)
+    return path
+
+
+def _prefixed(prefix: str, arrays: dict) -> dict:
+    return {f"{prefix}.{key}": value for key, value in arrays.items()}
+
+
+def _section(arrays: dict, prefix: str) -> dict:
+    start = len(prefix) + 1
+    return {key[start:]: value for key, value in arrays.items() if key.startswith(prefix + ".")}
+
+
+def save_train_state(config: PretrainConfig, state: TrainState, dataset_state: dict) -> Path:
+    """Write ``train_state_step_<step>`` under ``checkpoint_path`` and remove the older ones."""
+    root = Path(config.checkpoint_path)
+    root.mkdir(parents=True, exist_ok=True)
+    arrays = _prefixed("model", model_arrays(state.model))
+    if state.optimizer is not None:
+        arrays.update(_prefixed("optimizer", dict(tree_flatten(state.optimizer.state))))
+    if state.ema is not None:
+        arrays.update(_prefixed("ema", state.ema))
+    if state.carry is not None:
+        arrays.update(_prefixed("carry", dict(tree_flatten(state.carry))))
+    arrays["rng"] = mx.random.state[0]
+    meta = {
+        "format": STATE_FORMAT,
+        "version": STATE_VERSION,
+        "step": state.step,
+        "total_steps": state.total_steps,
+        "next_iter": state.next_iter,
+        "dataset": dataset_state,
+        "config": config.model_dump(),
+    }
+
+    target = root / f"{STATE_PREFIX}{state.step}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
+    try:
+        mx.save_safetensors(str(tmp / ARRAYS_FILE), arrays)
+        (tmp / STATE_FILE).write_text(json.dumps(meta, indent=1))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    for old in root.glob(f"{STATE_PREFIX}*"):
+        if old != target and old.is_dir():
+            shutil.rmtree(old)
+    return target
+
+
+def find_train_state(path: str | Path) -> Path:
+    """``path`` itself when it is a training-state folder, else the newest ``train_state_step_N`` inside it."""
+    path = Path(path)
+    if (path / STATE_FILE).is_file():
+        return path
+    candidates = [p for p in path.glob(f"{STATE_PREFIX}*") if (p / STATE_FILE).is_file()] if path.is_dir() else []
+    if not candidates:
+        raise FileNotFoundError(f"{path}: no training state (a {STATE_PREFIX}N folder with {STATE_FILE}) to resume")
+    return max(candidates, key=lambda p: int(p.name[len(STATE_PREFIX):]))
+
+
+def read_train_state_meta(path: Path) -> dict:
+    meta_file = path / STATE_FILE
+    try:
+        meta = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{meta_file}: not valid JSON ({e})") from None
+    if meta.get("format") != STATE_FORMAT or meta.get("version") != STATE_VERSION:
+        raise ValueError(f"{meta_file}: not a {STATE_FORMAT} v{STATE_VERSION} file")
+    return meta
+
+
+def load_train_state(path: Path, state: TrainState, dataset) -> None:
+    """Restore ``state`` (built from the same config) and the dataset's sampler position from ``path``."""
+    meta = read_train_state_meta(path)
+    arrays = mx.load(str(path / ARRAYS_FILE))
+    load_weights_into(state.model, _section(arrays, "model"), path / ARRAYS_FILE)
+
+    optimizer_arrays = _section(arrays, "optimizer")
+    if (state.optimizer is None) != (not optimizer_arrays):
+        raise ValueError(f"{path}: saved with{'out' if not optimizer_arrays else ''} a weight optimizer, "
+                         "which this config does not match (freeze_weights?)")
+    if state.optimizer is not None:
+        state.optimizer.state = tree_unflatten(list(optimizer_arrays.items()))
+
+    ema = _section(arrays, "ema")
+    if (state.ema is None) != (not ema):
+        raise ValueError(f"{path}: ema={bool(ema)} in the saved run, ema={state.ema is not None} now")
+    if state.ema is not None:
+        if set(ema) != set(state.ema):
+            raise ValueError(f"{path}: the saved EMA does not match the model's parameters")
+        state.ema = ema
+
+    carry = _section(arrays, "carry")
+    state.carry = tree_unflatten(list(carry.items())) if carry else None
+    high, low = (int(v) for v in arrays["rng"].tolist())
+    mx.random.seed((high << 32) | low)  # sets the global key to exactly [high, low]
+
+    state.step = meta["step"]  # total_steps stays the current config's: resuming with more epochs extends the run
+    state.next_iter = meta["next_iter"]
+    dataset.load_state_dict(meta["dataset"])

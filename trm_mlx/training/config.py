@@ -1,0 +1,171 @@
+"""The training config: the original ``PretrainConfig`` (same fields, defaults and naming rules) plus a few keys of ours.
+
+Hydra composes ``configs/cfg_pretrain.yaml``; :func:`from_hydra` turns the result into a :class:`PretrainConfig`.
+"""
+
+import importlib.util
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Literal, Optional, Sequence
+
+import coolname
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from pydantic import BaseModel, ConfigDict
+
+CONFIG_NAME = "cfg_pretrain"
+
+# Keys the trainer adds to the architecture config; supplying one under ``arch.`` is an error, as in the original.
+INJECTED_ARCH_KEYS = ("batch_size", "vocab_size", "seq_len", "num_puzzle_identifiers", "causal")
+
+
+def hydra_config_path() -> str:
+    """Where Hydra finds ``cfg_pretrain.yaml``.
+
+    Installed (wheel or editable) the yaml files are the package ``trm_mlx.configs``; running from a checkout
+    that was never installed, they are the checkout's ``configs/`` folder.
+    """
+    if importlib.util.find_spec("trm_mlx.configs") is not None:
+        return "pkg://trm_mlx.configs"
+    return str(Path(__file__).resolve().parents[2] / "configs")
+
+
+def compose(overrides: Sequence[str] = ()) -> DictConfig:
+    """``cfg_pretrain`` with command-line overrides, composed as ``trm-train <overrides>`` would (scripts, tests)."""
+    path = hydra_config_path()
+    if path.startswith("pkg://"):
+        context = hydra.initialize_config_module(path.removeprefix("pkg://"), version_base=None)
+    else:
+        context = hydra.initialize_config_dir(path, version_base=None)
+    with context:
+        return hydra.compose(CONFIG_NAME, overrides=list(overrides))
+
+
+class LossConfig(BaseModel):
+    """``arch.loss``: the loss-head locator; every other key is a keyword argument of the loss head."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+
+
+class ArchConfig(BaseModel):
+    """``arch``: the model locator and loss; every other key goes to the model constructor."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    loss: LossConfig
+
+
+class EvaluatorConfig(BaseModel):
+    """One ``evaluators`` entry: the evaluator locator; other keys are its keyword arguments."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+
+
+class PretrainConfig(BaseModel):
+    """All fields and defaults of the original ``pretrain.py`` config, then ours (documented in cfg_pretrain.yaml)."""
+
+    # Config
+    arch: ArchConfig
+    # Data
+    data_paths: list[str]
+    data_paths_test: list[str] = []
+    # Evaluators
+    evaluators: list[EvaluatorConfig] = []
+
+    # Hyperparams
+    global_batch_size: int
+    epochs: int
+
+    lr: float
+    lr_min_ratio: float
+    lr_warmup_steps: int
+
+    weight_decay: float
+    beta1: float
+    beta2: float
+
+    # Puzzle embedding
+    puzzle_emb_lr: float
+    puzzle_emb_weight_decay: float
+
+    # Names
+    project_name: Optional[str] = None
+    run_name: Optional[str] = None
+    load_checkpoint: Optional[str] = None
+    checkpoint_path: Optional[str] = None
+
+    # Extras
+    seed: int = 0
+    checkpoint_every_eval: bool = False
+    eval_interval: Optional[int] = None
+    min_eval_interval: Optional[int] = 0
+    eval_save_outputs: list[str] = []
+
+    ema: bool = False
+    ema_rate: float = 0.999
+    freeze_weights: bool = False
+
+    # trm-mlx additions
+    resume: Optional[str] = None
+    max_steps: Optional[int] = None
+    wandb_mode: Optional[Literal["online", "offline", "disabled"]] = None
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+
+
+def from_hydra(hydra_config: DictConfig) -> PretrainConfig:
+    """Resolve interpolations (``${.hidden_size}``) and validate; unknown top-level keys are ignored, as in the
+    original, but named in a warning so that a misspelt ``+key`` does not go unnoticed."""
+    values: dict[str, Any] = OmegaConf.to_container(hydra_config, resolve=True)  # type: ignore[assignment]
+    unknown = sorted(set(values) - set(PretrainConfig.model_fields))
+    if unknown:
+        warnings.warn(f"config keys not used by trm-train (ignored): {', '.join(unknown)}", stacklevel=2)
+    return PretrainConfig(**values)
+
+
+def with_naming_defaults(config: PretrainConfig) -> PretrainConfig:
+    """Fill ``project_name``, ``run_name`` and ``checkpoint_path`` the way the original does.
+
+    ``project_name`` = basename of the first data path, ``str.capitalize``d (rest lower-cased), + ``-ACT-torch``;
+    ``run_name`` = model class name + a random two-word slug; ``checkpoint_path`` = checkpoints/<project>/<run>.
+    The ``-ACT-torch`` suffix is kept so that runs land in the same wandb project as the original's.
+    """
+    project_name = config.project_name
+    if project_name is None:
+        project_name = f"{os.path.basename(config.data_paths[0]).capitalize()}-ACT-torch"
+    run_name = config.run_name
+    if run_name is None:
+        run_name = f"{config.arch.name.split('@')[-1]} {coolname.generate_slug(2)}"
+    checkpoint_path = config.checkpoint_path
+    if checkpoint_path is None:
+        checkpoint_path = os.path.join("checkpoints", project_name, run_name)
+    return config.model_copy(
+        update={"project_name": project_name, "run_name": run_name, "checkpoint_path": checkpoint_path}
+    )
+
+
+def model_arch_config(config: PretrainConfig, metadata: Any, world_size: int = 1) -> dict[str, Any]:
+    """The dict the model is built from: ``arch.name``, every extra ``arch`` key, and the injected keys.
+
+    ``metadata`` is the train split's dataset metadata (``vocab_size``, ``seq_len``, ``num_puzzle_identifiers``).
+    """
+    extras = dict(config.arch.model_extra or {})
+    clashes = [key for key in INJECTED_ARCH_KEYS if key in extras]
+    if clashes:
+        raise ValueError(
+            f"arch.{clashes[0]} is set by the trainer from the dataset and batch size; remove it from the config"
+        )
+    return {
+        "name": config.arch.name,
+        **extras,
+        "batch_size": config.global_batch_size // world_size,
+        "vocab_size": metadata.vocab_size,
+        "seq_len": metadata.seq_len,
+        "num_puzzle_identifiers": metadata.num_puzzle_identifiers,
+        "causal": False,
+    }

@@ -1,0 +1,244 @@
+"""The training loop of the original ``pretrain.py`` in MLX: one optimizer step per ACT step, the carry persisting
+across batches, AdamATan2 on the weights and sign-SGD on the puzzle-embedding rows of the batch, evaluation and
+checkpoints every ``eval_interval`` epochs, and exact resume."""
+
+from pathlib import Path
+
+import mlx.core as mx
+from mlx.utils import tree_flatten, tree_unflatten
+
+from trm_mlx.data import DatasetFormatError, PuzzleDataset
+from trm_mlx.data.builtin import DEFAULT_PATH as BUILTIN_SUDOKU_PATH
+from trm_mlx.data.builtin import ensure_builtin_sudoku
+from trm_mlx.evaluation.evaluators import create_evaluator
+from trm_mlx.evaluation.loop import evaluate
+from trm_mlx.training.checkpointing import (
+    find_train_state,
+    load_train_state,
+    read_train_state_meta,
+    save_model_checkpoint,
+    save_train_state,
+    write_all_config,
+)
+from trm_mlx.training.config import PretrainConfig, with_naming_defaults
+from trm_mlx.training.logging import RunLogger
+from trm_mlx.training.optimizers import sparse_sign_sgd
+from trm_mlx.training.schedule import warmup_cosine_lr
+from trm_mlx.training.state import TrainState, create_train_state, num_params
+
+
+def make_train_step(state: TrainState, config: PretrainConfig):
+    """The whole optimizer step as one compiled function ``(carry, batch, lr, puzzle_lr) -> (carry, metrics)``.
+
+    Forward, loss (scaled by 1/global batch), gradients of the weights and of the gathered puzzle rows, the
+    AdamATan2 update and the sparse sign-SGD update of the table all run in one graph. The model, optimizer state
+    and MLX's random state (ACT exploration draws from it) are implicit inputs and outputs, so nothing is traced
+    again and no value goes to the host. Learning rates are inputs: the schedule is evaluated on the host.
+    """
+    head, model, optimizer = state.head, state.model, state.optimizer
+    scale = 1.0 / config.global_batch_size
+    compiled_state = [head.state, mx.random.state] + ([optimizer.state] if optimizer is not None else [])
+
+    def step(carry, batch, lr, puzzle_lr):
+        carry, data = model.begin_step(carry, batch)
+        rows = model.gather_puzzle_rows(data)
+
+        def loss_fn(params, rows):
+            head.update(params)
+            new_carry, loss, metrics, _ = head.step(carry, data, rows)
+            return scale * loss, (new_carry, metrics)
+
+        params = head.trainable_parameters()
+        argnums = tuple(i for i, wanted in enumerate((optimizer is not None, rows is not None)) if wanted)
+        (_, (carry, metrics)), grads = mx.value_and_grad(loss_fn, argnums=argnums)(params, rows)
+        grads = dict(zip(argnums, grads if len(argnums) > 1 else (grads,)))
+
+        head.update(params)  # drop the traced copies loss_fn installed
+        if optimizer is not None:
+            optimizer.learning_rate = lr
+            head.update(optimizer.apply_gradients(grads[0], params))
+        if rows is not None:
+            emb = model.puzzle_emb
+            emb.weights = sparse_sign_sgd(
+                emb.weights, data["puzzle_identifiers"], grads[1], puzzle_lr, config.puzzle_emb_weight_decay
+            )
+        return carry, metrics
+
+    return mx.compile(step, inputs=compiled_state, outputs=compiled_state), compiled_state
+
+
+def make_ema_update(rate: float):
+    """``ema <- (1 - rate) * params + rate * ema`` as one compiled call; the factors are host doubles rounded once to
+    fp32, like the original's Python-scalar arithmetic."""
+    take, keep = 1.0 - rate, rate
+
+    @mx.compile
+    def update(ema: dict, params: dict) -> dict:
+        return {name: take * params[name] + keep * value for name, value in ema.items()}
+
+    def apply(state: TrainState) -> None:
+        state.ema = update(state.ema, dict(tree_flatten(state.head.trainable_parameters())))
+        mx.async_eval(state.ema)  # keep the lazy graph from growing step after step
+
+    return apply
+
+
+def learning_rates(config: PretrainConfig, state: TrainState) -> tuple[float, float]:
+    """(weights, puzzle embedding) rates of the current step, from the original schedule."""
+    shape = dict(warmup_steps=round(config.lr_warmup_steps), total_steps=state.total_steps, min_ratio=config.lr_min_ratio)
+    return (
+        warmup_cosine_lr(state.step, base_lr=config.lr, **shape),
+        warmup_cosine_lr(state.step, base_lr=config.puzzle_emb_lr, **shape),
+    )
+
+
+def reduce_train_metrics(metrics: dict, global_batch_size: int, lr: float) -> dict[str, float]:
+    """The original's ``train/*`` values: losses per global-batch row, the rest per halted row."""
+    values = {key: value.item() for key, value in sorted(metrics.items())}
+    count = max(values["count"], 1)
+    reduced = {f"train/{k}": v / (global_batch_size if k.endswith("loss") else count) for k, v in values.items()}
+    reduced["train/lr"] = lr
+    return reduced
+
+
+def train_batch(config: PretrainConfig, state: TrainState, step_fn, compiled_state, batch: dict):
+    """Queue one step; returns its (lazy) metrics and logged rate, or None past ``total_steps`` (step still counts)."""
+    state.step += 1
+    if state.step > state.total_steps:
+        return None
+    arrays = {key: mx.array(value) for key, value in batch.items()}
+    if state.carry is None:
+        state.carry = state.model.initial_carry(arrays)
+    lr, puzzle_lr = learning_rates(config, state)
+    state.carry, metrics = step_fn(state.carry, arrays, mx.array(lr, mx.float32), mx.array(puzzle_lr, mx.float32))
+    mx.async_eval(state.carry, metrics, compiled_state)
+    return metrics, (lr if state.trains_weights else puzzle_lr)
+
+
+def _ensure_builtin_data(paths: list[str]) -> None:
+    """The built-in Sudoku set is generated on first use wherever a config names its path."""
+    for path in paths:
+        if Path(path).resolve() == Path(BUILTIN_SUDOKU_PATH).resolve():
+            ensure_builtin_sudoku(path)
+
+
+def open_datasets(config: PretrainConfig, epochs_per_iter: int, log) -> tuple[PuzzleDataset, PuzzleDataset | None]:
+    test_paths = config.data_paths_test or config.data_paths
+    _ensure_builtin_data(list(config.data_paths) + list(test_paths))
+    train = PuzzleDataset(
+        config.data_paths, "train", config.global_batch_size, seed=config.seed, epochs_per_iter=epochs_per_iter
+    )
+    try:
+        test = PuzzleDataset(test_paths, "test", config.global_batch_size)
+    except DatasetFormatError as e:
+        log(f"no evaluation: {e}")
+        test = None
+    return train, test
+
+
+def create_evaluators(config: PretrainConfig, eval_data: PuzzleDataset | None, log) -> list:
+    if eval_data is None:
+        return []
+    evaluators = []
+    for spec in config.evaluators:
+        try:
+            evaluators.append(create_evaluator(spec.model_dump(), eval_data.paths, eval_data.metadata))
+        except ValueError as e:  # the original drops evaluators it cannot build, too
+            log(f"evaluator {spec.name} not used: {e}")
+    return evaluators
+
+
+def evaluate_and_checkpoint(config, state, eval_data, evaluators, logger, is_last_iter: bool, train_data) -> None:
+    """Evaluate (the EMA weights when ``ema``), write ``step_N`` of those weights, then the full training state."""
+    live = None
+    if state.ema is not None:
+        live = state.head.trainable_parameters()
+        state.head.update(tree_unflatten(list(state.ema.items())))
+    save = config.checkpoint_path is not None and (config.checkpoint_every_eval or is_last_iter)
+    try:
+        if eval_data is not None:
+            metrics = evaluate(
+                state.head, eval_data, evaluators, save_outputs=config.eval_save_outputs,
+                save_dir=config.checkpoint_path, step=state.step, progress=False,
+            )
+            logger.evaluation(metrics, state.step)
+        if save:
+            save_model_checkpoint(config, state.model, state.step)
+    finally:
+        if live is not None:
+            state.head.update(live)
+        state.model.train()
+    if save:
+        save_train_state(config, state, train_data.state_dict())
+
+
+def resolve_names(config: PretrainConfig) -> PretrainConfig:
+    """Naming defaults; a resumed run keeps the names (and checkpoint folder) of the run it continues."""
+    if config.resume is not None:
+        saved = read_train_state_meta(find_train_state(config.resume))["config"]
+        keep = ("project_name", "run_name", "checkpoint_path")
+        config = config.model_copy(update={k: saved[k] for k in keep if getattr(config, k) is None})
+    return with_naming_defaults(config)
+
+
+def set_device(device: str) -> None:
+    if device == "cpu":
+        mx.set_default_device(mx.cpu)
+    elif device == "gpu":
+        mx.set_default_device(mx.gpu)
+
+
+def train(config: PretrainConfig, show_progress: bool = True) -> dict:
+    """Run training as ``pretrain.py`` does; returns the step reached and the last train and eval metrics."""
+    config = resolve_names(config)
+    set_device(config.device)
+    epochs_per_iter = config.eval_interval if config.eval_interval is not None else config.epochs
+    if config.epochs % epochs_per_iter != 0:
+        raise ValueError(f"eval_interval={epochs_per_iter} must divide epochs={config.epochs}")
+    total_iters = config.epochs // epochs_per_iter
+
+    train_data, eval_data = open_datasets(config, epochs_per_iter, print)
+    evaluators = create_evaluators(config, eval_data, print)
+    state = create_train_state(config, train_data.metadata)
+    if config.resume is not None:
+        load_train_state(find_train_state(config.resume), state, train_data)
+    step_fn, compiled_state = make_train_step(state, config)
+    update_ema = make_ema_update(config.ema_rate)
+
+    logger = RunLogger(config, state.total_steps, initial_step=min(state.step, state.total_steps), show_progress=show_progress)
+    logger.log({"num_params": num_params(state.head)}, step=0)
+    if config.checkpoint_path is not None:
+        write_all_config(config)
+
+    def stop_requested() -> bool:
+        return config.max_steps is not None and state.step >= config.max_steps
+
+    pending = None  # the previous step's metrics, read while the next step runs
+    for iter_id in range(state.next_iter, total_iters):
+        if stop_requested():
+            break
+        state.next_iter = iter_id
+        state.model.train()
+        for _set_name, batch, _global_batch in train_data.iter_train():
+            queued = train_batch(config, state, step_fn, compiled_state, batch)
+            if pending is not None:
+                logger.train_step(reduce_train_metrics(pending[0], config.global_batch_size, pending[1]), pending[2])
+            pending = None if queued is None else (*queued, state.step)
+            if state.ema is not None:
+                update_ema(state)
+            if stop_requested():
+                break
+        if pending is not None:
+            logger.train_step(reduce_train_metrics(pending[0], config.global_batch_size, pending[1]), pending[2])
+            pending = None
+        if stop_requested():
+            if config.checkpoint_path is not None:
+                logger.write(f"stopped at max_steps={config.max_steps}; resume={config.checkpoint_path} continues")
+                save_train_state(config, state, train_data.state_dict())
+            break
+        state.next_iter = iter_id + 1
+        if iter_id >= config.min_eval_interval:
+            evaluate_and_checkpoint(config, state, eval_data, evaluators, logger, iter_id == total_iters - 1, train_data)
+
+    logger.close(state.step, config.checkpoint_path)
+    return {"step": state.step, "train": logger.last_train, "eval": logger.last_eval, "config": config}
