@@ -1,4 +1,4 @@
-"""Backend detection and the CPU BLAS choice.
+"""Backend detection, the CPU BLAS choice, and the policy for the fused kernels (trm_mlx.kernels).
 
 On Linux the `mlx[cpu]` wheel links a reference BLAS (about 5 GFLOP/s on a laptop-class core); an optimised
 BLAS loaded with RTLD_GLOBAL *before* MLX's own library is loaded supplies the same symbols ~30x faster
@@ -71,3 +71,66 @@ def describe() -> str:
     if name != "cpu" or not sys.platform.startswith("linux"):
         return name
     return f"cpu (BLAS: {fast_blas_path or 'MLX bundled reference BLAS; ' + INSTALL_HINT})"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Kernel policy: which implementation of the recurrent step's fused ops runs (trm_mlx.kernels).
+#
+# `reference` always runs the plain-MLX reference of each op; `fused` runs every fused kernel that passes its
+# self-check on this backend; `auto` (the default) runs only those measured to beat their reference here
+# (FUSED_BY_DEFAULT, figures in docs/BENCHMARKS.md). The environment variable TRM_MLX_KERNELS, when set, wins over
+# the value a config sets with `set_kernel_mode`, so one run can be switched without editing its config.
+# ---------------------------------------------------------------------------------------------------------------
+
+KERNEL_MODES = ("auto", "fused", "reference")
+KERNELS_ENV = "TRM_MLX_KERNELS"
+
+# Dtypes the fused kernels take (they accumulate in fp32 and round once to this dtype); others (float64 on the CPU)
+# always run the reference.
+KERNEL_DTYPES = ("float32", "float16", "bfloat16")
+
+# Fused kernels on by default in `auto` mode, per backend: only those measured faster than their reference
+# (scripts/bench_kernels.py). Metal is unmeasured, so none is on by default there; `fused` turns them on.
+FUSED_BY_DEFAULT = {
+    "cuda": frozenset(),
+    "metal": frozenset(),
+}
+
+configured_kernel_mode = "auto"
+
+
+def check_kernel_mode(mode: str, source: str) -> str:
+    if mode not in KERNEL_MODES:
+        raise ValueError(f"{source}: kernels must be one of {', '.join(KERNEL_MODES)}, got {mode!r}")
+    return mode
+
+
+def set_kernel_mode(mode: str) -> None:
+    """Set the mode from a config (`kernels: auto | fused | reference`); TRM_MLX_KERNELS still wins if set."""
+    global configured_kernel_mode
+    configured_kernel_mode = check_kernel_mode(mode, "config")
+
+
+def kernel_mode() -> str:
+    env = os.environ.get(KERNELS_ENV)
+    if env:
+        return check_kernel_mode(env, f"environment variable {KERNELS_ENV}")
+    return configured_kernel_mode
+
+
+def kernel_dtype_ok(dtype) -> bool:
+    """Whether the fused kernels take arrays of this MLX dtype."""
+    import mlx.core as mx
+
+    return any(dtype == getattr(mx, name) for name in KERNEL_DTYPES)
+
+
+def kernel_wanted(name: str) -> bool:
+    """Whether the policy asks for fused kernel `name` here (its self-check decides whether it then runs)."""
+    name_backend = backend()
+    if name_backend == "cpu":
+        return False  # MLX has no custom kernels on the CPU
+    mode = kernel_mode()
+    if mode == "reference":
+        return False
+    return mode == "fused" or name in FUSED_BY_DEFAULT.get(name_backend, frozenset())

@@ -9,6 +9,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from .. import kernels
 from .config import swiglu_intermediate_size
 from .init import truncated_normal
 
@@ -39,11 +40,6 @@ class CastedEmbedding(nn.Module):
         return self.embedding_weight.astype(dtype)[ids]
 
 
-def rms_norm(x: mx.array, eps: float) -> mx.array:
-    """Weightless RMSNorm over the last axis, computed in fp32 and rounded back to x's dtype."""
-    return mx.fast.rms_norm(x, None, eps)
-
-
 class RotaryTables:
     """cos/sin tables [S', hd] in fp32 (spec §2.4.4), built once per sequence length.
 
@@ -64,18 +60,6 @@ class RotaryTables:
         return self._cache[length]
 
 
-def rotate_half(x: mx.array) -> mx.array:
-    half = x.shape[-1] // 2
-    return mx.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-
-
-def apply_rotary(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
-    """x: [B, S, heads, hd]; rotation in fp32, result in x's dtype."""
-    x32 = x.astype(mx.float32)
-    cos, sin = cos[:, None, :], sin[:, None, :]
-    return (x32 * cos + rotate_half(x32) * sin).astype(x.dtype)
-
-
 class Attention(nn.Module):
     """Non-causal multi-head attention, no GQA, no mask; q/k/v are head-major blocks of one projection."""
 
@@ -90,12 +74,7 @@ class Attention(nn.Module):
     def __call__(self, h: mx.array, rotary) -> mx.array:
         B, S, _ = h.shape
         nh, hd = self.num_heads, self.head_dim
-        qkv = self.qkv_proj(h).reshape(B, S, 3 * nh, hd)
-        q, k, v = qkv[:, :, :nh], qkv[:, :, nh : 2 * nh], qkv[:, :, 2 * nh :]
-        if rotary is not None:
-            cos, sin = rotary
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
+        q, k, v = kernels.split_heads(self.qkv_proj(h), rotary, nh)
         out = mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(hd))
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, S, nh * hd))
 
@@ -108,8 +87,7 @@ class SwiGLU(nn.Module):
         self.down_proj = CastedLinear(inter, hidden_size)
 
     def __call__(self, x: mx.array) -> mx.array:
-        gate, up = mx.split(self.gate_up_proj(x), 2, axis=-1)
-        return self.down_proj(nn.silu(gate) * up)
+        return self.down_proj(kernels.swiglu(self.gate_up_proj(x)))
 
 
 class Block(nn.Module):
@@ -127,12 +105,10 @@ class Block(nn.Module):
 
     def __call__(self, h: mx.array, rotary) -> mx.array:
         if self.use_mlp_t:
-            t = h.swapaxes(1, 2)
-            t = rms_norm(t + self.mlp_t(t), self.eps)  # normalised over the sequence axis, as the original
-            h = t.swapaxes(1, 2)
+            h = kernels.token_mixing(h, self.mlp_t, self.eps)  # normalised over the sequence axis, as the original
         else:
-            h = rms_norm(h + self.self_attn(h, rotary), self.eps)
-        return rms_norm(h + self.mlp(h), self.eps)
+            h = kernels.add_rms_norm(h, self.self_attn(h, rotary), self.eps)
+        return kernels.add_rms_norm(h, self.mlp(h), self.eps)
 
 
 class ReasoningModule(nn.Module):
@@ -144,7 +120,7 @@ class ReasoningModule(nn.Module):
 
     def __call__(self, h: mx.array, injection, rotary) -> mx.array:
         if injection is not None:
-            h = h + injection
+            h = kernels.inject(h, injection)
         for layer in self.layers:
             h = layer(h, rotary)
         return h
