@@ -30,7 +30,7 @@ from trm_mlx.training.state import create_train_state
 from trm_mlx.training.trainer import make_train_step, reduce_train_metrics, train_batch
 
 # Exploration draws differ between torch and MLX generators; fp32 everywhere so the comparison is tight.
-PARITY_OVERRIDES = ["arch.halt_exploration_prob=0.0", "arch.forward_dtype=float32", "device=cpu"]
+PARITY_OVERRIDES = ["arch.halt_exploration_prob=0.0", "++arch.forward_dtype=float32", "device=cpu"]  # ++: the baseline yaml has no forward_dtype
 
 
 @dataclass

@@ -148,6 +148,17 @@ def test_original_native_original_round_trip_is_bit_identical(tmp_path):
     assert state["_orig_mod.model.inner.H_init"].dtype == torch.bfloat16
 
 
+def test_conversion_script_round_trip(tmp_path):
+    from scripts.convert_checkpoint import main as convert
+
+    checkpoint, state = write_original_checkpoint(tmp_path, {**TINY, "forward_dtype": "bfloat16"})
+    assert convert([str(checkpoint), str(tmp_path / "native"), "--to", "native"]) == 0
+    assert convert([str(tmp_path / "native"), str(tmp_path / "back"), "--to", "original", "--no-compiled-prefix"]) == 0
+    restored = torch.load(tmp_path / "back")
+    assert list(restored) == [k[len("_orig_mod.") :] for k in state]
+    assert all(torch.equal(restored[k[len("_orig_mod.") :]], v) for k, v in state.items())
+
+
 def test_unprefixed_keys_and_native_config(tmp_path):
     checkpoint, state = write_original_checkpoint(tmp_path, TINY)
     plain = OrderedDict((k[len("_orig_mod.") :], v) for k, v in state.items())
