@@ -92,7 +92,7 @@ KERNEL_DTYPES = ("float32", "float16", "bfloat16")
 # Fused kernels on by default in `auto` mode, per backend: only those measured faster than their reference
 # (scripts/bench_kernels.py). Metal is unmeasured, so none is on by default there; `fused` turns them on.
 FUSED_BY_DEFAULT = {
-    "cuda": frozenset(),
+    "cuda": frozenset({"add_rms_norm", "add_rms_norm_seq", "rope_split", "swiglu"}),  # inject_add lost: 0.89x
     "metal": frozenset(),
 }
 
