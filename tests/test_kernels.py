@@ -1,0 +1,357 @@
+"""trm_mlx.kernels on any machine: the generated sources for both backends, the policy, the self-check, and the
+custom VJPs (with each kernel launch replaced by a plain-MLX emulation of what the kernel computes, so the
+formulas, layouts and autodiff wiring are checked against MLX's autodiff of the reference)."""
+
+import re
+import string
+import warnings
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from trm_mlx import device, kernels
+from trm_mlx.kernels import codegen, glu, injection, norm, registry, rope
+from trm_mlx.model import ACTLossHead, create_model
+
+SOURCES = {
+    "add_rms_norm_fwd": (norm.ROWS_FORWARD, {"eps": "1e-05f"}),
+    "add_rms_norm_bwd": (norm.ROWS_BACKWARD, {"eps": "1e-05f"}),
+    "add_rms_norm_seq_fwd": (norm.COLUMNS_FORWARD, {"eps": "1e-05f"}),
+    "add_rms_norm_seq_bwd": (norm.COLUMNS_BACKWARD, {"eps": "1e-05f"}),
+    "swiglu_fwd": (glu.FORWARD, {}),
+    "swiglu_bwd": (glu.BACKWARD, {}),
+    "rope_split_fwd": (rope.FORWARD, {"rotate": rope.ROTATE_FORWARD}),
+    "rope_split_bwd": (rope.BACKWARD, {"rotate": rope.ROTATE_BACKWARD}),
+    "rope_split_fwd_norope": (rope.FORWARD, {"rotate": ""}),
+    "inject_add": (injection.FORWARD, {}),
+}
+CUDA_ONLY = ("threadIdx", "blockIdx", "blockDim", "__syncthreads", "__shared__", "__shfl", "expf", "rsqrtf")
+METAL_ONLY = ("threadgroup", "thread_position", "simdgroup", "metal::", "device ", "thread_index")
+# The thread attributes mx.fast.metal_kernel recognises in a body (and adds to the signature).
+METAL_ATTRIBUTES = {
+    "thread_position_in_grid", "thread_position_in_threadgroup", "threadgroup_position_in_grid",
+    "thread_index_in_simdgroup", "simdgroup_index_in_threadgroup", "threads_per_threadgroup",
+}
+
+
+# --------------------------------------------------------------------------------------------- generated sources
+
+
+@pytest.mark.parametrize("name", sorted(SOURCES))
+def test_every_body_renders_for_both_backends(name):
+    body, constants = SOURCES[name]
+    cuda = codegen.render(body, "cuda", **constants)
+    metal = codegen.render(body, "metal", **constants)
+    assert "$" not in cuda and "$" not in metal
+    assert not [t for t in METAL_ONLY if t in cuda], cuda
+    assert not [t for t in CUDA_ONLY if t in metal], metal
+    barriers = body.count("$barrier")
+    assert cuda.count("__syncthreads()") == barriers
+    assert metal.count("threadgroup_barrier(mem_flags::mem_threadgroup)") == barriers
+    used = set(re.findall(r"\b(thread\w*|simdgroup\w*)\b", metal)) - {"threadgroup", "threadgroup_barrier"}
+    assert used <= METAL_ATTRIBUTES, used
+    # Same source: stripping each backend's spellings of the placeholders leaves identical text.
+    # (The address-space qualifier is empty on CUDA, so it is dropped from both.)
+    canon = {k: ("" if k == "device" else f"@{k}@") for k in codegen.TOKENS["cuda"]}
+    assert strip_tokens(cuda, "cuda") == strip_tokens(metal, "metal") == string.Template(body).substitute(
+        canon, **constants
+    )
+
+
+def strip_tokens(text: str, backend: str) -> str:
+    # Longest spellings first, so "threadgroup_barrier(...)" is not eaten by "threadgroup".
+    for key, spelling in sorted(codegen.TOKENS[backend].items(), key=lambda kv: -len(kv[1])):
+        if spelling:
+            text = text.replace(spelling, "" if key == "device" else f"@{key}@")
+    return text
+
+
+def test_helpers_and_prelude_per_backend():
+    assert "__shfl_xor_sync" in codegen.header("cuda") and "__device__" in codegen.header("cuda")
+    assert "simd_sum" in codegen.header("metal") and "__" not in codegen.header("metal")
+    assert "expf(-x)" in codegen.header("cuda") and "metal::exp(-x)" in codegen.header("metal")
+    with pytest.raises(ValueError, match="no kernel backend 'cpu'"):
+        codegen.render("x", "cpu")
+    with pytest.raises(KeyError):
+        codegen.render("$no_such_token", "cuda")
+
+
+def test_float_literals_read_the_same_in_both_languages():
+    assert codegen.float_literal(1e-5) == "1e-05f"
+    assert codegen.float_literal(1) == "1.0f"
+    assert codegen.float_literal(0.25) == "0.25f"
+    assert float(codegen.float_literal(1e-6)[:-1]) == 1e-6
+
+
+def test_kernel_names_carry_the_rendered_source():
+    a = codegen.kernel("t", "metal", norm.ROWS_FORWARD, ("x", "res"), ("out",), (("eps", "1e-05f"),))
+    b = codegen.kernel("t", "metal", norm.ROWS_FORWARD, ("x", "res"), ("out",), (("eps", "1e-06f"),))
+    assert a is not b
+    assert a is codegen.kernel("t", "metal", norm.ROWS_FORWARD, ("x", "res"), ("out",), (("eps", "1e-05f"),))
+
+
+def test_row_layout_covers_the_row():
+    for width in (1, 31, 96, 128, 512, 1000, 4096, 8192):
+        threads, per_thread = norm.rows_layout(width)
+        assert threads % 32 == 0 and 32 <= threads <= 256
+        assert threads * per_thread >= width > threads * (per_thread - 1)
+        assert per_thread <= 32
+
+
+# ------------------------------------------------------------------------------------------------------- policy
+
+
+def test_kernel_mode_from_config_and_environment(monkeypatch):
+    monkeypatch.delenv(device.KERNELS_ENV, raising=False)
+    monkeypatch.setattr(device, "configured_kernel_mode", "auto")
+    device.set_kernel_mode("reference")
+    assert device.kernel_mode() == "reference"
+    monkeypatch.setenv(device.KERNELS_ENV, "fused")
+    assert device.kernel_mode() == "fused"  # the environment wins
+    monkeypatch.setenv(device.KERNELS_ENV, "fast")
+    with pytest.raises(ValueError, match="TRM_MLX_KERNELS.*auto, fused, reference.*'fast'"):
+        device.kernel_mode()
+    with pytest.raises(ValueError, match="config"):
+        device.set_kernel_mode("on")
+
+
+def test_cpu_always_runs_the_reference(monkeypatch):
+    monkeypatch.setenv(device.KERNELS_ENV, "fused")
+    monkeypatch.setattr(device, "backend", lambda: "cpu")
+    monkeypatch.setattr(registry, "RESULTS", {})
+    assert not any(device.kernel_wanted(name) for name in kernels.OPS)
+    x = mx.random.normal((2, 3, 8))
+    assert not kernels.use_fused("add_rms_norm", x)
+    assert ("add_rms_norm", "cpu") not in registry.RESULTS  # no self-check attempted where no kernel exists
+
+
+def test_auto_follows_the_measured_defaults(monkeypatch):
+    monkeypatch.setattr(device, "backend", lambda: "cuda")
+    monkeypatch.setattr(device, "FUSED_BY_DEFAULT", {"cuda": frozenset({"swiglu"})})
+    monkeypatch.setenv(device.KERNELS_ENV, "auto")
+    assert device.kernel_wanted("swiglu") and not device.kernel_wanted("add_rms_norm")
+    monkeypatch.setenv(device.KERNELS_ENV, "fused")
+    assert device.kernel_wanted("add_rms_norm")
+    monkeypatch.setenv(device.KERNELS_ENV, "reference")
+    assert not device.kernel_wanted("swiglu")
+
+
+def test_dtype_policy():
+    assert device.kernel_dtype_ok(mx.bfloat16) and device.kernel_dtype_ok(mx.float32)
+    assert not device.kernel_dtype_ok(mx.float64) and not device.kernel_dtype_ok(mx.int32)
+
+
+# ----------------------------------------------------- emulated launches: what each kernel computes, in plain MLX
+
+
+def f32(a):
+    return a.astype(mx.float32)
+
+
+def residual_sum(x, res):
+    return f32((f32(x) + f32(res)).astype(x.dtype))
+
+
+def emulate_norm_forward(x, res, eps, axis):
+    s = residual_sum(x, res)
+    return (s * mx.rsqrt(mx.mean(s * s, axis=axis, keepdims=True) + eps)).astype(x.dtype)
+
+
+def emulate_norm_backward(x, res, grad, eps, axis):
+    s, g = residual_sum(x, res), f32(grad)
+    n = s.shape[axis]
+    rstd = mx.rsqrt(mx.mean(s * s, axis=axis, keepdims=True) + eps)
+    return (rstd * g - rstd**3 * mx.sum(g * s, axis=axis, keepdims=True) / n * s).astype(x.dtype)
+
+
+def emulate_glu_forward(gu):
+    i = gu.shape[1] // 2
+    g, u = f32(gu[:, :i]), f32(gu[:, i:])
+    return (g * mx.sigmoid(g) * u).astype(gu.dtype)
+
+
+def emulate_glu_backward(gu, grad):
+    i = gu.shape[1] // 2
+    g, u, d = f32(gu[:, :i]), f32(gu[:, i:]), f32(grad)
+    sig = mx.sigmoid(g)
+    return mx.concatenate([d * u * sig * (1 + g * (1 - sig)), d * g * sig], axis=1).astype(gu.dtype)
+
+
+def rope_indices(B, S, H, hd):
+    """For every element of the packed [B, S, 3H, hd] projection: its output (0 q, 1 k, 2 v), its flat index in
+    that [B, H, S, hd] output, its partner column under rotate_half and its table index."""
+    b, s, h3, j = np.meshgrid(np.arange(B), np.arange(S), np.arange(3 * H), np.arange(hd), indexing="ij")
+    which, h = h3 // H, h3 % H
+    split = ((b * H + h) * S + s) * hd + j
+    partner = np.where(j < hd // 2, 1, -1) * (hd // 2)
+    return which.ravel(), split.ravel(), partner.ravel(), (s * hd + j).ravel(), (j < hd // 2).ravel()
+
+
+def emulate_rope_launch(backward, arrays, tables, shape, num_heads, out_shapes):
+    B, S, hd = shape
+    which, split, partner, table, first = (mx.array(a) for a in rope_indices(B, S, num_heads, hd))
+    flat_packed = mx.arange(B * S * 3 * num_heads * hd)
+    if not backward:
+        x = f32(arrays[0].reshape(-1))
+        mine, other = x, x[flat_packed + partner]
+    else:
+        split_all = mx.concatenate([f32(a.reshape(-1)) for a in arrays])
+        at = split + which * split.size // 3
+        mine, other = split_all[at], split_all[at + partner]
+    if tables:
+        cos, sin = (t.reshape(-1) for t in tables)
+        c, s_mine = cos[table], sin[table]
+        s_other = sin[table + partner]
+        rotated_q_k = which < 2
+        if not backward:  # (x1 c1 - x2 s1, x2 c2 + x1 s2)
+            y = mine * c + mx.where(first, -other, other) * s_mine
+        else:  # (d1 c1 + d2 s2, d2 c2 - d1 s1)
+            y = mine * c + mx.where(first, other, -other) * s_other
+        mine = mx.where(rotated_q_k, y, mine)
+    dtype = arrays[0].dtype
+    if not backward:
+        outs = [mx.zeros((split.size // 3,), dtype=mx.float32) for _ in range(3)]
+        for w in range(3):
+            sel = np.nonzero(np.array(which) == w)[0]
+            outs[w] = outs[w].at[split[mx.array(sel)]].add(mine[mx.array(sel)])
+        return [o.reshape(out_shapes[w]).astype(dtype) for w, o in enumerate(outs)]
+    return [mine.reshape(out_shapes[0]).astype(dtype)]
+
+
+@pytest.fixture
+def emulated(monkeypatch, request):
+    """Pretend to be on CUDA with every kernel launch replaced by its emulation; counts the launches."""
+    launches = []
+
+    def counted(name, fn):
+        def run(*args, **kw):
+            launches.append(name)
+            return fn(*args, **kw)
+
+        return run
+
+    monkeypatch.setattr(device, "backend", lambda: "cuda")
+    monkeypatch.setenv(device.KERNELS_ENV, "fused")
+    monkeypatch.setattr(registry, "RESULTS", {})
+    default = mx.default_device()
+    mx.set_default_device(mx.cpu)  # exact fp32 everywhere, also on a GPU machine (no TF32 matrix products)
+    request.addfinalizer(lambda: mx.set_default_device(default))
+    monkeypatch.setattr(norm, "rows_forward", counted("rows_fwd", lambda x, r, e: emulate_norm_forward(x, r, e, -1)))
+    monkeypatch.setattr(
+        norm, "rows_backward", counted("rows_bwd", lambda x, r, g, e: emulate_norm_backward(x, r, g, e, -1))
+    )
+    monkeypatch.setattr(
+        norm, "columns_forward", counted("cols_fwd", lambda x, r, e: emulate_norm_forward(x, r, e, 1))
+    )
+    monkeypatch.setattr(
+        norm, "columns_backward", counted("cols_bwd", lambda x, r, g, e: emulate_norm_backward(x, r, g, e, 1))
+    )
+    monkeypatch.setattr(glu, "forward", counted("glu_fwd", emulate_glu_forward))
+    monkeypatch.setattr(glu, "backward", counted("glu_bwd", emulate_glu_backward))
+    monkeypatch.setattr(rope, "launch", counted("rope", emulate_rope_launch))
+    monkeypatch.setattr(
+        injection, "forward", counted("inject", lambda h, i: (f32(h) + f32(i)).astype(h.dtype))
+    )
+    return launches
+
+
+@pytest.mark.parametrize("name", sorted(kernels.OPS))
+def test_fused_vjp_matches_reference_autodiff(emulated, name):
+    op = kernels.OPS[name]
+    forward, backward = registry.compare(op, mx.float32, mx.random.key(3))
+    assert forward < 1e-6 and backward < 1e-5, (forward, backward)
+    assert emulated, "the fused path never launched a kernel"
+
+
+def test_rope_without_tables_and_odd_sizes(emulated):
+    qkv = mx.random.normal((3, 5, 3 * 3 * 8), key=mx.random.key(1))
+    cot = [mx.random.normal((3, 3, 5, 8), key=k) for k in mx.random.split(mx.random.key(2), 3)]
+    for rotary in (None, rope.rotary_tables(5, 8)):
+        expected = registry.outputs_and_vjp(rope.reference, (qkv,), {"rotary": rotary, "num_heads": 3}, cot)
+        got = registry.outputs_and_vjp(rope.fused, (qkv,), {"rotary": rotary, "num_heads": 3}, cot)
+        for a, b in zip(got[0] + got[1], expected[0] + expected[1]):
+            np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-5, atol=1e-6)
+
+
+def test_self_check_disables_a_wrong_kernel_once(emulated, monkeypatch):
+    monkeypatch.setattr(glu, "forward", lambda gu: emulate_glu_forward(gu) * 1.01)
+    gu = mx.random.normal((4, 64))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = kernels.swiglu(gu)
+        second = kernels.swiglu(gu)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "'swiglu' disabled on cuda" in messages[0] and "float32 error" in messages[0]
+    np.testing.assert_array_equal(np.array(first), np.array(glu.reference(gu)))
+    np.testing.assert_array_equal(np.array(second), np.array(glu.reference(gu)))
+    assert not registry.RESULTS[("swiglu", "cuda")].ok
+
+
+def test_self_check_disables_a_kernel_that_fails_to_compile(emulated, monkeypatch):
+    def broken(*args):
+        raise RuntimeError("Failed to compile kernel: expected ';'\nmore lines")
+
+    monkeypatch.setattr(norm, "rows_forward", broken)
+    x, r = mx.random.normal((2, 3, 32)), mx.random.normal((2, 3, 32))
+    with pytest.warns(RuntimeWarning, match="'add_rms_norm' disabled on cuda \\(failed to run: Failed to compile"):
+        out = kernels.add_rms_norm(x, r, 1e-5)
+    np.testing.assert_array_equal(np.array(out), np.array(norm.reference_rows(x, r, 1e-5)))
+
+
+def test_self_check_catches_nan(emulated, monkeypatch):
+    monkeypatch.setattr(injection, "forward", lambda h, i: h * mx.nan)
+    result = registry.check(kernels.OPS["inject_add"])
+    assert not result.ok and "nan" in result.detail
+
+
+def test_self_check_leaves_the_global_random_state(emulated):
+    mx.random.seed(7)
+    before = mx.random.uniform(shape=(3,))
+    mx.random.seed(7)
+    assert registry.check(kernels.OPS["add_rms_norm"]).ok
+    np.testing.assert_array_equal(np.array(mx.random.uniform(shape=(3,))), np.array(before))
+
+
+def tiny_step(arch_overrides, mode, monkeypatch):
+    """Loss and gradients of one ACT step of a tiny fp32 model under one kernel mode."""
+    monkeypatch.setenv(device.KERNELS_ENV, mode)
+    arch = dict(
+        seq_len=12, vocab_size=7, num_puzzle_identifiers=3, puzzle_emb_ndim=32, H_cycles=2, L_cycles=2,
+        L_layers=2, hidden_size=32, expansion=2, num_heads=4, pos_encodings="rope", halt_max_steps=2,
+        halt_exploration_prob=0.0, forward_dtype="float32",
+    )
+    arch.update(arch_overrides)
+    mx.random.seed(0)
+    head = ACTLossHead(create_model(arch))
+    rng = np.random.default_rng(0)
+    batch = {
+        "inputs": mx.array(rng.integers(1, 7, (3, 12)), dtype=mx.int32),
+        "labels": mx.array(rng.integers(1, 7, (3, 12)), dtype=mx.int32),
+        "puzzle_identifiers": mx.array([0, 1, 2], dtype=mx.int32),
+    }
+    carry = head.initial_carry(batch)
+
+    def loss_fn(params):
+        head.update(params)
+        return head(carry, batch)[1]
+
+    loss, grads = mx.value_and_grad(loss_fn)(head.trainable_parameters())
+    mx.eval(loss, grads)
+    return loss, grads
+
+
+@pytest.mark.parametrize("variant", [{}, {"mlp_t": True, "pos_encodings": "none"}])
+def test_model_fused_equals_reference(emulated, monkeypatch, variant):
+    from mlx.utils import tree_flatten
+
+    ref_loss, ref_grads = tiny_step(variant, "reference", monkeypatch)
+    assert not emulated
+    loss, grads = tiny_step(variant, "fused", monkeypatch)
+    expected = {"rows_fwd", "rows_bwd", "glu_fwd", "glu_bwd", "inject"}
+    expected |= {"cols_fwd", "cols_bwd"} if variant else {"rope"}
+    assert expected <= set(emulated)
+    assert all(result.ok for result in registry.RESULTS.values())  # no op fell back to its reference
+    np.testing.assert_allclose(loss.item(), ref_loss.item(), rtol=1e-5)
+    for (name, g), (_, r) in zip(tree_flatten(grads), tree_flatten(ref_grads)):
+        np.testing.assert_allclose(np.array(g), np.array(r), rtol=2e-4, atol=2e-6, err_msg=name)

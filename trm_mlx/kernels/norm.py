@@ -1,0 +1,292 @@
+"""Residual add + weightless RMSNorm (spec §2.4.3, §2.4.7): `rms_norm(round(x + res))`, forward and backward.
+
+Two layouts. Over the hidden axis (every block's post-norm): one threadgroup per row, the row in registers, so the
+sum `x + res` is never written to memory. Over the sequence axis of a [B, S, D] array (the MLP-t block's first
+norm): one thread per (batch, hidden) column, walking the sequence with coalesced loads, so the block never
+materialises the [B, D, S] transpose the reference normalises.
+
+The residual sum is rounded to the array dtype before the norm, as the reference (and the original) do; the norm
+itself runs in fp32. The backward recomputes the sum from x and res instead of saving it, and returns one gradient
+for both (the add passes it through).
+"""
+
+import mlx.core as mx
+
+from . import codegen
+from .. import device
+from .registry import FusedOp, register, use_fused
+
+ROWS_MAX = 8192  # hidden sizes the row kernels take (at most 32 values per thread in registers)
+
+ROWS_FORWARD = """
+const int D = x_shape[1];
+const int64_t base = $block * D;
+const int tid = $thread;
+$shared float partial[TG / 32];
+float v[N];
+float ss = 0.0f;
+for (int j = 0; j < N; ++j) {
+  const int c = tid + j * TG;
+  float s = 0.0f;
+  if (c < D) {
+    s = static_cast<float>(static_cast<T>(static_cast<float>(x[base + c]) + static_cast<float>(res[base + c])));
+  }
+  v[j] = s;
+  ss += s * s;
+}
+ss = trm_simd_sum(ss);
+if ($lane == 0) {
+  partial[$warp] = ss;
+}
+$barrier;
+float total = 0.0f;
+for (int w = 0; w < TG / 32; ++w) {
+  total += partial[w];
+}
+const float scale = $rsqrt(total / static_cast<float>(D) + $eps);
+for (int j = 0; j < N; ++j) {
+  const int c = tid + j * TG;
+  if (c < D) {
+    out[base + c] = static_cast<T>(v[j] * scale);
+  }
+}
+"""
+
+# d(sum) = rstd * (g - xhat * mean(g * xhat)), xhat = sum * rstd; mean(g * xhat) = rstd * sum(g * sum) / D.
+ROWS_BACKWARD = """
+const int D = x_shape[1];
+const int64_t base = $block * D;
+const int tid = $thread;
+$shared float partial_ss[TG / 32];
+$shared float partial_gs[TG / 32];
+float v[N];
+float g[N];
+float ss = 0.0f;
+float gs = 0.0f;
+for (int j = 0; j < N; ++j) {
+  const int c = tid + j * TG;
+  float s = 0.0f;
+  float d = 0.0f;
+  if (c < D) {
+    s = static_cast<float>(static_cast<T>(static_cast<float>(x[base + c]) + static_cast<float>(res[base + c])));
+    d = static_cast<float>(grad[base + c]);
+  }
+  v[j] = s;
+  g[j] = d;
+  ss += s * s;
+  gs += d * s;
+}
+ss = trm_simd_sum(ss);
+gs = trm_simd_sum(gs);
+if ($lane == 0) {
+  partial_ss[$warp] = ss;
+  partial_gs[$warp] = gs;
+}
+$barrier;
+float total_ss = 0.0f;
+float total_gs = 0.0f;
+for (int w = 0; w < TG / 32; ++w) {
+  total_ss += partial_ss[w];
+  total_gs += partial_gs[w];
+}
+const float inv_d = 1.0f / static_cast<float>(D);
+const float rstd = $rsqrt(total_ss * inv_d + $eps);
+const float coef = rstd * rstd * rstd * total_gs * inv_d;
+for (int j = 0; j < N; ++j) {
+  const int c = tid + j * TG;
+  if (c < D) {
+    out[base + c] = static_cast<T>(rstd * g[j] - coef * v[j]);
+  }
+}
+"""
+
+COLUMNS_FORWARD = """
+const int S = x_shape[1];
+const int D = x_shape[2];
+const int64_t column = $global_thread;
+if (column >= static_cast<int64_t>(x_shape[0]) * D) {
+  return;
+}
+const int64_t b = column / D;
+const int64_t base = b * S * D + (column - b * D);
+float ss = 0.0f;
+for (int s = 0; s < S; ++s) {
+  const int64_t i = base + static_cast<int64_t>(s) * D;
+  const float v = static_cast<float>(static_cast<T>(static_cast<float>(x[i]) + static_cast<float>(res[i])));
+  ss += v * v;
+}
+const float scale = $rsqrt(ss / static_cast<float>(S) + $eps);
+for (int s = 0; s < S; ++s) {
+  const int64_t i = base + static_cast<int64_t>(s) * D;
+  const float v = static_cast<float>(static_cast<T>(static_cast<float>(x[i]) + static_cast<float>(res[i])));
+  out[i] = static_cast<T>(v * scale);
+}
+"""
+
+COLUMNS_BACKWARD = """
+const int S = x_shape[1];
+const int D = x_shape[2];
+const int64_t column = $global_thread;
+if (column >= static_cast<int64_t>(x_shape[0]) * D) {
+  return;
+}
+const int64_t b = column / D;
+const int64_t base = b * S * D + (column - b * D);
+float ss = 0.0f;
+float gs = 0.0f;
+for (int s = 0; s < S; ++s) {
+  const int64_t i = base + static_cast<int64_t>(s) * D;
+  const float v = static_cast<float>(static_cast<T>(static_cast<float>(x[i]) + static_cast<float>(res[i])));
+  ss += v * v;
+  gs += static_cast<float>(grad[i]) * v;
+}
+const float inv_s = 1.0f / static_cast<float>(S);
+const float rstd = $rsqrt(ss * inv_s + $eps);
+const float coef = rstd * rstd * rstd * gs * inv_s;
+for (int s = 0; s < S; ++s) {
+  const int64_t i = base + static_cast<int64_t>(s) * D;
+  const float v = static_cast<float>(static_cast<T>(static_cast<float>(x[i]) + static_cast<float>(res[i])));
+  out[i] = static_cast<T>(rstd * static_cast<float>(grad[i]) - coef * v);
+}
+"""
+
+COLUMN_THREADS = 256
+
+
+def rows_layout(width: int) -> tuple[int, int]:
+    """(threads per row, values per thread): about 4 values a thread, 32 to 256 threads."""
+    threads = min(256, 32 * -(-width // 128))
+    return threads, -(-width // threads)
+
+
+def launch_rows(body: str, name: str, arrays: list, eps: float) -> mx.array:
+    rows, width = arrays[0].shape
+    threads, per_thread = rows_layout(width)
+    names = ("x", "res", "grad")[: len(arrays)]
+    kernel = codegen.kernel(
+        name, device.backend(), body, names, ("out",), (("eps", codegen.float_literal(eps)),)
+    )
+    return kernel(
+        inputs=arrays,
+        template=[("T", arrays[0].dtype), ("TG", threads), ("N", per_thread)],
+        grid=(rows * threads, 1, 1),
+        threadgroup=(threads, 1, 1),
+        output_shapes=[arrays[0].shape],
+        output_dtypes=[arrays[0].dtype],
+    )[0]
+
+
+def launch_columns(body: str, name: str, arrays: list, eps: float) -> mx.array:
+    batch, _, width = arrays[0].shape
+    names = ("x", "res", "grad")[: len(arrays)]
+    kernel = codegen.kernel(
+        name, device.backend(), body, names, ("out",), (("eps", codegen.float_literal(eps)),)
+    )
+    columns = batch * width
+    return kernel(
+        inputs=arrays,
+        template=[("T", arrays[0].dtype)],
+        grid=(-(-columns // COLUMN_THREADS) * COLUMN_THREADS, 1, 1),
+        threadgroup=(COLUMN_THREADS, 1, 1),
+        output_shapes=[arrays[0].shape],
+        output_dtypes=[arrays[0].dtype],
+    )[0]
+
+
+def rows_forward(x, res, eps):
+    return launch_rows(ROWS_FORWARD, "add_rms_norm_fwd", [x, res], eps)
+
+
+def rows_backward(x, res, grad, eps):
+    return launch_rows(ROWS_BACKWARD, "add_rms_norm_bwd", [x, res, grad], eps)
+
+
+def columns_forward(x, res, eps):
+    return launch_columns(COLUMNS_FORWARD, "add_rms_norm_seq_fwd", [x, res], eps)
+
+
+def columns_backward(x, res, grad, eps):
+    return launch_columns(COLUMNS_BACKWARD, "add_rms_norm_seq_bwd", [x, res, grad], eps)
+
+
+def reference_rows(x: mx.array, res: mx.array, eps: float) -> mx.array:
+    return mx.fast.rms_norm(x + res, None, eps)
+
+
+def reference_columns(x: mx.array, res: mx.array, eps: float) -> mx.array:
+    return mx.fast.rms_norm((x + res).swapaxes(-1, -2), None, eps).swapaxes(-1, -2)
+
+
+def fused_rows(x: mx.array, res: mx.array, eps: float) -> mx.array:
+    shape = x.shape
+
+    @mx.custom_function
+    def norm(x2, res2):
+        return rows_forward(x2, res2, eps)
+
+    @norm.vjp
+    def norm_vjp(primals, cotangent, output):
+        grad = rows_backward(*primals, cotangent, eps)
+        return grad, grad
+
+    width = shape[-1]
+    return norm(x.reshape(-1, width), res.reshape(-1, width)).reshape(shape)
+
+
+def fused_columns(x: mx.array, res: mx.array, eps: float) -> mx.array:
+    @mx.custom_function
+    def norm(x3, res3):
+        return columns_forward(x3, res3, eps)
+
+    @norm.vjp
+    def norm_vjp(primals, cotangent, output):
+        grad = columns_backward(*primals, cotangent, eps)
+        return grad, grad
+
+    return norm(x, res)
+
+
+def sample(shape):
+    def make(key, dtype):
+        kx, kr = mx.random.split(key)
+        x = mx.random.normal(shape, key=kx).astype(dtype)
+        res = (0.5 * mx.random.normal(shape, key=kr)).astype(dtype)
+        return (x, res), {"eps": 1e-5}
+
+    return make
+
+
+ROWS = register(
+    FusedOp(
+        name="add_rms_norm",
+        summary="residual add + RMSNorm over the hidden axis",
+        reference=reference_rows,
+        fused=fused_rows,
+        sample=sample((3, 11, 512)),
+    )
+)
+
+COLUMNS = register(
+    FusedOp(
+        name="add_rms_norm_seq",
+        summary="residual add + RMSNorm over the sequence axis, no transpose (MLP-t)",
+        reference=reference_columns,
+        fused=fused_columns,
+        sample=sample((3, 97, 80)),
+    )
+)
+
+
+def add_rms_norm(x: mx.array, res: mx.array, eps: float) -> mx.array:
+    """`rms_norm(x + res)` over the last axis."""
+    if x.shape == res.shape and x.dtype == res.dtype and x.shape[-1] <= ROWS_MAX and use_fused(ROWS.name, x):
+        return fused_rows(x, res, eps)
+    return reference_rows(x, res, eps)
+
+
+def add_rms_norm_seq(x: mx.array, res: mx.array, eps: float) -> mx.array:
+    """`rms_norm(x + res)` over axis 1 of [B, S, D] arrays."""
+    if x.ndim == 3 and x.shape == res.shape and x.dtype == res.dtype and use_fused(COLUMNS.name, x):
+        return fused_columns(x, res, eps)
+    return reference_columns(x, res, eps)
+

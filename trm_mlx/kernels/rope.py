@@ -1,0 +1,194 @@
+"""RoPE applied while splitting q/k/v into the attention layout (spec §2.4.4-§2.4.5), forward and backward.
+
+The projection gives [B, S, 3H, hd] (head-major q, k, v blocks). The reference slices it, rotates q and k in fp32
+(half-split `rotate_half`), and transposes to [B, H, S, hd] views; the fused kernel reads each head row once and
+writes the three [B, H, S, hd] arrays, rotated and rounded once. The backward applies the inverse rotation and
+writes the [B, S, 3H*hd] projection gradient directly.
+"""
+
+import mlx.core as mx
+
+from . import codegen
+from .. import device
+from .registry import FusedOp, register, use_fused
+
+THREADS = 256
+
+# One thread per (b, s, head of 3H, j < hd/2): the pair (j, j + hd/2) that rotate_half mixes.
+INDEXING = """
+const int HALF = HD / 2;
+const int64_t count = static_cast<int64_t>(B) * S * (3 * H) * HALF;
+const int64_t tid = $global_thread;
+if (tid >= count) {
+  return;
+}
+const int j = static_cast<int>(tid % HALF);
+const int64_t row = tid / HALF;
+const int head3 = static_cast<int>(row % (3 * H));
+const int64_t token = row / (3 * H);
+const int s = static_cast<int>(token % S);
+const int64_t b = token / S;
+const int which = head3 / H;
+const int64_t packed = row * HD + j;
+const int64_t split = ((b * H + (head3 - which * H)) * S + s) * HD + j;
+const int64_t table = static_cast<int64_t>(s) * HD + j;
+"""
+
+FORWARD = (
+    """
+const int B = qkv_shape[0];
+const int S = qkv_shape[1];
+"""
+    + INDEXING
+    + """
+float x1 = static_cast<float>(qkv[packed]);
+float x2 = static_cast<float>(qkv[packed + HALF]);
+$rotate
+$device T* dst = which == 0 ? q : (which == 1 ? k : v);
+dst[split] = static_cast<T>(x1);
+dst[split + HALF] = static_cast<T>(x2);
+"""
+)
+
+# (x1, x2) -> (x1 c1 - x2 s1, x2 c2 + x1 s2), c/s of columns j and j + hd/2 (equal in the standard tables).
+ROTATE_FORWARD = """
+if (which < 2) {
+  const float c1 = cos_table[table];
+  const float s1 = sin_table[table];
+  const float c2 = cos_table[table + HALF];
+  const float s2 = sin_table[table + HALF];
+  const float y1 = x1 * c1 - x2 * s1;
+  const float y2 = x2 * c2 + x1 * s2;
+  x1 = y1;
+  x2 = y2;
+}
+"""
+
+BACKWARD = (
+    """
+const int B = dq_shape[0];
+const int S = dq_shape[2];
+"""
+    + INDEXING
+    + """
+const $device T* src = which == 0 ? dq : (which == 1 ? dk : dv);
+float x1 = static_cast<float>(src[split]);
+float x2 = static_cast<float>(src[split + HALF]);
+$rotate
+out[packed] = static_cast<T>(x1);
+out[packed + HALF] = static_cast<T>(x2);
+"""
+)
+
+# The transpose of the forward rotation: (d1, d2) -> (d1 c1 + d2 s2, d2 c2 - d1 s1).
+ROTATE_BACKWARD = """
+if (which < 2) {
+  const float c1 = cos_table[table];
+  const float s1 = sin_table[table];
+  const float c2 = cos_table[table + HALF];
+  const float s2 = sin_table[table + HALF];
+  const float y1 = x1 * c1 + x2 * s2;
+  const float y2 = x2 * c2 - x1 * s1;
+  x1 = y1;
+  x2 = y2;
+}
+"""
+
+
+def launch(backward: bool, arrays: list, tables: list, shape: tuple, num_heads: int, out_shapes: list):
+    """One launch over every (b, s, head, pair); shape is (B, S, hd)."""
+    batch, seq, head_dim = shape
+    names = ("dq", "dk", "dv") if backward else ("qkv",)
+    rotate = ROTATE_BACKWARD if backward else ROTATE_FORWARD
+    kernel = codegen.kernel(
+        ("rope_split_bwd" if backward else "rope_split_fwd") + ("" if tables else "_norope"),
+        device.backend(),
+        BACKWARD if backward else FORWARD,
+        names + (("cos_table", "sin_table") if tables else ()),
+        ("out",) if backward else ("q", "k", "v"),
+        (("rotate", rotate if tables else ""),),
+    )
+    count = batch * seq * 3 * num_heads * (head_dim // 2)
+    return kernel(
+        inputs=arrays + tables,
+        template=[("T", arrays[0].dtype), ("H", num_heads), ("HD", head_dim)],
+        grid=(-(-count // THREADS) * THREADS, 1, 1),
+        threadgroup=(THREADS, 1, 1),
+        output_shapes=out_shapes,
+        output_dtypes=[arrays[0].dtype] * len(out_shapes),
+    )
+
+
+def rotate_half(x: mx.array) -> mx.array:
+    half = x.shape[-1] // 2
+    return mx.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def apply_rotary(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
+    """x: [B, S, heads, hd]; rotation in fp32, result in x's dtype."""
+    x32 = x.astype(mx.float32)
+    cos, sin = cos[:, None, :], sin[:, None, :]
+    return (x32 * cos + rotate_half(x32) * sin).astype(x.dtype)
+
+
+def reference(qkv: mx.array, rotary, num_heads: int):
+    """[B, S, 3*H*hd] -> q, k, v as [B, H, S, hd] (views of the projection where no rotation applies)."""
+    B, S, _ = qkv.shape
+    nh = num_heads
+    qkv = qkv.reshape(B, S, 3 * nh, -1)
+    q, k, v = qkv[:, :, :nh], qkv[:, :, nh : 2 * nh], qkv[:, :, 2 * nh :]
+    if rotary is not None:
+        cos, sin = rotary
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    return tuple(t.transpose(0, 2, 1, 3) for t in (q, k, v))
+
+
+def fused(qkv: mx.array, rotary, num_heads: int):
+    B, S, width = qkv.shape
+    head_dim = width // (3 * num_heads)
+    tables = list(rotary) if rotary is not None else []  # constants: no gradient flows to the tables
+    split_shape = (B, num_heads, S, head_dim)
+
+    @mx.custom_function
+    def split(packed):
+        return tuple(launch(False, [packed], tables, (B, S, head_dim), num_heads, [split_shape] * 3))
+
+    @split.vjp
+    def split_vjp(packed, cotangents, outputs):
+        return (launch(True, list(cotangents), tables, (B, S, head_dim), num_heads, [qkv.shape])[0],)
+
+    return split(qkv)
+
+
+def sample(key, dtype):
+    S, nh, hd = 13, 2, 64
+    tables = rotary_tables(S, hd)
+    return (mx.random.normal((2, S, 3 * nh * hd), key=key).astype(dtype),), {"rotary": tables, "num_heads": nh}
+
+
+def rotary_tables(length: int, head_dim: int, theta: float = 10000.0):
+    """cos/sin [length, hd] as spec §2.4.4 (the self-check's and tests' tables)."""
+    inv_freq = 1.0 / (theta ** (mx.arange(0, head_dim, 2, dtype=mx.float32) / head_dim))
+    freqs = mx.arange(length, dtype=mx.float32)[:, None] * inv_freq[None, :]
+    emb = mx.concatenate([freqs, freqs], axis=-1)
+    return mx.cos(emb), mx.sin(emb)
+
+
+OP = register(
+    FusedOp(
+        name="rope_split",
+        summary="q/k/v split into the attention layout with RoPE on q and k",
+        reference=reference,
+        fused=fused,
+        sample=sample,
+    )
+)
+
+
+def split_heads(qkv: mx.array, rotary, num_heads: int):
+    """The attention inputs q, k, v ([B, H, S, hd]) of a qkv projection [B, S, 3*H*hd], RoPE applied if given."""
+    head_dim = qkv.shape[-1] // (3 * num_heads)
+    tables_fit = rotary is None or all(t.shape == (qkv.shape[1], head_dim) and t.dtype == mx.float32 for t in rotary)
+    if head_dim % 2 == 0 and tables_fit and use_fused(OP.name, qkv):
+        return fused(qkv, rotary, num_heads)
+    return reference(qkv, rotary, num_heads)
