@@ -3,8 +3,9 @@
 ``resume=PATH`` continues from exactly.
 
 The training state is a folder ``train_state_step_N`` holding ``arrays.safetensors`` (model incl. puzzle table,
-optimizer moments and step counts, EMA, ACT carry, RNG key) and ``state.json`` (step counters, sampler position,
-config). It is written to a temporary folder and renamed into place; older training states are then removed.
+optimizer moments and step counts, EMA, the ACT carry of the whole global batch, RNG key) and ``state.json`` (step
+counters, sampler position, config). It is written to a temporary folder and renamed into place; older training
+states are then removed. Rank 0 writes it; a run resumes from it on any number of ranks.
 """
 
 import json
@@ -15,10 +16,11 @@ from pathlib import Path
 
 import mlx.core as mx
 import yaml
-from mlx.utils import tree_flatten, tree_unflatten
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from trm_mlx.checkpoint import load_weights_into, model_arrays, save_native
 from trm_mlx.training.config import PretrainConfig
+from trm_mlx.training.distributed import all_gather, rank_rows
 from trm_mlx.training.state import TrainState
 
 STATE_FORMAT = "trm-mlx-train-state"
@@ -56,8 +58,12 @@ def _section(arrays: dict, prefix: str) -> dict:
     return {key[start:]: value for key, value in arrays.items() if key.startswith(prefix + ".")}
 
 
-def save_train_state(config: PretrainConfig, state: TrainState, dataset_state: dict) -> Path:
-    """Write ``train_state_step_<step>`` under ``checkpoint_path`` and remove the older ones."""
+def save_train_state(config: PretrainConfig, state: TrainState, dataset_state: dict, carry: dict | None) -> Path:
+    """Write ``train_state_step_<step>`` under ``checkpoint_path`` and remove the older ones.
+
+    ``carry`` is the carry of the whole global batch (all ranks' rows, see :func:`global_carry`), so that a run
+    resumes on any number of ranks.
+    """
     root = Path(config.checkpoint_path)
     root.mkdir(parents=True, exist_ok=True)
     arrays = _prefixed("model", model_arrays(state.model))
@@ -65,8 +71,8 @@ def save_train_state(config: PretrainConfig, state: TrainState, dataset_state: d
         arrays.update(_prefixed("optimizer", dict(tree_flatten(state.optimizer.state))))
     if state.ema is not None:
         arrays.update(_prefixed("ema", state.ema))
-    if state.carry is not None:
-        arrays.update(_prefixed("carry", dict(tree_flatten(state.carry))))
+    if carry is not None:
+        arrays.update(_prefixed("carry", dict(tree_flatten(carry))))
     arrays["rng"] = mx.random.state[0]
     meta = {
         "format": STATE_FORMAT,
@@ -117,8 +123,24 @@ def read_train_state_meta(path: Path) -> dict:
     return meta
 
 
-def load_train_state(path: Path, state: TrainState, dataset) -> None:
-    """Restore ``state`` (built from the same config) and the dataset's sampler position from ``path``."""
+def global_carry(state: TrainState, group: mx.distributed.Group) -> dict | None:
+    """The carry of the whole global batch: every rank's rows in rank order (collective: every rank calls it).
+
+    Evaluated here on every rank: a rank that dropped its gather unevaluated would leave the others' gathers to be
+    matched with its next collective.
+    """
+    if state.carry is None or group.size() == 1:
+        return state.carry
+    carry = tree_map(lambda value: all_gather(value, group), state.carry)
+    mx.eval(carry)
+    return carry
+
+
+def load_train_state(path: Path, state: TrainState, dataset, group: mx.distributed.Group | None = None) -> None:
+    """Restore ``state`` (built from the same config) and the dataset's sampler position from ``path``.
+
+    Every rank reads the folder and takes its own rows of the saved global-batch carry.
+    """
     meta = read_train_state_meta(path)
     arrays = mx.load(str(path / ARRAYS_FILE))
     load_weights_into(state.model, _section(arrays, "model"), path / ARRAYS_FILE)
@@ -140,6 +162,13 @@ def load_train_state(path: Path, state: TrainState, dataset) -> None:
 
     carry = _section(arrays, "carry")
     state.carry = tree_unflatten(list(carry.items())) if carry else None
+    if state.carry is not None:
+        rank, world_size = (group.rank(), group.size()) if group is not None else (0, 1)
+        try:
+            state.carry = rank_rows(state.carry, rank, world_size, dataset.global_batch_size)
+        except ValueError as e:
+            batch = dataset.global_batch_size
+            raise ValueError(f"{path}: the saved carry does not fit global_batch_size={batch}: {e}") from None
     high, low = (int(v) for v in arrays["rng"].tolist())
     mx.random.seed((high << 32) | low)  # sets the global key to exactly [high, low]
 

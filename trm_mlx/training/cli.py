@@ -1,6 +1,7 @@
 """``trm-train``: the original ``python pretrain.py`` command line (Hydra, same keys, same ``+key=`` rules).
 
 With no arguments it trains the small built-in Sudoku demo (``preset=demo``), generating the data on first use.
+Under ``mlx.launch -n N`` it trains data-parallel on N ranks (docs/DISTRIBUTED.md).
 """
 
 import sys
@@ -15,9 +16,14 @@ DEMO_OVERRIDE = "preset=demo"
 
 @hydra.main(config_path=hydra_config_path(), config_name=CONFIG_NAME, version_base=None)
 def launch(hydra_config: DictConfig) -> None:
-    from trm_mlx.training.trainer import train  # MLX and the model load after parsing: --help stays instant
+    # MLX and the model load after parsing: --help stays instant.
+    from trm_mlx.training.distributed import DistributedError
+    from trm_mlx.training.trainer import train
 
-    train(from_hydra(hydra_config))
+    try:
+        train(from_hydra(hydra_config))
+    except DistributedError as e:  # a rank stopped: say so in one line rather than with a traceback from MLX
+        sys.exit(f"trm-train: {e}")
 
 
 def main() -> None:

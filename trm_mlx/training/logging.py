@@ -15,11 +15,22 @@ def wandb_mode(config: PretrainConfig) -> str:
 
 
 class RunLogger:
-    """One object for everything a run reports: tqdm bar (``total_steps``), wandb when enabled, console lines."""
+    """One object for everything a run reports: tqdm bar (``total_steps``), wandb when enabled, console lines.
 
-    def __init__(self, config: PretrainConfig, total_steps: int, initial_step: int = 0, show_progress: bool = True):
+    In a data-parallel run only rank 0 reports (``primary``); the others' loggers keep the last metrics and are silent.
+    """
+
+    def __init__(
+        self,
+        config: PretrainConfig,
+        total_steps: int,
+        initial_step: int = 0,
+        show_progress: bool = True,
+        primary: bool = True,
+    ):
         self.run = None
-        mode = wandb_mode(config)
+        self.primary = primary
+        mode = wandb_mode(config) if primary else "disabled"
         if mode != "disabled":
             try:
                 import wandb
@@ -32,7 +43,8 @@ class RunLogger:
                 mode=mode,
                 settings=wandb.Settings(x_disable_stats=True),
             )
-        self.bar = tqdm(total=total_steps, initial=initial_step, desc="train", unit="step", disable=not show_progress)
+        self.bar = tqdm(total=total_steps, initial=initial_step, desc="train", unit="step",
+                        disable=not (show_progress and primary))
         self.last_train: dict[str, float] = {}
         # Accuracies only count rows that halted at that step (often none early on): show the latest step that had
         # some, rather than a row of zeros.
@@ -61,10 +73,13 @@ class RunLogger:
         self.write(f"step {step}: " + describe(self.last_train, self.last_halted, metrics))
 
     def write(self, line: str) -> None:
-        self.bar.write(line)
+        if self.primary:
+            self.bar.write(line)
 
     def close(self, step: int, checkpoint_path: str | None) -> None:
         self.bar.close()
+        if not self.primary:
+            return
         print(f"done at step {step}: " + describe(self.last_train, self.last_halted, self.last_eval))
         if checkpoint_path is not None:
             print(f"checkpoints: {checkpoint_path}")

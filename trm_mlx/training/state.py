@@ -9,6 +9,7 @@ from mlx.utils import tree_flatten
 from trm_mlx.checkpoint import load_weights_into, read_weights
 from trm_mlx.model import ACTLossHead, create_model
 from trm_mlx.training.config import PretrainConfig, model_arch_config
+from trm_mlx.training.distributed import broadcast_arrays
 from trm_mlx.training.optimizers import AdamATan2
 
 
@@ -48,15 +49,22 @@ def num_params(head: ACTLossHead) -> int:
     return sum(value.size for _, value in tree_flatten(head.trainable_parameters()))
 
 
-def create_train_state(config: PretrainConfig, metadata) -> TrainState:
-    """Model (seeded init, or ``load_checkpoint`` with the puzzle-table resize rule), loss head and optimizer."""
-    mx.random.seed(config.seed)
-    model = create_model(model_arch_config(config, metadata))
+def create_train_state(config: PretrainConfig, metadata, group: mx.distributed.Group | None = None) -> TrainState:
+    """Model (seeded init, or ``load_checkpoint`` with the puzzle-table resize rule), loss head and optimizer.
+
+    With several ranks (``group``), rank 0 alone reads ``load_checkpoint`` and every rank then takes rank 0's
+    arrays, before the optimizer and the EMA are built from them, as the original broadcasts after loading.
+    """
+    world_size = group.size() if group is not None else 1
+    mx.random.seed(config.seed)  # the same on every rank: the ranks then draw the same random numbers
+    model = create_model(model_arch_config(config, metadata, world_size))
     head = ACTLossHead(model, **(config.arch.loss.model_extra or {}))
-    if config.load_checkpoint is not None:
+    if config.load_checkpoint is not None and (group is None or group.rank() == 0):
         weights, _ = read_weights(Path(config.load_checkpoint))
         load_weights_into(model, weights, config.load_checkpoint, resize_puzzle_embedding=True)
     mx.eval(model.parameters())
+    if world_size > 1:
+        model.update(broadcast_arrays(model.parameters(), group))
 
     # As the original: with no puzzle embedding AdamATan2 trains everything even under freeze_weights.
     optimizer = None

@@ -1,6 +1,6 @@
 """The training loop of the original ``pretrain.py`` in MLX: one optimizer step per ACT step, the carry persisting
 across batches, AdamATan2 on the weights and sign-SGD on the puzzle-embedding rows of the batch, evaluation and
-checkpoints every ``eval_interval`` epochs, and exact resume."""
+checkpoints every ``eval_interval`` epochs, exact resume, and data parallelism over ``mx.distributed``."""
 
 from pathlib import Path
 
@@ -14,6 +14,7 @@ from trm_mlx.evaluation.evaluators import create_evaluator
 from trm_mlx.evaluation.loop import evaluate
 from trm_mlx.training.checkpointing import (
     find_train_state,
+    global_carry,
     load_train_state,
     read_train_state_meta,
     save_model_checkpoint,
@@ -21,23 +22,39 @@ from trm_mlx.training.checkpointing import (
     write_all_config,
 )
 from trm_mlx.training.config import PretrainConfig, with_naming_defaults
+from trm_mlx.training.distributed import (
+    HeartbeatDataset,
+    Watchdog,
+    all_gather,
+    broadcast_object,
+    is_backend_error,
+    peer_lost,
+    sum_gradients,
+    sum_metrics,
+    watchdog_timeout,
+)
 from trm_mlx.training.logging import RunLogger
 from trm_mlx.training.optimizers import sparse_sign_sgd
 from trm_mlx.training.schedule import warmup_cosine_lr
 from trm_mlx.training.state import TrainState, create_train_state, num_params
 
 
-def make_train_step(state: TrainState, config: PretrainConfig):
+def make_train_step(state: TrainState, config: PretrainConfig, group: mx.distributed.Group | None = None):
     """The whole optimizer step as one compiled function ``(carry, batch, lr, puzzle_lr) -> (carry, metrics)``.
 
     Forward, loss (scaled by 1/global batch), gradients of the weights and of the gathered puzzle rows, the
     AdamATan2 update and the sparse sign-SGD update of the table all run in one graph. The model, optimizer state
     and MLX's random state (ACT exploration draws from it) are implicit inputs and outputs, so nothing is traced
     again and no value goes to the host. Learning rates are inputs: the schedule is evaluated on the host.
+
+    With several ranks (``group``) the collectives are part of the same graph: the weight gradients are summed over
+    the ranks, every rank's puzzle ids and row gradients are gathered before the sign-SGD sums them per row, and the
+    metrics are summed, so every rank applies the update of the whole global batch and keeps identical weights.
     """
     head, model, optimizer = state.head, state.model, state.optimizer
     scale = 1.0 / config.global_batch_size
     compiled_state = [head.state, mx.random.state] + ([optimizer.state] if optimizer is not None else [])
+    parallel = group is not None and group.size() > 1
 
     def step(carry, batch, lr, puzzle_lr):
         carry, data = model.begin_step(carry, batch)
@@ -52,16 +69,20 @@ def make_train_step(state: TrainState, config: PretrainConfig):
         argnums = tuple(i for i, wanted in enumerate((optimizer is not None, rows is not None)) if wanted)
         (_, (carry, metrics)), grads = mx.value_and_grad(loss_fn, argnums=argnums)(params, rows)
         grads = dict(zip(argnums, grads if len(argnums) > 1 else (grads,)))
+        if parallel:
+            metrics = sum_metrics(metrics, group)
 
         head.update(params)  # drop the traced copies loss_fn installed
         if optimizer is not None:
             optimizer.learning_rate = lr
-            head.update(optimizer.apply_gradients(grads[0], params))
+            weight_grads = sum_gradients(grads[0], group) if parallel else grads[0]
+            head.update(optimizer.apply_gradients(weight_grads, params))
         if rows is not None:
+            ids, row_grads = data["puzzle_identifiers"], grads[1]
+            if parallel:
+                ids, row_grads = all_gather(ids, group), all_gather(row_grads, group)
             emb = model.puzzle_emb
-            emb.weights = sparse_sign_sgd(
-                emb.weights, data["puzzle_identifiers"], grads[1], puzzle_lr, config.puzzle_emb_weight_decay
-            )
+            emb.weights = sparse_sign_sgd(emb.weights, ids, row_grads, puzzle_lr, config.puzzle_emb_weight_decay)
         return carry, metrics
 
     return mx.compile(step, inputs=compiled_state, outputs=compiled_state), compiled_state
@@ -115,21 +136,35 @@ def train_batch(config: PretrainConfig, state: TrainState, step_fn, compiled_sta
     return metrics, (lr if state.trains_weights else puzzle_lr)
 
 
-def _ensure_builtin_data(paths: list[str]) -> None:
-    """The built-in Sudoku set is generated on first use wherever a config names its path."""
-    for path in paths:
-        if Path(path).resolve() == Path(BUILTIN_SUDOKU_PATH).resolve():
-            ensure_builtin_sudoku(path)
+def _ensure_builtin_data(paths: list[str], group: mx.distributed.Group) -> None:
+    """The built-in Sudoku set is generated on first use wherever a config names its path.
+
+    Ranks take turns, so that ranks sharing a disk do not build the same folder at once; a rank on another machine
+    builds its own copy.
+    """
+    builtin = [p for p in paths if Path(p).resolve() == Path(BUILTIN_SUDOKU_PATH).resolve()]
+    if not builtin:
+        return
+    for turn in range(group.size()):
+        if turn == group.rank():
+            for path in builtin:
+                ensure_builtin_sudoku(path)
+        if group.size() > 1:
+            mx.eval(mx.distributed.all_sum(mx.array(0), group=group))
 
 
-def open_datasets(config: PretrainConfig, epochs_per_iter: int, log) -> tuple[PuzzleDataset, PuzzleDataset | None]:
+def open_datasets(
+    config: PretrainConfig, epochs_per_iter: int, log, group: mx.distributed.Group
+) -> tuple[PuzzleDataset, PuzzleDataset | None]:
+    """This rank's train and test data: every rank samples the same global batches and takes its slice of them."""
     test_paths = config.data_paths_test or config.data_paths
-    _ensure_builtin_data(list(config.data_paths) + list(test_paths))
+    _ensure_builtin_data(list(config.data_paths) + list(test_paths), group)
+    shard = dict(rank=group.rank(), world_size=group.size())
     train = PuzzleDataset(
-        config.data_paths, "train", config.global_batch_size, seed=config.seed, epochs_per_iter=epochs_per_iter
+        config.data_paths, "train", config.global_batch_size, seed=config.seed, epochs_per_iter=epochs_per_iter, **shard
     )
     try:
-        test = PuzzleDataset(test_paths, "test", config.global_batch_size)
+        test = PuzzleDataset(test_paths, "test", config.global_batch_size, **shard)
     except DatasetFormatError as e:
         log(f"no evaluation: {e}")
         test = None
@@ -148,8 +183,20 @@ def create_evaluators(config: PretrainConfig, eval_data: PuzzleDataset | None, l
     return evaluators
 
 
-def evaluate_and_checkpoint(config, state, eval_data, evaluators, logger, is_last_iter: bool, train_data) -> None:
-    """Evaluate (the EMA weights when ``ema``), write ``step_N`` of those weights, then the full training state."""
+def save_training_state(config: PretrainConfig, state: TrainState, train_data, group: mx.distributed.Group) -> None:
+    """Rank 0 writes the full training state, with the carry of every rank (collective: every rank calls it)."""
+    carry = global_carry(state, group)
+    if group.rank() == 0:
+        save_train_state(config, state, train_data.state_dict(), carry)
+
+
+def evaluate_and_checkpoint(
+    config, state, eval_data, evaluators, logger, is_last_iter: bool, train_data, group, watchdog
+) -> None:
+    """Evaluate (the EMA weights when ``ema``), write ``step_N`` of those weights, then the full training state.
+
+    Every rank evaluates its slice of each test batch; rank 0 writes the checkpoints.
+    """
     live = None
     if state.ema is not None:
         live = state.head.trainable_parameters()
@@ -158,18 +205,18 @@ def evaluate_and_checkpoint(config, state, eval_data, evaluators, logger, is_las
     try:
         if eval_data is not None:
             metrics = evaluate(
-                state.head, eval_data, evaluators, save_outputs=config.eval_save_outputs,
-                save_dir=config.checkpoint_path, step=state.step, progress=False,
+                state.head, HeartbeatDataset(eval_data, watchdog), evaluators, save_outputs=config.eval_save_outputs,
+                save_dir=config.checkpoint_path, step=state.step, group=group, progress=False,
             )
             logger.evaluation(metrics, state.step)
-        if save:
+        if save and group.rank() == 0:
             save_model_checkpoint(config, state.model, state.step)
     finally:
         if live is not None:
             state.head.update(live)
         state.model.train()
     if save:
-        save_train_state(config, state, train_data.state_dict())
+        save_training_state(config, state, train_data, group)
 
 
 def resolve_names(config: PretrainConfig) -> PretrainConfig:
@@ -189,56 +236,90 @@ def set_device(device: str) -> None:
 
 
 def train(config: PretrainConfig, show_progress: bool = True) -> dict:
-    """Run training as ``pretrain.py`` does; returns the step reached and the last train and eval metrics."""
+    """Run training as ``pretrain.py`` does; returns the step reached and the last train and eval metrics.
+
+    Under ``mlx.launch`` every process is one rank of a data-parallel run (see docs/DISTRIBUTED.md); rank 0 alone
+    logs and writes checkpoints, and the returned metrics are the same on every rank.
+    """
+    group = mx.distributed.init()
+    try:
+        return _train(config, show_progress, group)
+    except RuntimeError as e:
+        if group.size() > 1 and is_backend_error(e):
+            raise peer_lost(group, e) from e
+        raise
+
+
+def _train(config: PretrainConfig, show_progress: bool, group: mx.distributed.Group) -> dict:
+    primary = group.rank() == 0
+    timeout_s = watchdog_timeout()
     config = resolve_names(config)
+    if group.size() > 1:
+        config = broadcast_object(config, group)  # rank 0's names (the run name has a random part)
+        if config.global_batch_size % group.size():
+            raise ValueError(f"global_batch_size={config.global_batch_size} is not a multiple of {group.size()} ranks")
     set_device(config.device)
     epochs_per_iter = config.eval_interval if config.eval_interval is not None else config.epochs
     if config.epochs % epochs_per_iter != 0:
         raise ValueError(f"eval_interval={epochs_per_iter} must divide epochs={config.epochs}")
     total_iters = config.epochs // epochs_per_iter
 
-    train_data, eval_data = open_datasets(config, epochs_per_iter, print)
-    evaluators = create_evaluators(config, eval_data, print)
-    state = create_train_state(config, train_data.metadata)
+    log = print if primary else (lambda _line: None)
+    train_data, eval_data = open_datasets(config, epochs_per_iter, log, group)
+    evaluators = create_evaluators(config, eval_data, log)
+    state = create_train_state(config, train_data.metadata, group)
     if config.resume is not None:
-        load_train_state(find_train_state(config.resume), state, train_data)
-    step_fn, compiled_state = make_train_step(state, config)
+        load_train_state(find_train_state(config.resume), state, train_data, group)
+    step_fn, compiled_state = make_train_step(state, config, group)
     update_ema = make_ema_update(config.ema_rate)
 
-    logger = RunLogger(config, state.total_steps, initial_step=min(state.step, state.total_steps), show_progress=show_progress)
+    logger = RunLogger(config, state.total_steps, initial_step=min(state.step, state.total_steps),
+                       show_progress=show_progress, primary=primary)  # fmt: skip
     logger.log({"num_params": num_params(state.head)}, step=0)
-    if config.checkpoint_path is not None:
+    if config.checkpoint_path is not None and primary:
         write_all_config(config)
+    if group.size() > 1:
+        logger.write(f"data-parallel over {group.size()} ranks: {train_data.local_batch_size} rows of each global "
+                     f"batch of {config.global_batch_size} per rank")  # fmt: skip
 
     def stop_requested() -> bool:
         return config.max_steps is not None and state.step >= config.max_steps
 
-    pending = None  # the previous step's metrics, read while the next step runs
-    for iter_id in range(state.next_iter, total_iters):
-        if stop_requested():
-            break
-        state.next_iter = iter_id
-        state.model.train()
-        for _set_name, batch, _global_batch in train_data.iter_train():
-            queued = train_batch(config, state, step_fn, compiled_state, batch)
-            if pending is not None:
-                logger.train_step(reduce_train_metrics(pending[0], config.global_batch_size, pending[1]), pending[2])
-            pending = None if queued is None else (*queued, state.step)
-            if state.ema is not None:
-                update_ema(state)
+    def report(pending) -> None:
+        logger.train_step(reduce_train_metrics(pending[0], config.global_batch_size, pending[1]), pending[2])
+        watchdog.beat()
+
+    with Watchdog(timeout_s, group) as watchdog:
+        pending = None  # the previous step's metrics, read while the next step runs
+        for iter_id in range(state.next_iter, total_iters):
             if stop_requested():
                 break
-        if pending is not None:
-            logger.train_step(reduce_train_metrics(pending[0], config.global_batch_size, pending[1]), pending[2])
-            pending = None
-        if stop_requested():
-            if config.checkpoint_path is not None:
-                logger.write(f"stopped at max_steps={config.max_steps}; resume={config.checkpoint_path} continues")
-                save_train_state(config, state, train_data.state_dict())
-            break
-        state.next_iter = iter_id + 1
-        if iter_id >= config.min_eval_interval:
-            evaluate_and_checkpoint(config, state, eval_data, evaluators, logger, iter_id == total_iters - 1, train_data)
+            state.next_iter = iter_id
+            state.model.train()
+            for _set_name, batch, _global_batch in train_data.iter_train():
+                queued = train_batch(config, state, step_fn, compiled_state, batch)
+                if pending is not None:
+                    report(pending)
+                pending = None if queued is None else (*queued, state.step)
+                if state.ema is not None:
+                    update_ema(state)
+                if stop_requested():
+                    break
+            if pending is not None:
+                report(pending)
+                pending = None
+            if stop_requested():
+                if config.checkpoint_path is not None:
+                    logger.write(f"stopped at max_steps={config.max_steps}; resume={config.checkpoint_path} continues")
+                    save_training_state(config, state, train_data, group)
+                break
+            state.next_iter = iter_id + 1
+            if iter_id >= config.min_eval_interval:
+                is_last = iter_id == total_iters - 1
+                evaluate_and_checkpoint(
+                    config, state, eval_data, evaluators, logger, is_last, train_data, group, watchdog
+                )
+                watchdog.beat()
 
     logger.close(state.step, config.checkpoint_path)
     return {"step": state.step, "train": logger.last_train, "eval": logger.last_eval, "config": config}

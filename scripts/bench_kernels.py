@@ -1,0 +1,327 @@
+"""Time each fused kernel against its reference, then a whole compiled train step fused vs reference.
+
+    python scripts/bench_kernels.py                     # kernels, blocks and both presets' steps; table last
+    python scripts/bench_kernels.py --part kernels      # only the per-kernel and per-block timings
+    python scripts/bench_kernels.py --json results.json
+
+Per kernel: the op alone (forward, and forward + VJP) at the presets' shapes, bf16, each compiled, median of
+repeated runs after warm-up, with the fused kernel's achieved bandwidth (bytes it must read and write / time).
+Per block: one Block forward + backward under each kernel mode. Whole step: forward of one ACT step, loss,
+gradients and an Adam update of every parameter, `mx.compile`d with the model, optimizer and random state as
+implicit inputs/outputs; each (preset, mode) runs in its own process so peak memory is its own and an
+out-of-memory failure costs only that entry (it is retried at half the batch).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import trm_mlx  # noqa: E402,F401  (CPU BLAS choice before MLX loads)
+import mlx.core as mx  # noqa: E402
+import mlx.nn as nn  # noqa: E402
+import mlx.optimizers as optim  # noqa: E402
+import numpy as np  # noqa: E402
+
+from trm_mlx import device, kernels  # noqa: E402
+from trm_mlx.kernels import registry, rope  # noqa: E402
+from trm_mlx.model import ACTLossHead, create_model  # noqa: E402
+from trm_mlx.model.layers import Block  # noqa: E402
+
+BF16 = mx.bfloat16
+
+# The two presets of the issue: Sudoku-Extreme with the MLP-t block, ARC-AGI-1 with attention (spec App. A).
+PRESETS = {
+    "sudoku_mlp_t": dict(
+        batch=768, seq_len=81, vocab_size=11, mlp_t=True, pos_encodings="none", L_cycles=6, puzzle_emb_ndim=512
+    ),
+    "arc_attention": dict(
+        batch=192, seq_len=900, vocab_size=12, mlp_t=False, pos_encodings="rope", L_cycles=4, puzzle_emb_ndim=512
+    ),
+}
+COMMON_ARCH = dict(
+    num_puzzle_identifiers=1000, H_cycles=3, L_layers=2, hidden_size=512, expansion=4, num_heads=8,
+    halt_max_steps=16, halt_exploration_prob=0.1, forward_dtype="bfloat16", puzzle_emb_len=16,
+)
+
+
+def timed(fn, args, reps: int, warmup: int = 3) -> float:
+    """Median wall time in ms of fn(*args) evaluated (mx.eval blocks until the GPU is done)."""
+    for _ in range(warmup):
+        mx.eval(fn(*args))
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        mx.eval(fn(*args))
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def with_vjp(fn, static, cotangents):
+    def run(*arrays):
+        return mx.vjp(lambda *a: as_list(fn(*a, **static)), list(arrays), cotangents)
+
+    return run
+
+
+def as_list(out):
+    return list(out) if isinstance(out, tuple) else [out]
+
+
+def normal(shape, seed, scale=1.0):
+    return (scale * mx.random.normal(shape, key=mx.random.key(seed))).astype(BF16)
+
+
+def kernel_cases():
+    """(op name, label, arrays, static kwargs) at the presets' shapes."""
+    sudoku_h, arc_h = (768, 97, 512), (192, 916, 512)
+    return [
+        ("add_rms_norm", "Sudoku h [768,97,512]", (normal(sudoku_h, 1), normal(sudoku_h, 2, 0.5)), {"eps": 1e-5}),
+        ("add_rms_norm", "ARC h [192,916,512]", (normal(arc_h, 1), normal(arc_h, 2, 0.5)), {"eps": 1e-5}),
+        ("add_rms_norm_seq", "Sudoku h [768,97,512]", (normal(sudoku_h, 1), normal(sudoku_h, 2, 0.5)), {"eps": 1e-5}),
+        ("swiglu", "Sudoku mlp [768,97,3072]", (normal((768, 97, 3072), 3, 2.0),), {}),
+        ("swiglu", "Sudoku mlp_t [768,512,1024]", (normal((768, 512, 1024), 3, 2.0),), {}),
+        ("swiglu", "ARC mlp [192,916,3072]", (normal((192, 916, 3072), 3, 2.0),), {}),
+        (
+            "rope_split",
+            "ARC qkv [192,916,1536]",
+            (normal((192, 916, 1536), 4),),
+            {"rotary": rope.rotary_tables(916, 64), "num_heads": 8},
+        ),
+        ("inject_add", "Sudoku h [768,97,512]", (normal(sudoku_h, 5), normal(sudoku_h, 6)), {}),
+        ("inject_add", "ARC h [192,916,512]", (normal(arc_h, 5), normal(arc_h, 6)), {}),
+    ]
+
+
+def bench_kernels(reps: int) -> list[dict]:
+    rows = []
+    for name, label, arrays, static in kernel_cases():
+        op = kernels.OPS[name]
+        outs = as_list(op.reference(*arrays, **static))
+        cots = [normal(o.shape, 7 + i) for i, o in enumerate(outs)]
+        row = {"kernel": name, "shape": label}
+        for impl_name, impl in (("reference", op.reference), ("fused", op.fused)):
+            forward = mx.compile(partial(impl, **static))
+            both = mx.compile(with_vjp(impl, static, cots))
+            row[f"{impl_name}_fwd_ms"] = timed(forward, arrays, reps)
+            row[f"{impl_name}_fwd_bwd_ms"] = timed(both, arrays, reps)
+        moved = sum(a.nbytes for a in arrays) + sum(o.nbytes for o in outs)
+        row["fused_fwd_GBps"] = moved / row["fused_fwd_ms"] / 1e6
+        rows.append(row)
+        print_kernel_row(row, flush=True)
+    return rows
+
+
+def with_mode(mode: str, fn):
+    """Trace fn under one kernel mode (the dispatch is decided while tracing)."""
+    os.environ[device.KERNELS_ENV] = mode
+    compiled = mx.compile(fn)
+
+    def run(*args):
+        os.environ[device.KERNELS_ENV] = mode
+        return compiled(*args)
+
+    return run
+
+
+BLOCK_CASES = (("sudoku_mlp_t", 97, (768, 97, 512)), ("arc_attention", 0, (192, 916, 512)))
+
+
+def bench_blocks(reps: int) -> list[dict]:
+    """One Block forward + backward (input and weight gradients) per mode, bf16, at each preset's size."""
+    rows = []
+    for preset, mlp_t_len, shape in BLOCK_CASES:
+        mx.random.seed(0)
+        block = Block(shape[-1], 8, 4, 1e-5, mlp_t_len)
+        rotary = None if mlp_t_len else rope.rotary_tables(shape[1], shape[-1] // 8)
+        h, cot = normal(shape, 11), normal(shape, 12)
+
+        def loss(h):
+            return (block(h, rotary).astype(mx.float32) * cot.astype(mx.float32)).sum()
+
+        step = nn.value_and_grad(block, loss)
+        row = {"block": preset, "shape": str(list(shape))}
+        for mode in ("reference", "fused"):
+            row[f"{mode}_ms"] = timed(with_mode(mode, step), (h,), reps)
+        rows.append(row)
+        print(f"block {preset:<14} reference {row['reference_ms']:8.2f} ms  fused {row['fused_ms']:8.2f} ms", flush=True)
+    return rows
+
+
+def make_batch(preset: dict, batch_size: int) -> dict:
+    rng = np.random.default_rng(0)
+    vocab, seq = preset["vocab_size"], preset["seq_len"]
+    return {
+        "inputs": mx.array(rng.integers(1, vocab, (batch_size, seq)), dtype=mx.int32),
+        "labels": mx.array(rng.integers(1, vocab, (batch_size, seq)), dtype=mx.int32),
+        "puzzle_identifiers": mx.array(rng.integers(0, 1000, (batch_size,)), dtype=mx.int32),
+    }
+
+
+def run_step(preset_name: str, mode: str, batch_size: int, steps: int) -> dict:
+    """Time the compiled train step of one preset under one kernel mode (in this process)."""
+    os.environ[device.KERNELS_ENV] = mode
+    preset = PRESETS[preset_name]
+    arch = {**COMMON_ARCH, **{k: v for k, v in preset.items() if k != "batch"}}
+    mx.random.seed(0)
+    head = ACTLossHead(create_model(arch))
+    optimizer = optim.Adam(learning_rate=1e-4)
+    optimizer.init(head.trainable_parameters())
+    state = [head.state, optimizer.state, mx.random.state]
+
+    def loss_fn(carry, batch):
+        carry, loss, _, _, _ = head(carry, batch)
+        return loss, carry
+
+    grad_fn = nn.value_and_grad(head, loss_fn)
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def step(carry, batch):
+        (loss, carry), grads = grad_fn(carry, batch)
+        optimizer.update(head, grads)
+        return loss, carry
+
+    batch = make_batch(preset, batch_size)
+    carry = head.initial_carry(batch)
+    mx.eval(carry, state)
+    mx.clear_cache()
+    mx.reset_peak_memory()
+    times = []
+    for i in range(steps + 2):  # the first two: compile, then a step from the reset carry
+        start = time.perf_counter()
+        loss, carry = step(carry, batch)
+        mx.eval(loss, carry, state)
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    used = sorted(name for (name, _), result in registry.RESULTS.items() if result.ok and device.kernel_wanted(name))
+    return {
+        "preset": preset_name,
+        "mode": mode,
+        "batch": batch_size,
+        "step_ms": 1e3 * statistics.median(times),
+        "step_ms_spread": [1e3 * min(times), 1e3 * max(times)],
+        "peak_GiB": mx.get_peak_memory() / 2**30,
+        "fused_ops": used,
+        "loss": loss.item(),
+    }
+
+
+def bench_steps(modes: list[str], steps: int, timeout: int) -> list[dict]:
+    """Each (preset, mode) in a fresh process; on failure retry once at half the batch."""
+    rows = []
+    for preset_name, preset in PRESETS.items():
+        for mode in modes:
+            batch = preset["batch"]
+            while batch >= preset["batch"] // 2:
+                cmd = [sys.executable, __file__, "--step", preset_name, mode, str(batch), "--steps", str(steps)]
+                try:
+                    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+                    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+                    failure = None if done.returncode == 0 and lines else (done.stderr or done.stdout)[-600:]
+                except subprocess.TimeoutExpired:
+                    failure, lines = f"timed out after {timeout} s", []
+                if failure is None:
+                    row = json.loads(lines[-1])
+                    rows.append(row)
+                    print(
+                        f"step {preset_name:<14} {mode:<9} batch {batch:4d}: {row['step_ms']:8.1f} ms, "
+                        f"peak {row['peak_GiB']:.1f} GiB, fused {','.join(row['fused_ops']) or '-'}",
+                        flush=True,
+                    )
+                    break
+                print(f"step {preset_name} {mode} batch {batch} failed: {failure.strip()}", flush=True)
+                batch //= 2
+    return rows
+
+
+def print_kernel_row(row: dict, flush: bool = False) -> None:
+    f, r = row["fused_fwd_bwd_ms"], row["reference_fwd_bwd_ms"]
+    print(
+        f"{row['kernel']:<17} {row['shape']:<28} fwd {row['reference_fwd_ms']:7.3f} -> {row['fused_fwd_ms']:7.3f} ms"
+        f"  fwd+bwd {r:7.3f} -> {f:7.3f} ms ({r / f:4.2f}x)  fused fwd {row['fused_fwd_GBps']:6.0f} GB/s",
+        flush=flush,
+    )
+
+
+def winners(kernel_rows: list[dict]) -> list[str]:
+    """Kernels faster than their reference (fwd + bwd, by over 3%) at every shape measured; inject_add has no
+    backward kernel, so its forward decides."""
+    verdict = {}
+    for row in kernel_rows:
+        key = "fwd_ms" if row["kernel"] == "inject_add" else "fwd_bwd_ms"
+        wins = row[f"fused_{key}"] < 0.97 * row[f"reference_{key}"]
+        verdict[row["kernel"]] = verdict.get(row["kernel"], True) and wins
+    return sorted(name for name, ok in verdict.items() if ok)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=("all", "kernels", "steps"), default="all")
+    parser.add_argument("--reps", type=int, default=20, help="timed runs per kernel (median reported)")
+    parser.add_argument("--steps", type=int, default=5, help="timed train steps per entry (median reported)")
+    parser.add_argument("--step-timeout", type=int, default=300, help="seconds for one (preset, mode) process")
+    parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument(
+        "--batch", action="append", default=[], metavar="PRESET=N", help="train-step batch size for a preset"
+    )
+    parser.add_argument(
+        "--modes", default="reference,fused", help="kernel modes of the train-step entries (comma-separated)"
+    )
+    parser.add_argument("--step", nargs=3, metavar=("PRESET", "MODE", "BATCH"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.step:
+        print(json.dumps(run_step(args.step[0], args.step[1], int(args.step[2]), args.steps)))
+        return 0
+    if device.backend() == "cpu":
+        print("bench_kernels: needs a CUDA or Metal GPU (MLX has no custom kernels on the CPU)", file=sys.stderr)
+        return 2
+
+    print(f"backend: {device.describe()}, mlx {mx.__version__}")
+    failed = {name: r.detail for name, r in kernels.check_all().items() if not r.ok}
+    if failed:
+        print(f"self-check failures (these run their reference): {failed}")
+    results = {"backend": device.describe(), "mlx": mx.__version__, "self_check_failures": failed}
+    if args.part in ("all", "kernels"):
+        results["kernels"] = bench_kernels(args.reps)
+        results["blocks"] = bench_blocks(args.reps // 2)
+        results["winners"] = winners(results["kernels"])
+        print(f"faster than their reference: {', '.join(results['winners']) or 'none'}")
+    if args.part in ("all", "steps"):
+        for item in args.batch:
+            name, size = item.split("=")
+            PRESETS[name]["batch"] = int(size)
+        results["steps"] = bench_steps(args.modes.split(","), args.steps, args.step_timeout)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+    print("\n== summary ==")
+    for row in results.get("kernels", []):
+        print_kernel_row(row)
+    for row in results.get("blocks", []):
+        print(f"block {row['block']:<14} {row['reference_ms']:8.2f} -> {row['fused_ms']:8.2f} ms "
+              f"({row['reference_ms'] / row['fused_ms']:.2f}x)")
+    by_key = {(r["preset"], r["mode"]): r for r in results.get("steps", [])}
+    for preset in PRESETS:
+        ref = by_key.get((preset, "reference"))
+        for mode in args.modes.split(","):
+            fused = by_key.get((preset, mode))
+            if mode == "reference" or not ref or not fused:
+                continue
+            print(
+                f"step {preset:<14} {mode:<6} batch {ref['batch']}/{fused['batch']}: {ref['step_ms']:.1f} -> "
+                f"{fused['step_ms']:.1f} ms ({ref['step_ms'] / fused['step_ms']:.2f}x), peak "
+                f"{ref['peak_GiB']:.1f} -> {fused['peak_GiB']:.1f} GiB"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,434 @@
+"""Training-step and evaluation speed of trm_mlx next to the original PyTorch code (legacy/), on one machine.
+
+    python -m scripts.benchmark --preset sudoku_mlp                  # trm_mlx, torch eager (+ torch.compile on CUDA)
+    python -m scripts.benchmark --preset tiny --batch 16 --impl mlx torch
+
+One training step is what the original's ``train_batch`` does: one ACT step (the whole H x (L + 1) recursion)
+forward, backward, AdamATan2 and the puzzle-table sign-SGD. trm_mlx runs its trainer's compiled step
+(``make_train_step`` + ``train_batch``, reading each step's metrics while the next one runs, as ``trm-train``
+does); PyTorch runs ``legacy.pretrain.train_batch``, eager or under ``torch.compile`` as the original. Evaluation
+is the full ACT loop of the original's ``evaluate`` (``halt_max_steps`` steps from a fresh carry) per batch.
+
+Both sides see the same synthetic batches of the preset's shapes and start from the same weights (the legacy
+model's initial state, saved once as an original checkpoint and loaded by each side; without torch, trm_mlx's own
+seeded init). Each implementation runs in its own process, so its peak memory is its own: device memory on a GPU
+(``mx.get_peak_memory``, ``torch.cuda.max_memory_allocated``), peak resident set size on the CPU. Prints one JSON
+line per implementation, then one with the ratios (trm_mlx over each other: >1 means trm_mlx is faster, or uses
+more memory); ``--out FILE`` appends the same lines to FILE.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+GIB = 2**30
+IMPLS = ("mlx", "torch", "torch_compile")
+EVAL_KEYS = ("preds", "q_halt_logits")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A paper-size run: the README recipe (configs/preset/<config_preset>.yaml) on data of the dataset's shapes."""
+
+    config_preset: str
+    batch_size: int  # per device; the original's ARC and Maze runs split a global batch of 768 over 4 GPUs
+    seq_len: int
+    vocab_size: int
+    num_puzzle_identifiers: int
+    about: str
+
+
+PRESETS = {
+    "tiny": Preset("demo", 64, 81, 11, 1, "trm-train's default: hidden 64, H2 x L3, 8 ACT steps, fp32, Sudoku shapes"),
+    "sudoku_mlp": Preset("sudoku_mlp", 768, 81, 11, 1, "Sudoku-Extreme, MLP-t, hidden 512, H3 x L6"),
+    "sudoku_att": Preset("sudoku_att", 768, 81, 11, 1, "Sudoku-Extreme, attention, hidden 512, H3 x L6"),
+    "maze_att": Preset("maze", 192, 900, 6, 1, "Maze-Hard 30x30, attention, hidden 512, H3 x L4"),
+    # 960 ARC-1 + ConceptARC groups x (1 + 1000 augmentations) + the blank id: the arc1concept-aug-1000 table size.
+    "arc_att": Preset("arc1", 192, 900, 12, 960_961, "ARC-AGI-1 + concept, attention, hidden 512, H3 x L4"),
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The run description shared by the parent and the workers (plain JSON: a torch worker never imports MLX)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def resolve_config(preset: Preset, batch_size: int, dtype: str | None, overrides: list[str]) -> dict:
+    """The training config (as a dict) of the preset's README recipe, without EMA or evaluators."""
+    from trm_mlx.training.config import compose, from_hydra
+
+    extra = [f"arch.forward_dtype={dtype}"] if dtype else []
+    hydra = compose(
+        [f"preset={preset.config_preset}", f"global_batch_size={batch_size}", "ema=False", "evaluators=[]", *extra,
+         *overrides]
+    )
+    return from_hydra(hydra).model_dump()
+
+
+def synthetic_metadata(preset: Preset) -> dict:
+    """Dataset metadata of the preset's shapes; the counts only size the LR schedule (far beyond the run)."""
+    return dict(
+        pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=preset.vocab_size, seq_len=preset.seq_len,
+        num_puzzle_identifiers=preset.num_puzzle_identifiers, total_groups=10**7, mean_puzzle_examples=1.0,
+        total_puzzles=10**7, sets=["all"],
+    )
+
+
+def synthetic_batches(preset: Preset, batch_size: int, count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Batches as the data loader yields them (int32): random tokens and labels, random puzzle ids."""
+    rng = np.random.default_rng(seed)
+    shape = (batch_size, preset.seq_len)
+    return [
+        {
+            "inputs": rng.integers(1, preset.vocab_size, shape, dtype=np.int32),
+            "labels": rng.integers(1, preset.vocab_size, shape, dtype=np.int32),
+            "puzzle_identifiers": rng.integers(0, preset.num_puzzle_identifiers, (batch_size,), dtype=np.int32),
+        }
+        for _ in range(count)
+    ]
+
+
+def write_initial_weights(config: dict, metadata: dict, path: Path) -> None:
+    """The legacy model's seeded initial state as an original checkpoint, with a one-row puzzle table.
+
+    Both sides widen a table of another size to the run's by the original's rule (every row = the mean of the
+    saved rows), so a one-row table of zeros becomes the full zero table without writing gigabytes of zeros.
+    """
+    import torch
+
+    import legacy.pretrain as lp
+    from legacy.dataset.common import PuzzleDatasetMetadata
+
+    small = PuzzleDatasetMetadata(**{**metadata, "num_puzzle_identifiers": 1})
+    torch.manual_seed(config["seed"])
+    model, _, _ = lp.create_model(lp.PretrainConfig(**config), small, rank=0, world_size=1, device=torch.device("cpu"))
+    torch.save(lp.checkpoint_state_dict(model), path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Timing loops
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class Progress:
+    """A worker's result so far, rewritten after every phase: a worker stopped by ``--worker-timeout`` still says
+    how far it got (set-up time, first step with compilation, ...), which is what a slow start needs explaining."""
+
+    def __init__(self, path: Path):
+        self.path, self.values = path, {}
+
+    def __call__(self, **values) -> None:
+        self.values.update(values)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.values))
+        os.replace(tmp, self.path)
+
+
+def timed_loop(step, sync, warmup: int, steps: int, desc: str, progress: Progress, prefix: str = ""):
+    """Seconds per step over ``steps`` timed steps, after ``warmup`` untimed ones; reports the first step's time
+    (compilation included) as ``<prefix>first_step_s`` and the mean as ``<prefix>step_s``."""
+    start = time.perf_counter()
+    step(0)
+    sync()
+    progress(**{f"{prefix}first_step_s": time.perf_counter() - start})
+    for i in range(1, warmup):
+        step(i)
+    sync()
+    start = time.perf_counter()
+    for i in tqdm(range(steps), desc=desc, unit="step", leave=False):
+        step(warmup + i)
+        progress(**{f"{prefix}timed_steps_done": i + 1, f"{prefix}timed_elapsed_s": time.perf_counter() - start})
+    sync()
+    seconds = (time.perf_counter() - start) / steps
+    progress(**{f"{prefix}step_s": seconds})
+    return seconds
+
+
+def peak_rss_gib() -> float:
+    """Peak resident set size of this process (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / GIB if sys.platform == "darwin" else peak * 1024 / GIB
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} x{os.cpu_count()}"
+
+
+def run_mlx(run: dict, progress: Progress) -> None:
+    import trm_mlx  # noqa: F401  (first: chooses the CPU BLAS before MLX loads)
+    import mlx.core as mx
+
+    from trm_mlx.data.metadata import PuzzleDatasetMetadata
+    from trm_mlx.device import describe
+    from trm_mlx.evaluation.loop import compiled_eval_step
+    from trm_mlx.training.config import PretrainConfig
+    from trm_mlx.training.state import create_train_state
+    from trm_mlx.training.trainer import make_train_step, reduce_train_metrics, train_batch
+
+    start = time.perf_counter()
+    config = PretrainConfig(**{**run["config"], "load_checkpoint": run["initial_weights"]})
+    batch_size = config.global_batch_size
+    state = create_train_state(config, PuzzleDatasetMetadata(**run["metadata"]))
+    on_cpu = mx.default_device() == mx.cpu
+    name = cpu_name() if on_cpu else str(mx.device_info().get("device_name", "GPU"))
+    progress(device=f"{name} [mlx {mx.__version__}, {describe()}]", memory="peak RSS" if on_cpu else "device",
+             setup_s=time.perf_counter() - start)
+    step_fn, compiled_state = make_train_step(state, config)
+    batches = synthetic_batches(PRESETS[run["preset"]], batch_size, run["num_batches"])
+    pending = []
+
+    def train_step(i):  # as trm-train's loop: queue this step, then read the previous step's metrics
+        queued = train_batch(config, state, step_fn, compiled_state, batches[i % len(batches)])
+        if pending:
+            reduce_train_metrics(pending.pop(), batch_size, 0.0)
+        pending.append(queued[0])
+
+    def train_sync():
+        mx.eval(state.carry, compiled_state)
+
+    timed_loop(train_step, train_sync, run["warmup"], run["steps"], "mlx train", progress)
+    progress(peak_memory_gib=peak_rss_gib() if on_cpu else mx.get_peak_memory() / GIB)
+
+    if run["eval_batches"]:
+        head = state.head
+        head.model.eval()
+        eval_step = compiled_eval_step(head)
+        mx.reset_peak_memory()
+
+        def eval_batch(i):  # as trm_mlx.evaluation.loop.evaluate
+            arrays = {key: mx.array(value) for key, value in batches[i % len(batches)].items()}
+            carry = head.initial_carry(arrays)
+            for _ in range(head.model.config.halt_max_steps):
+                carry, metrics, outputs = eval_step(carry, arrays)
+                mx.eval(carry, metrics, outputs)
+            np.array(outputs["preds"])
+
+        timed_loop(eval_batch, lambda: None, 1, run["eval_batches"], "mlx eval", progress, prefix="eval_")
+        if not on_cpu:
+            progress(eval_peak_memory_gib=mx.get_peak_memory() / GIB)
+
+
+def run_torch(run: dict, compiled: bool, progress: Progress) -> None:
+    import torch
+
+    import legacy.pretrain as lp
+    from legacy.dataset.common import PuzzleDatasetMetadata
+
+    if compiled:
+        os.environ["TRM_LEGACY_COMPILE"] = "1"  # read by legacy.pretrain.create_model
+    start = time.perf_counter()
+    device = lp.default_device()
+    cuda = device.type == "cuda"
+    config = lp.PretrainConfig(**{**run["config"], "load_checkpoint": run["initial_weights"]})
+    batch_size = config.global_batch_size
+    torch.manual_seed(config.seed)
+    state = lp.init_train_state(config, PuzzleDatasetMetadata(**run["metadata"]), rank=0, world_size=1, device=device)
+    state.model.train()
+    batches = [
+        {key: torch.from_numpy(value).pin_memory() if cuda else torch.from_numpy(value) for key, value in b.items()}
+        for b in synthetic_batches(PRESETS[run["preset"]], batch_size, run["num_batches"])
+    ]
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    where = torch.cuda.get_device_name() if cuda else f"{cpu_name()}, {torch.get_num_threads()} threads"
+    progress(device=f"{where} [torch {torch.__version__}]", memory="device" if cuda else "peak RSS",
+             setup_s=time.perf_counter() - start)
+
+    def train_step(i):
+        lp.train_batch(config, state, batches[i % len(batches)], batch_size, rank=0, world_size=1)
+
+    name = "torch.compile" if compiled else "torch"
+    timed_loop(train_step, sync, run["warmup"], run["steps"], f"{name} train", progress)
+    progress(peak_memory_gib=torch.cuda.max_memory_allocated() / GIB if cuda else peak_rss_gib())
+
+    if run["eval_batches"]:
+        model = state.model
+        model.eval()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+
+        def eval_batch(i):  # as legacy.pretrain.evaluate
+            with torch.inference_mode():
+                batch = {key: value.to(device) for key, value in batches[i % len(batches)].items()}
+                with torch.device(device):
+                    carry = model.initial_carry(batch)
+                while True:
+                    carry, _, _, preds, all_finish = model(carry=carry, batch=batch, return_keys=set(EVAL_KEYS))
+                    if all_finish:
+                        break
+                preds["preds"].cpu()
+
+        timed_loop(eval_batch, sync, 1, run["eval_batches"], f"{name} eval", progress, prefix="eval_")
+        if cuda:
+            progress(eval_peak_memory_gib=torch.cuda.max_memory_allocated() / GIB)
+
+
+def worker_main(impl: str, run_file: Path, result_file: Path) -> None:
+    run = json.loads(run_file.read_text())
+    progress = Progress(result_file)
+    if impl == "mlx":
+        run_mlx(run, progress)
+    else:
+        run_torch(run, compiled=impl == "torch_compile", progress=progress)
+    progress(done=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The parent: one process per implementation, then the report
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def summarise(impl: str, run: dict, raw: dict) -> dict:
+    """The reported line of one implementation: per-step time, examples/s, peak memory, device."""
+    batch_size = run["config"]["global_batch_size"]
+    line = {
+        "impl": impl,
+        "preset": run["preset"],
+        "batch": batch_size,
+        "dtype": run["config"]["arch"]["forward_dtype"],
+        "steps": run["steps"],
+        "step_s": round(raw["step_s"], 5),
+        "train_examples_per_s": round(batch_size / raw["step_s"], 1),
+        "setup_s": round(raw["setup_s"], 2),
+        "first_step_s": round(raw["first_step_s"], 2),
+        "peak_memory_gib": round(raw["peak_memory_gib"], 3),
+        "memory": raw["memory"],
+        "device": raw["device"],
+    }
+    if "eval_step_s" in raw:
+        line["eval_batch_s"] = round(raw["eval_step_s"], 5)
+        line["eval_examples_per_s"] = round(batch_size / raw["eval_step_s"], 1)
+        if "eval_peak_memory_gib" in raw:
+            line["eval_peak_memory_gib"] = round(raw["eval_peak_memory_gib"], 3)
+    return line
+
+
+def ratios(lines: dict[str, dict]) -> dict:
+    """trm_mlx over each other implementation: speed (>1 = trm_mlx faster) and peak memory (<1 = trm_mlx smaller)."""
+    ours = lines.get("mlx")
+    out = {}
+    if ours is None or "error" in ours:
+        return out
+    for impl, theirs in lines.items():
+        if impl == "mlx" or "error" in theirs:
+            continue
+        entry = {
+            "train_speed": round(ours["train_examples_per_s"] / theirs["train_examples_per_s"], 3),
+            "peak_memory": round(ours["peak_memory_gib"] / theirs["peak_memory_gib"], 3),
+        }
+        if "eval_examples_per_s" in ours and "eval_examples_per_s" in theirs:
+            entry["eval_speed"] = round(ours["eval_examples_per_s"] / theirs["eval_examples_per_s"], 3)
+        out[f"mlx_vs_{impl}"] = entry
+    return out
+
+
+def run_worker(impl: str, run: dict, work_dir: Path, timeout: float | None) -> dict:
+    run_file, result_file = work_dir / "run.json", work_dir / f"{impl}.json"
+    run_file.write_text(json.dumps(run))
+    command = [sys.executable, "-m", "scripts.benchmark", "--worker", impl, str(run_file), str(result_file)]
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    try:  # the worker's stderr (progress bars, errors) goes straight to ours
+        status = subprocess.run(command, cwd=root, env=env, timeout=timeout, stdout=subprocess.DEVNULL).returncode
+        error = None if status == 0 else f"exit status {status} (its error is printed above)"
+    except subprocess.TimeoutExpired:
+        error = f"stopped after --worker-timeout {timeout:g} s"
+    reached = json.loads(result_file.read_text()) if result_file.exists() else {}
+    if error is None and reached.get("done"):
+        return summarise(impl, run, reached)
+    reached = {key: round(value, 3) if isinstance(value, float) else value for key, value in reached.items()}
+    return {"impl": impl, "preset": run["preset"], "error": error or "no result written", "reached": reached}
+
+
+def default_impls() -> list[str]:
+    """trm_mlx and eager PyTorch, plus torch.compile where it is practical (CUDA); trm_mlx alone without torch."""
+    try:
+        import torch
+    except ImportError:
+        return ["mlx"]
+    return list(IMPLS) if torch.cuda.is_available() else ["mlx", "torch"]
+
+
+def benchmark(args) -> list[dict]:
+    preset = PRESETS[args.preset]
+    batch_size = args.batch or preset.batch_size
+    run = {
+        "preset": args.preset,
+        "config": resolve_config(preset, batch_size, args.dtype, args.overrides),
+        "metadata": synthetic_metadata(preset),
+        "warmup": args.warmup,
+        "steps": args.steps,
+        "eval_batches": args.eval_batches,
+        "num_batches": 4,
+        "initial_weights": None,
+    }
+    impls = args.impl or default_impls()
+    lines: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="trm-bench-") as tmp:
+        work_dir = Path(tmp)
+        if any(impl != "mlx" for impl in impls):
+            run["initial_weights"] = str(work_dir / "initial_weights")
+            write_initial_weights(run["config"], run["metadata"], Path(run["initial_weights"]))
+        for impl in impls:
+            lines[impl] = run_worker(impl, run, work_dir, args.worker_timeout)
+            emit(lines[impl], args.out)
+    summary = {"preset": args.preset, "batch": batch_size, "date": date.today().isoformat(), "ratios": ratios(lines)}
+    emit(summary, args.out)
+    return [*lines.values(), summary]
+
+
+def emit(line: dict, out: Path | None) -> None:
+    text = json.dumps(line)
+    print(text, flush=True)
+    if out is not None:
+        with open(out, "a") as f:
+            f.write(text + "\n")
+
+
+def parse_args(argv: list[str] | None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    presets = "; ".join(f"{name}: {preset.about}, batch {preset.batch_size}" for name, preset in PRESETS.items())
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help=presets)
+    parser.add_argument("--batch", type=int, help="batch size (default: the preset's)")
+    parser.add_argument("--impl", nargs="+", choices=IMPLS, help="default: mlx torch (+ torch_compile on CUDA)")
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps (after the warm-up)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed training steps first (compilation)")
+    parser.add_argument("--eval-batches", type=int, default=2, help="timed evaluation batches (0: no evaluation)")
+    parser.add_argument("--dtype", choices=("bfloat16", "float32", "float16"), help="forward dtype (default: preset's)")
+    parser.add_argument("--worker-timeout", type=float, help="seconds allowed to each implementation")
+    parser.add_argument("--out", type=Path, help="also append the JSON lines to this file")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the training config, e.g. arch.L_cycles=4")
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.warmup < 1 or args.eval_batches < 0:
+        parser.error("--steps and --warmup must be at least 1, --eval-batches at least 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"]:
+        worker_main(argv[1], Path(argv[2]), Path(argv[3]))
+        return 0
+    lines = benchmark(parse_args(argv))
+    return 1 if any("error" in line for line in lines) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

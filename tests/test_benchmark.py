@@ -1,0 +1,102 @@
+"""scripts/benchmark.py: paper-size presets, one start for both implementations, and the CPU path end to end."""
+
+import json
+
+import mlx.core as mx
+import numpy as np
+import pytest
+import torch
+
+import legacy.pretrain as lp
+from legacy.dataset.common import PuzzleDatasetMetadata as LegacyMetadata
+from scripts import benchmark
+from trm_mlx.checkpoint import model_arrays
+from trm_mlx.data.metadata import PuzzleDatasetMetadata
+from trm_mlx.training.config import PretrainConfig
+from trm_mlx.training.state import create_train_state
+
+SMALL_ARCH = ["arch.hidden_size=16", "arch.num_heads=2", "arch.halt_max_steps=2"]
+
+
+@pytest.fixture(autouse=True)
+def cpu_device():
+    previous = mx.default_device()
+    mx.set_default_device(mx.cpu)
+    yield
+    mx.set_default_device(previous)
+
+
+@pytest.mark.parametrize(
+    "name, l_cycles, mlp_t, seq_len",
+    [("sudoku_mlp", 6, True, 81), ("sudoku_att", 6, False, 81), ("maze_att", 4, False, 900), ("arc_att", 4, False, 900)],
+)
+def test_paper_presets(name, l_cycles, mlp_t, seq_len):
+    preset = benchmark.PRESETS[name]
+    config = benchmark.resolve_config(preset, preset.batch_size, None, [])
+    arch = config["arch"]
+    assert (arch["hidden_size"], arch["L_layers"], arch["H_cycles"], arch["L_cycles"]) == (512, 2, 3, l_cycles)
+    assert (arch["halt_max_steps"], arch["mlp_t"], arch["forward_dtype"]) == (16, mlp_t, "bfloat16")
+    assert arch["pos_encodings"] == ("none" if mlp_t else "rope")
+    assert not config["ema"] and config["evaluators"] == []
+    assert preset.seq_len == seq_len
+    assert config["global_batch_size"] == (768 if name.startswith("sudoku") else 192)
+
+
+def test_both_sides_start_from_the_same_weights(tmp_path):
+    preset = benchmark.PRESETS["tiny"]
+    config = benchmark.resolve_config(preset, 4, None, SMALL_ARCH)
+    metadata = {**benchmark.synthetic_metadata(preset), "num_puzzle_identifiers": 7}
+    path = tmp_path / "start"
+    benchmark.write_initial_weights(config, metadata, path)
+
+    config["load_checkpoint"] = str(path)
+    legacy = lp.init_train_state(lp.PretrainConfig(**config), LegacyMetadata(**metadata), 0, 1, torch.device("cpu"))
+    ours = create_train_state(PretrainConfig(**config), PuzzleDatasetMetadata(**metadata))
+    theirs = {k.removeprefix("model."): v.float().numpy() for k, v in legacy.model.state_dict().items()}
+    arrays = model_arrays(ours.model)
+    assert arrays["inner.puzzle_emb.weights"].shape == (7, 16)  # widened from the saved one-row table
+    assert set(arrays) <= set(theirs)
+    for key, value in arrays.items():
+        np.testing.assert_array_equal(np.array(value.astype(mx.float32)), theirs[key], err_msg=key)
+    assert np.abs(theirs["inner.lm_head.weight"]).max() > 0  # a real (seeded) init, not zeros
+
+
+def test_synthetic_batches_have_the_loader_layout():
+    preset = benchmark.PRESETS["arc_att"]
+    batches = benchmark.synthetic_batches(preset, 3, 2)
+    assert len(batches) == 2 and not np.array_equal(batches[0]["inputs"], batches[1]["inputs"])
+    for batch in batches:
+        assert {key: (value.shape, value.dtype) for key, value in batch.items()} == {
+            "inputs": ((3, 900), np.int32), "labels": ((3, 900), np.int32), "puzzle_identifiers": ((3,), np.int32)
+        }
+        assert batch["inputs"].min() >= 1 and batch["inputs"].max() < preset.vocab_size
+        assert batch["puzzle_identifiers"].max() < preset.num_puzzle_identifiers
+
+
+def test_cpu_run_reports_both_implementations(tmp_path, capsys):
+    out = tmp_path / "bench.jsonl"
+    argv = ["--preset", "tiny", "--batch", "4", "--steps", "2", "--warmup", "1", "--eval-batches", "1",
+            "--impl", "mlx", "torch", "--out", str(out), *SMALL_ARCH]
+    assert benchmark.main(argv) == 0
+
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert printed == [json.loads(line) for line in out.read_text().splitlines()]
+    ours, theirs, summary = printed
+    assert (ours["impl"], theirs["impl"]) == ("mlx", "torch")
+    for line in (ours, theirs):
+        assert (line["batch"], line["steps"], line["dtype"], line["memory"]) == (4, 2, "float32", "peak RSS")
+        assert line["train_examples_per_s"] == pytest.approx(4 / line["step_s"], rel=1e-3, abs=0.1)
+        assert line["eval_examples_per_s"] == pytest.approx(4 / line["eval_batch_s"], rel=1e-3, abs=0.1)
+        assert line["peak_memory_gib"] > 0.05
+    assert "mlx" in ours["device"] and "torch" in theirs["device"]
+    ratio = summary["ratios"]["mlx_vs_torch"]
+    assert ratio["train_speed"] == pytest.approx(ours["train_examples_per_s"] / theirs["train_examples_per_s"], rel=1e-2)
+    assert ratio["eval_speed"] == pytest.approx(ours["eval_examples_per_s"] / theirs["eval_examples_per_s"], rel=1e-2)
+
+
+def test_a_worker_out_of_time_is_reported_not_hidden(capsys):
+    argv = ["--preset", "tiny", "--batch", "4", "--steps", "1", "--impl", "mlx", "--worker-timeout", "0.01", *SMALL_ARCH]
+    assert benchmark.main(argv) == 1
+    line = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert line["impl"] == "mlx" and line["error"].startswith("stopped after --worker-timeout")
+    assert line["reached"] == {}
