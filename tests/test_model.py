@@ -6,6 +6,7 @@ import types
 import mlx.core as mx
 import numpy as np
 import pytest
+from mlx.utils import tree_flatten
 
 from trm_mlx.model import ACTLossHead, create_model
 from trm_mlx.model import trm as trm_module
@@ -44,8 +45,6 @@ def test_initialisation_rules():
     # LeCun std 1/sqrt(fan_in) for a projection, 1/sqrt(D) for the token embedding.
     w = np.array(inner.L_level.layers[0].mlp.gate_up_proj.weight)
     assert abs(w.std() - 1 / math.sqrt(64)) < 0.01
-    from mlx.utils import tree_flatten
-
     trainable = {k for k, _ in tree_flatten(model.trainable_parameters())}
     assert "inner.puzzle_emb.weights" not in trainable and "inner.H_init" not in trainable
     assert "inner.q_head.bias" in trainable

@@ -183,10 +183,11 @@ class ACTModel(nn.Module):
                 if labels is not None
                 else mx.full(arrays["inputs"].shape, IGNORE_LABEL_ID, dtype=mx.int32)
             )
-            step = mx.compile(self.__call__, inputs=self.state)
+            if getattr(self, "_predict_step", None) is None:  # traced once, reused by every later call
+                self._predict_step = mx.compile(self.__call__, inputs=self.state)
             carry = self.initial_carry(arrays)
             for _ in range(self.config.halt_max_steps):  # a model may halt early (baseline's act_inference)
-                carry, outputs = step(carry, arrays)
+                carry, outputs = self._predict_step(carry, arrays)
                 mx.eval(carry, outputs)
                 if bool(carry["halted"].all()):
                     break
