@@ -181,12 +181,13 @@ def run_mlx(run: dict, progress: Progress) -> None:
     from trm_mlx.evaluation.loop import compiled_eval_step
     from trm_mlx.training.config import PretrainConfig
     from trm_mlx.training.state import create_train_state
-    from trm_mlx.training.trainer import make_train_step, reduce_train_metrics, train_batch
+    from trm_mlx.training.trainer import execution_summary, make_train_step, reduce_train_metrics, train_batch
 
     start = time.perf_counter()
     config = PretrainConfig(**{**run["config"], "load_checkpoint": run["initial_weights"]})
     batch_size = config.global_batch_size
     state = create_train_state(config, PuzzleDatasetMetadata(**run["metadata"]))
+    progress(execution=execution_summary(state.model))
     on_cpu = mx.default_device() == mx.cpu
     name = cpu_name() if on_cpu else str(mx.device_info().get("device_name", "GPU"))
     progress(device=f"{name} [mlx {mx.__version__}, {describe()}]", memory="peak RSS" if on_cpu else "device",
@@ -205,7 +206,8 @@ def run_mlx(run: dict, progress: Progress) -> None:
         mx.eval(state.carry, compiled_state)
 
     timed_loop(train_step, train_sync, run["warmup"], run["steps"], "mlx train", progress)
-    progress(peak_memory_gib=peak_rss_gib() if on_cpu else mx.get_peak_memory() / GIB)
+    progress(peak_memory_gib=peak_rss_gib() if on_cpu else mx.get_peak_memory() / GIB,
+             last_lm_loss=reduce_train_metrics(pending.pop(), batch_size, 0.0)["train/lm_loss"])
 
     if run["eval_batches"]:
         head = state.head
@@ -251,12 +253,15 @@ def run_torch(run: dict, compiled: bool, progress: Progress) -> None:
     progress(device=f"{where} [torch {torch.__version__}]", memory="device" if cuda else "peak RSS",
              setup_s=time.perf_counter() - start)
 
+    last = {}
+
     def train_step(i):
-        lp.train_batch(config, state, batches[i % len(batches)], batch_size, rank=0, world_size=1)
+        last["metrics"] = lp.train_batch(config, state, batches[i % len(batches)], batch_size, rank=0, world_size=1)
 
     name = "torch.compile" if compiled else "torch"
     timed_loop(train_step, sync, run["warmup"], run["steps"], f"{name} train", progress)
-    progress(peak_memory_gib=torch.cuda.max_memory_allocated() / GIB if cuda else peak_rss_gib())
+    progress(peak_memory_gib=torch.cuda.max_memory_allocated() / GIB if cuda else peak_rss_gib(),
+             last_lm_loss=float(last["metrics"]["train/lm_loss"]))
 
     if run["eval_batches"]:
         model = state.model
@@ -310,8 +315,11 @@ def summarise(impl: str, run: dict, raw: dict) -> dict:
         "first_step_s": round(raw["first_step_s"], 2),
         "peak_memory_gib": round(raw["peak_memory_gib"], 3),
         "memory": raw["memory"],
+        "last_lm_loss": round(raw["last_lm_loss"], 4),  # a finite value: the timed steps computed real numbers
         "device": raw["device"],
     }
+    if "execution" in raw:
+        line["execution"] = raw["execution"]
     if "eval_step_s" in raw:
         line["eval_batch_s"] = round(raw["eval_step_s"], 5)
         line["eval_examples_per_s"] = round(batch_size / raw["eval_step_s"], 1)

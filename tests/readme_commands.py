@@ -54,6 +54,8 @@ DEFAULTS = {
     "max_steps": None,
     "wandb_mode": None,
     "device": "auto",
+    "kernels": "auto",
+    "recompute": "auto",
 }
 
 SUDOKU_MAZE = {

@@ -1,6 +1,7 @@
 """Data-parallel trm-train over MLX's ring backend on 127.0.0.1: two ranks train exactly as one process with the
-same global batch (losses, evaluation, final weights, optimizer state, EMA and carry), a training state resumes on
-another number of ranks, and a rank that exits or hangs makes the other exit with a clear error instead of waiting.
+same global batch, ACT exploration included (losses, evaluation, final weights, optimizer state, EMA and carry), a
+training state resumes on another number of ranks, and a rank that exits or hangs makes the other exit with a clear
+error instead of waiting.
 """
 
 import json
@@ -16,7 +17,11 @@ import pytest
 from mlx.utils import tree_flatten
 
 from tiny_dataset import BATCH, TINY_ARCH, write_tiny_dataset
+from trm_mlx.checkpoint import save_native
+from trm_mlx.data.metadata import PuzzleDatasetMetadata
 from trm_mlx.training.checkpointing import ARRAYS_FILE, STATE_FILE, find_train_state
+from trm_mlx.model import create_model
+from trm_mlx.training.config import compose, from_hydra, model_arch_config
 from trm_mlx.training.distributed import sum_gradients
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
@@ -31,16 +36,25 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 def run_overrides(data: Path, checkpoint_path: Path, *extra: str) -> list[str]:
-    """16 steps of 4 rows (2 per rank), evaluation and checkpoint after steps 8 and 16, EMA on.
-
-    ACT exploration is off: its random draws are per rank (see docs/DISTRIBUTED.md), which would make two ranks
-    halt other rows than one process does.
-    """
+    """16 steps of 4 rows (2 per rank), evaluation and checkpoint after steps 8 and 16, EMA on, ACT exploration on
+    half of the rows."""
     return [
         f"data_paths=[{data}]", f"global_batch_size={BATCH}", "lr_warmup_steps=2", "evaluators=[]", *TINY_ARCH,
-        "arch.halt_exploration_prob=0.0", "epochs=4", "eval_interval=2", "ema=True", "device=cpu",
+        "arch.halt_exploration_prob=0.5", "epochs=4", "eval_interval=2", "ema=True", "device=cpu",
         f"+checkpoint_path={checkpoint_path}", "+run_name=r", *extra,
     ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def halting_weights(tiny_data, tmp_path_factory) -> str:
+    """``load_checkpoint=`` of initial weights whose Q head halts every row at every step, so that ACT exploration
+    alone decides which rows go on: two ranks train as one process only if they explore the rows it explores."""
+    metadata = PuzzleDatasetMetadata(**json.loads((tiny_data / "train" / "dataset.json").read_text()))
+    mx.random.seed(0)  # trm-train's initial weights (seed 0) with a new Q-head bias
+    model = create_model(model_arch_config(from_hydra(compose(run_overrides(tiny_data, Path("unused")))), metadata))
+    model.inner.q_head.bias = mx.array([5.0, -5.0])
+    path = save_native(tmp_path_factory.mktemp("weights") / "halting", model)
+    return f"+load_checkpoint={path}"
 
 
 def free_port_pair() -> int:
@@ -105,16 +119,18 @@ def assert_same_state(path: Path, reference_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def one_process(tiny_data, tmp_path_factory) -> tuple[dict, Path]:
+def one_process(tiny_data, halting_weights, tmp_path_factory) -> tuple[dict, Path]:
     """The reference: one process, 11 steps (an evaluation and checkpoint at step 8, the training state at 11)."""
     work = tmp_path_factory.mktemp("one")
-    (record,) = train_run(1, work / "result", run_overrides(tiny_data, work / "ckpt", "max_steps=11"))
+    overrides = run_overrides(tiny_data, work / "ckpt", "max_steps=11", halting_weights)
+    (record,) = train_run(1, work / "result", overrides)
     return record, work / "ckpt"
 
 
-def test_two_ranks_train_as_one_process(tiny_data, one_process, tmp_path):
+def test_two_ranks_train_as_one_process(tiny_data, halting_weights, one_process, tmp_path):
     reference, reference_ckpt = one_process
-    records = train_run(2, tmp_path / "result", run_overrides(tiny_data, tmp_path / "ckpt", "max_steps=11"))
+    overrides = run_overrides(tiny_data, tmp_path / "ckpt", "max_steps=11", halting_weights)
+    records = train_run(2, tmp_path / "result", overrides)
 
     assert [s["step"] for s in reference["steps"]] == list(range(1, 12))
     assert any(s["train/count"] > 0 for s in reference["steps"])  # rows halted: the carry was really exercised
@@ -127,10 +143,10 @@ def test_two_ranks_train_as_one_process(tiny_data, one_process, tmp_path):
     assert step_8 == "step_8" and (tmp_path / "ckpt" / "all_config.yaml").is_file()
 
 
-def test_a_training_state_resumes_on_another_number_of_ranks(tiny_data, one_process, tmp_path):
+def test_a_training_state_resumes_on_another_number_of_ranks(tiny_data, halting_weights, one_process, tmp_path):
     reference, reference_ckpt = one_process
     ckpt = tmp_path / "ckpt"
-    (first,) = train_run(1, tmp_path / "first", run_overrides(tiny_data, ckpt, "max_steps=5"))
+    (first,) = train_run(1, tmp_path / "first", run_overrides(tiny_data, ckpt, "max_steps=5", halting_weights))
     assert find_train_state(ckpt).name == "train_state_step_5"
     records = train_run(2, tmp_path / "second", run_overrides(tiny_data, ckpt, "max_steps=11", f"resume={ckpt}"))
     resumed = {"steps": first["steps"] + records[0]["steps"], "eval": first["eval"] + records[0]["eval"]}
@@ -184,19 +200,46 @@ def test_a_rank_that_hangs_stops_both_after_the_timeout(tiny_data, tmp_path):
         assert f"rank {rank} of 2: no progress for" in err and "TRM_MLX_DIST_TIMEOUT=5" in err
 
 
-def test_throughput_tool_runs_on_two_ranks(tmp_path):
-    """``python -m trm_mlx.training.throughput`` under mlx.launch (docs/DISTRIBUTED.md): rank 0 reports the group."""
+def test_the_scaling_script_measures_one_and_two_ranks_within_its_budget(tmp_path):
+    """scripts/scaling_gpu.sh as on the GPU machine, with the small preset over the ring: each run stops by its time
+    budget, far short of its steps, the ranks stopping together, and the summary gives the efficiency of the two."""
+    env = worker_env(
+        PYTHON=sys.executable, OUT=str(tmp_path), OPENBLAS_NUM_THREADS="1", SCALING_PRESET="demo",
+        SCALING_BACKEND="ring", SCALING_LAUNCH_ARGS=f"--starting-port {free_port_pair()}", SCALING_ROWS="4",
+        SCALING_WARMUP="2", SCALING_STEPS="100000", SCALING_ONE_S="52", SCALING_TWO_S="58", SCALING_MARGIN_S="48",
+    )  # fmt: skip
+    result = subprocess.run(["bash", REPO / "scripts" / "scaling_gpu.sh"], env=env, capture_output=True, text=True,
+                            timeout=RUN_TIMEOUT_S)  # fmt: skip
     report = tmp_path / "scaling.jsonl"
+    lines = [json.loads(line) for line in report.read_text().splitlines()] if report.exists() else []
+    assert [line["ranks"] for line in lines] == [1, 2], result.stdout + result.stderr  # rank 0 alone writes
+    for line in lines:
+        assert (line["rows_per_rank"], line["global_batch"]) == (4, 4 * line["ranks"])
+        assert line["stopped_early"] and 1 <= line["steps"] < 100000 and line["wall_s"] < 60
+        assert line["examples_per_s"] == pytest.approx(line["global_batch"] / line["step_s"], abs=0.06)
+    one, two = (line["examples_per_s"] for line in lines)
+    efficiency = f"{100 * two / (2 * one):.1f}%"
+    summary = f"scaling demo, 4 rows per rank: 1 rank(s) {one} examples/s; 2 rank(s) {two} examples/s = {efficiency}"
+    assert result.stdout.splitlines()[-1] == summary + " efficiency"
+
+
+def test_evaluator_states_of_different_sizes_gather_in_rank_order(tmp_path):
+    """evaluation/gather.py on two ranks: each rank's pickle, padded to the longest on the wire, comes back whole."""
+    program = (
+        "from trm_mlx.evaluation.gather import all_gather_objects; import json, mlx.core as mx; "
+        "g = mx.distributed.init(); r = g.rank(); "
+        "out = all_gather_objects({'rank': r, 'votes': 'ab' * (1 + 500 * r)}, g); "
+        "open(f'gathered.{r}.json', 'w').write(json.dumps(out))"
+    )
     command = [LAUNCHER, "-n", "2", "--backend", "ring", "--starting-port", str(free_port_pair()),
-               "--python", sys.executable, "-m", "trm_mlx.training.throughput", "--preset", "demo",
-               "--rows-per-rank", "4", "--warmup", "1", "--steps", "2", "--out", report]  # fmt: skip
+               "--python", sys.executable, "-c", program]  # fmt: skip
     result = subprocess.run(command, cwd=tmp_path, env=worker_env(), capture_output=True, text=True,
                             timeout=RUN_TIMEOUT_S)  # fmt: skip
-    lines = report.read_text().splitlines() if report.exists() else []
-    assert len(lines) == 1, result.stdout + result.stderr  # rank 0 alone writes
-    line = json.loads(lines[0])
-    assert (line["ranks"], line["rows_per_rank"], line["global_batch"], line["steps"]) == (2, 4, 8, 2)
-    assert line["examples_per_s"] == pytest.approx(8 / line["step_s"], abs=0.06)  # both rounded in the report
+    expected = [{"rank": 0, "votes": "ab"}, {"rank": 1, "votes": "ab" * 501}]
+    for rank in range(2):
+        path = tmp_path / f"gathered.{rank}.json"
+        assert path.is_file(), result.stdout + result.stderr
+        assert json.loads(path.read_text()) == expected
 
 
 def test_gradient_buckets_keep_every_array_in_place():

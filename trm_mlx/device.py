@@ -134,3 +134,14 @@ def kernel_wanted(name: str) -> bool:
     if mode == "reference":
         return False
     return mode == "fused" or name in FUSED_BY_DEFAULT.get(name_backend, frozenset())
+
+
+def recompute_wanted(setting: str) -> bool:
+    """Whether blocks recompute their forward in the backward (`recompute: auto | blocks | none`).
+
+    `auto` turns it on where memory is the limit: on a GPU it lets the paper's batch sizes fit (the saved
+    activations of the differentiated passes are most of a step's memory), for one more forward of those passes.
+    """
+    if setting not in ("auto", "blocks", "none"):
+        raise ValueError(f"recompute must be one of auto, blocks, none, got {setting!r}")
+    return setting == "blocks" or (setting == "auto" and backend() != "cpu")

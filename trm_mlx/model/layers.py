@@ -8,6 +8,7 @@ import math
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
 
 from .. import kernels
 from .config import swiglu_intermediate_size
@@ -111,18 +112,52 @@ class Block(nn.Module):
         return kernels.add_rms_norm(h, self.mlp(h), self.eps)
 
 
+def recomputed(block: Block, h: mx.array, rotary) -> mx.array:
+    """`block(h, rotary)`, whose backward recomputes the block from its input instead of keeping its activations.
+
+    Two dependencies make the memory saving real under MLX's depth-first evaluation of the backward graph: the
+    recomputation waits for the block's output cotangent (else it runs as soon as its input exists, and every
+    pass's activations are alive at once), and the input cotangent waits for the weight gradients (else a
+    pass's backward intermediates stay alive until the last weight gradient of every pass is summed).
+    """
+    names, weights = zip(*tree_flatten(block.trainable_parameters()))
+
+    def forward(x, *ws):
+        block.update(tree_unflatten(list(zip(names, ws))))
+        return block(x, rotary)
+
+    @mx.custom_function
+    def run(x, *ws):
+        return forward(x, *ws)
+
+    @run.vjp
+    def run_vjp(primals, cotangent, output):
+        x, *ws = primals
+        (x,) = mx.depends([x], [cotangent])
+        _, grads = mx.vjp(lambda *a: [forward(*a)], [x, *ws], [cotangent])
+        (dx,) = mx.depends([grads[0]], list(grads[1:]))
+        return (dx, *grads[1:])
+
+    return run(h, *weights)
+
+
 class ReasoningModule(nn.Module):
-    """`f(h, injection)`: add the injection, then apply the blocks in order."""
+    """`f(h, injection)`: add the injection, then apply the blocks in order.
+
+    With `recompute` on, each block's backward recomputes its forward (`recomputed`): the memory of a
+    back-propagated pass drops to the blocks' inputs, for one more forward of the passes that are differentiated.
+    """
 
     def __init__(self, layers: list):
         super().__init__()
         self.layers = layers
+        self.recompute = False
 
     def __call__(self, h: mx.array, injection, rotary) -> mx.array:
         if injection is not None:
             h = kernels.inject(h, injection)
         for layer in self.layers:
-            h = layer(h, rotary)
+            h = recomputed(layer, h, rotary) if self.recompute else layer(h, rotary)
         return h
 
 
@@ -140,3 +175,10 @@ class PuzzleEmbedding(nn.Module):
 
     def gather(self, ids: mx.array) -> mx.array:
         return mx.stop_gradient(self.weights[ids])
+
+
+def set_recompute(model: nn.Module, on: bool) -> None:
+    """Turn block recomputation (see `recomputed`) on or off in every reasoning module of `model`."""
+    for module in model.modules():
+        if isinstance(module, ReasoningModule):
+            module.recompute = on

@@ -12,7 +12,14 @@ def loss_dtype():
 
 
 def log_stablemax(x: mx.array, axis: int = -1) -> mx.array:
-    s = mx.where(x < 0, 1 / (1 - x + 1e-30), x + 1)
+    """log(s(x) / sum s(x)), s(x) = 1/(1 - x) for x < 0, x + 1 otherwise (spec §4.1), with a finite gradient.
+
+    The original evaluates 1/(1 - x + 1e-30) at every x and selects with `where`; at x = 1 exactly that branch's
+    derivative is 1e60, which overflows to inf in fp32, and the unselected branch's zero cotangent times inf is
+    NaN. The original runs this in fp64 and never sees it; on a GPU (fp32 here) bf16 logits are exactly 1.0 often
+    enough to turn every gradient NaN within steps. Clamping the unused branch to x <= 0 gives the same values.
+    """
+    s = mx.where(x < 0, 1 / (1 - mx.minimum(x, 0)), x + 1)
     return mx.log(s / mx.sum(s, axis=axis, keepdims=True))
 
 

@@ -97,6 +97,14 @@ class ACTModel(nn.Module):
         super().__init__()
         self.config = config
         self.inner = inner
+        # Which slice of the global batch this process trains (data parallelism, see `shard_batch`).
+        self.shard_index = 0
+        self.shard_count = 1
+
+    def shard_batch(self, index: int, count: int) -> None:
+        """Train as rank ``index`` of ``count`` data-parallel ranks, on rows ``[index·B, (index+1)·B)`` of each
+        global batch, so that ACT exploration takes those rows' draws of the global batch."""
+        self.shard_index, self.shard_count = index, count
 
     def arch_config(self) -> dict:
         """The arch config that rebuilds this model (stored in native checkpoints)."""
@@ -156,16 +164,26 @@ class ACTModel(nn.Module):
         if self.adaptive_halting():
             halted = halted | mx.stop_gradient(self.halt_by_q(q_halt, q_continue))
         if self.adaptive_halting() and self.training:
-            # Exploration: two draws every step (uniform, then randint), as the original.
-            explore = mx.random.uniform(shape=q_halt.shape) < cfg.halt_exploration_prob
-            min_steps = mx.random.randint(2, cfg.halt_max_steps + 1, shape=steps.shape, dtype=mx.int32)
-            halted = halted & (steps >= explore * min_steps)
+            uniform, min_steps = self.exploration_draws(steps.shape[0])
+            halted = halted & (steps >= (uniform < cfg.halt_exploration_prob) * min_steps)
             if self.computes_target_q():
                 # The intended Q-continue target (HRM semantics); the original TRM crashes here (spec §2.9).
                 _, _, (next_halt, next_continue) = self.inner(inner, data, puzzle_rows)
                 target = mx.where(is_last, next_halt, mx.maximum(next_halt, next_continue))
                 outputs["target_q_continue"] = mx.stop_gradient(mx.sigmoid(target))
         return {"inner": inner, "steps": steps, "halted": halted, "current_data": data}, outputs
+
+    def exploration_draws(self, rows: int) -> tuple[mx.array, mx.array]:
+        """This process's rows of the exploration numbers of the global batch: two draws every step (uniform, then
+        randint), as the original. Every rank draws the whole global batch's from the same random state and keeps
+        its own rows, so N ranks halt the rows one process would."""
+        total = rows * self.shard_count
+        uniform = mx.random.uniform(shape=(total,))
+        min_steps = mx.random.randint(2, self.config.halt_max_steps + 1, shape=(total,), dtype=mx.int32)
+        if self.shard_count == 1:
+            return uniform, min_steps
+        own = slice(self.shard_index * rows, (self.shard_index + 1) * rows)
+        return uniform[own], min_steps[own]
 
     def __call__(self, carry: dict, batch: dict):
         carry, data = self.begin_step(carry, batch)

@@ -116,6 +116,8 @@ class PretrainConfig(BaseModel):
     max_steps: Optional[int] = None
     wandb_mode: Optional[Literal["online", "offline", "disabled"]] = None
     device: Literal["auto", "cpu", "gpu"] = "auto"
+    kernels: Literal["auto", "fused", "reference"] = "auto"
+    recompute: Literal["auto", "blocks", "none"] = "auto"
 
 
 def from_hydra(hydra_config: DictConfig) -> PretrainConfig:

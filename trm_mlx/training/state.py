@@ -6,8 +6,10 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
+from trm_mlx import device
 from trm_mlx.checkpoint import load_weights_into, read_weights
 from trm_mlx.model import ACTLossHead, create_model
+from trm_mlx.model.layers import set_recompute
 from trm_mlx.training.config import PretrainConfig, model_arch_config
 from trm_mlx.training.distributed import broadcast_arrays
 from trm_mlx.training.optimizers import AdamATan2
@@ -56,8 +58,10 @@ def create_train_state(config: PretrainConfig, metadata, group: mx.distributed.G
     arrays, before the optimizer and the EMA are built from them, as the original broadcasts after loading.
     """
     world_size = group.size() if group is not None else 1
+    device.set_kernel_mode(config.kernels)
     mx.random.seed(config.seed)  # the same on every rank: the ranks then draw the same random numbers
     model = create_model(model_arch_config(config, metadata, world_size))
+    set_recompute(model, device.recompute_wanted(config.recompute))
     head = ACTLossHead(model, **(config.arch.loss.model_extra or {}))
     if config.load_checkpoint is not None and (group is None or group.rank() == 0):
         weights, _ = read_weights(Path(config.load_checkpoint))

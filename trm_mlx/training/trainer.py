@@ -7,6 +7,7 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
+from trm_mlx import device, kernels
 from trm_mlx.data import DatasetFormatError, PuzzleDataset
 from trm_mlx.data.builtin import DEFAULT_PATH as BUILTIN_SUDOKU_PATH
 from trm_mlx.data.builtin import ensure_builtin_sudoku
@@ -50,11 +51,14 @@ def make_train_step(state: TrainState, config: PretrainConfig, group: mx.distrib
     With several ranks (``group``) the collectives are part of the same graph: the weight gradients are summed over
     the ranks, every rank's puzzle ids and row gradients are gathered before the sign-SGD sums them per row, and the
     metrics are summed, so every rank applies the update of the whole global batch and keeps identical weights.
+    ACT exploration draws the global batch's random numbers on every rank, which keeps its own rows of them.
     """
     head, model, optimizer = state.head, state.model, state.optimizer
     scale = 1.0 / config.global_batch_size
     compiled_state = [head.state, mx.random.state] + ([optimizer.state] if optimizer is not None else [])
     parallel = group is not None and group.size() > 1
+    if parallel:
+        model.shard_batch(group.rank(), group.size())
 
     def step(carry, batch, lr, puzzle_lr):
         carry, data = model.begin_step(carry, batch)
@@ -228,10 +232,22 @@ def resolve_names(config: PretrainConfig) -> PretrainConfig:
     return with_naming_defaults(config)
 
 
-def set_device(device: str) -> None:
-    if device == "cpu":
+def execution_summary(model) -> str:
+    """One line on how the step runs here: backend, fused kernels (self-checked now), block recomputation."""
+    if device.backend() == "cpu":
+        kernels_line = "none (no custom kernels on the CPU)"
+    else:
+        checked = kernels.check_all().items()
+        kernels_line = ", ".join(name for name, result in checked if result.ok and device.kernel_wanted(name)) or "none"
+    recompute = any(getattr(m, "recompute", False) for m in model.modules())
+    return (f"backend: {device.describe()}; fused kernels ({device.kernel_mode()}): {kernels_line}; "
+            f"recompute: {'blocks' if recompute else 'none'}")
+
+
+def set_device(name: str) -> None:
+    if name == "cpu":
         mx.set_default_device(mx.cpu)
-    elif device == "gpu":
+    elif name == "gpu":
         mx.set_default_device(mx.gpu)
 
 
@@ -268,6 +284,7 @@ def _train(config: PretrainConfig, show_progress: bool, group: mx.distributed.Gr
     train_data, eval_data = open_datasets(config, epochs_per_iter, log, group)
     evaluators = create_evaluators(config, eval_data, log)
     state = create_train_state(config, train_data.metadata, group)
+    log(execution_summary(state.model))
     if config.resume is not None:
         load_train_state(find_train_state(config.resume), state, train_data, group)
     step_fn, compiled_state = make_train_step(state, config, group)
