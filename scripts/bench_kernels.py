@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 from trm_mlx import device, kernels  # noqa: E402
 from trm_mlx.kernels import registry, rope  # noqa: E402
 from trm_mlx.model import ACTLossHead, create_model  # noqa: E402
-from trm_mlx.model.layers import Block  # noqa: E402
+from trm_mlx.model.layers import Block, set_recompute  # noqa: E402
 
 BF16 = mx.bfloat16
 
@@ -165,13 +165,14 @@ def make_batch(preset: dict, batch_size: int) -> dict:
     }
 
 
-def run_step(preset_name: str, mode: str, batch_size: int, steps: int) -> dict:
+def run_step(preset_name: str, mode: str, batch_size: int, steps: int, recompute: str) -> dict:
     """Time the compiled train step of one preset under one kernel mode (in this process)."""
     os.environ[device.KERNELS_ENV] = mode
     preset = PRESETS[preset_name]
     arch = {**COMMON_ARCH, **{k: v for k, v in preset.items() if k != "batch"}}
     mx.random.seed(0)
     head = ACTLossHead(create_model(arch))
+    set_recompute(head.model, device.recompute_wanted(recompute))
     optimizer = optim.Adam(learning_rate=1e-4)
     optimizer.init(head.trainable_parameters())
     state = [head.state, optimizer.state, mx.random.state]
@@ -204,6 +205,7 @@ def run_step(preset_name: str, mode: str, batch_size: int, steps: int) -> dict:
     return {
         "preset": preset_name,
         "mode": mode,
+        "recompute": recompute,
         "batch": batch_size,
         "step_ms": 1e3 * statistics.median(times),
         "step_ms_spread": [1e3 * min(times), 1e3 * max(times)],
@@ -213,14 +215,15 @@ def run_step(preset_name: str, mode: str, batch_size: int, steps: int) -> dict:
     }
 
 
-def bench_steps(modes: list[str], steps: int, timeout: int) -> list[dict]:
+def bench_steps(modes: list[str], steps: int, timeout: int, recompute: str) -> list[dict]:
     """Each (preset, mode) in a fresh process; on failure retry once at half the batch."""
     rows = []
     for preset_name, preset in PRESETS.items():
         for mode in modes:
             batch = preset["batch"]
             while batch >= preset["batch"] // 2:
-                cmd = [sys.executable, __file__, "--step", preset_name, mode, str(batch), "--steps", str(steps)]
+                cmd = [sys.executable, __file__, "--step", preset_name, mode, str(batch), "--steps", str(steps),
+                       "--recompute", recompute]
                 try:
                     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
                     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
@@ -274,11 +277,14 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--modes", default="reference,fused", help="kernel modes of the train-step entries (comma-separated)"
     )
+    parser.add_argument(
+        "--recompute", choices=("auto", "blocks", "none"), default="auto", help="block recomputation in the steps"
+    )
     parser.add_argument("--step", nargs=3, metavar=("PRESET", "MODE", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.step:
-        print(json.dumps(run_step(args.step[0], args.step[1], int(args.step[2]), args.steps)))
+        print(json.dumps(run_step(args.step[0], args.step[1], int(args.step[2]), args.steps, args.recompute)))
         return 0
     if device.backend() == "cpu":
         print("bench_kernels: needs a CUDA or Metal GPU (MLX has no custom kernels on the CPU)", file=sys.stderr)
@@ -298,7 +304,7 @@ def main(argv=None) -> int:
         for item in args.batch:
             name, size = item.split("=")
             PRESETS[name]["batch"] = int(size)
-        results["steps"] = bench_steps(args.modes.split(","), args.steps, args.step_timeout)
+        results["steps"] = bench_steps(args.modes.split(","), args.steps, args.step_timeout, args.recompute)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

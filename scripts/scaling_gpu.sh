@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 PRESET=${SCALING_PRESET:-arc1}
 BACKEND=${SCALING_BACKEND:-nccl}
-ROWS=${SCALING_ROWS:-48}  # 192 rows per rank ran out of memory on an 80 GB H100
+ROWS=${SCALING_ROWS:-96}  # measured on 2 x H200 (docs/BENCHMARKS.md); 192 fits one GPU with block recomputation
 WARMUP=${SCALING_WARMUP:-5}
 STEPS=${SCALING_STEPS:-50}
 ONE_S=${SCALING_ONE_S:-200}

@@ -5,7 +5,6 @@ import types
 
 import mlx.core as mx
 import numpy as np
-import pytest
 from mlx.utils import tree_flatten
 
 from trm_mlx.model import ACTLossHead, create_model

@@ -3,7 +3,6 @@
 import json
 from collections import OrderedDict
 
-import mlx.core as mx
 import numpy as np
 import pytest
 import torch

@@ -1,9 +1,9 @@
 """Fused kernels for the recurrent step, one source for Metal and CUDA (docs/BENCHMARKS.md has the figures).
 
 The recursion applies the same blocks H_cycles x (L_cycles + 1) times per ACT step, so a memory pass saved in a
-block is saved that many times. Each op here has a plain-MLX reference (what runs on the CPU, and whenever the
-policy in `trm_mlx.device` says so) and a fused kernel with a custom VJP, self-checked against the reference on
-first use. `python -m trm_mlx.kernels --check` reports every kernel on the current backend.
+block is saved that many times. Each op here has a plain-MLX reference (what runs whenever the policy in
+`trm_mlx.device` says so) and a fused GPU kernel with a custom VJP, self-checked against the reference on first
+use. On the CPU, where MLX has no custom kernels, `cpu` holds faster plain-MLX versions of the exp-based ops. `python -m trm_mlx.kernels --check` reports every kernel on the current backend.
 """
 
 import mlx.core as mx

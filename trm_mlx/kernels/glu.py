@@ -8,7 +8,7 @@ half-size gradients and their concatenation.
 import mlx.core as mx
 import mlx.nn as nn
 
-from . import codegen
+from . import codegen, cpu
 from .. import device
 from .registry import FusedOp, register, use_fused
 
@@ -112,4 +112,6 @@ def swiglu(gu: mx.array) -> mx.array:
     """`silu(gate) * up` with gate, up the two halves of gu's last axis."""
     if gu.shape[-1] % 2 == 0 and use_fused(OP.name, gu):
         return fused(gu)
+    if cpu.enabled(gu):
+        return cpu.swiglu(gu)
     return reference(gu)

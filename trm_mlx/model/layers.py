@@ -10,12 +10,24 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
-from .. import kernels
+from .. import device, kernels
+from ..kernels import cpu as cpu_kernels
 from .config import swiglu_intermediate_size
 from .init import truncated_normal
 
 
+# Half-precision dtypes whose CPU products run as fp32 products of the rounded operands (see CastedLinear).
+CPU_HALF_DTYPES = (mx.bfloat16, mx.float16)
+
+
 class CastedLinear(nn.Module):
+    """`x @ W^T (+ b)` with W (and b) cast to x's dtype on every call.
+
+    MLX's CPU backend has no fast half-precision matrix product (bf16 runs ~15x slower than fp32 through OpenBLAS),
+    so on the CPU a bf16/fp16 product is computed in fp32 from the operands rounded to x's dtype and rounded once:
+    what a half-precision GEMM with fp32 accumulation (PyTorch's CPU bf16 matmul, a GPU's tensor cores) computes.
+    """
+
     def __init__(self, in_features: int, out_features: int, bias: bool = False):
         super().__init__()
         self.weight = truncated_normal((out_features, in_features), std=1.0 / math.sqrt(in_features))
@@ -23,13 +35,19 @@ class CastedLinear(nn.Module):
             self.bias = mx.zeros((out_features,))
 
     def __call__(self, x: mx.array) -> mx.array:
-        w = self.weight.astype(x.dtype)
-        if "bias" in self:
+        dtype = x.dtype
+        w = self.weight.astype(dtype)
+        bias = self.bias.astype(dtype) if "bias" in self else None
+        if dtype in CPU_HALF_DTYPES and device.backend() == "cpu":
+            x, w = x.astype(mx.float32), w.astype(mx.float32)
+            bias = None if bias is None else bias.astype(mx.float32)
+        if bias is not None:
             # Bias inside the matmul (one rounding), as torch's addmm: matters for q_head in bf16.
             flat = x.reshape(-1, x.shape[-1])
-            y = mx.addmm(self.bias.astype(x.dtype), flat, w.T)
-            return y.reshape(*x.shape[:-1], -1)
-        return x @ w.T
+            y = mx.addmm(bias, flat, w.T).reshape(*x.shape[:-1], -1)
+        else:
+            y = x @ w.T
+        return y.astype(dtype)
 
 
 class CastedEmbedding(nn.Module):
@@ -76,7 +94,10 @@ class Attention(nn.Module):
         B, S, _ = h.shape
         nh, hd = self.num_heads, self.head_dim
         q, k, v = kernels.split_heads(self.qkv_proj(h), rotary, nh)
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(hd))
+        if cpu_kernels.enabled(q):
+            out = cpu_kernels.attention(q, k, v, scale=1.0 / math.sqrt(hd))
+        else:
+            out = mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(hd))
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, S, nh * hd))
 
 

@@ -235,7 +235,8 @@ def resolve_names(config: PretrainConfig) -> PretrainConfig:
 def execution_summary(model) -> str:
     """One line on how the step runs here: backend, fused kernels (self-checked now), block recomputation."""
     if device.backend() == "cpu":
-        kernels_line = "none (no custom kernels on the CPU)"
+        fast = device.kernel_mode() != "reference"
+        kernels_line = "none; CPU fast paths (SiLU, softmax)" if fast else "none; reference CPU ops"
     else:
         checked = kernels.check_all().items()
         kernels_line = ", ".join(name for name, result in checked if result.ok and device.kernel_wanted(name)) or "none"

@@ -1,0 +1,198 @@
+"""The CPU-only fast paths: half-precision CastedLinear through fp32 products, and the exp-based ops of
+trm_mlx.kernels.cpu (exp, sigmoid, SwiGLU, softmax, attention) against float64 NumPy and MLX's own ops."""
+
+import subprocess
+import sys
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from trm_mlx import device, kernels
+from trm_mlx.kernels import cpu, glu
+from trm_mlx.model.layers import CastedLinear
+
+pytestmark = pytest.mark.skipif(device.backend() != "cpu", reason="CPU-only paths")
+
+HALF = {"bfloat16": mx.bfloat16, "float16": mx.float16}
+ULP = {"bfloat16": 2.0**-7, "float16": 2.0**-10}  # spacing at 1.0: an upper bound of one rounding, relative
+
+
+def as_f64(a: mx.array) -> np.ndarray:
+    return np.array(a.astype(mx.float32), dtype=np.float64)
+
+
+def relative_error(got: mx.array, expected) -> float:
+    expected = np.asarray(expected, dtype=np.float64)
+    return float(np.linalg.norm(as_f64(got) - expected) / np.linalg.norm(expected))
+
+
+@pytest.mark.parametrize("dtype_name", sorted(HALF))
+@pytest.mark.parametrize("bias", [False, True])
+def test_half_casted_linear_is_the_rounded_exact_product(dtype_name, bias):
+    dtype = HALF[dtype_name]
+    mx.random.seed(1)
+    lin = CastedLinear(384, 48, bias=bias)
+    if bias:
+        lin.bias = mx.random.normal((48,))
+    x = mx.random.normal((2, 5, 384)).astype(dtype)
+    y = lin(x)
+    assert y.dtype == dtype and y.shape == (2, 5, 48)
+    exact = as_f64(x) @ as_f64(lin.weight.astype(dtype)).T
+    if bias:
+        exact = exact + as_f64(lin.bias.astype(dtype))
+    # One rounding of the exact product of the rounded operands: within half an ulp of it (plus fp32 summation).
+    tolerance = 0.5 * ULP[dtype_name] * np.abs(exact) + 1e-5
+    assert np.all(np.abs(as_f64(y) - exact) <= tolerance)
+    # MLX's own (slow) half-precision CPU product also accumulates in fp32: the fast path changes speed only.
+    w = lin.weight.astype(dtype)
+    native = mx.addmm(lin.bias.astype(dtype), x.reshape(-1, 384), w.T).reshape(y.shape) if bias else x @ w.T
+    assert np.all(np.abs(as_f64(y) - as_f64(native)) <= ULP[dtype_name] * np.abs(as_f64(native)))
+
+
+def test_bf16_casted_linear_gradients_match_the_bf16_product():
+    mx.random.seed(2)
+    lin = CastedLinear(256, 32, bias=True)
+    lin.bias = mx.random.normal((32,))
+    x = mx.random.normal((6, 256)).astype(mx.bfloat16)
+    cotangent = mx.random.normal((6, 32)).astype(mx.bfloat16)
+
+    def fast(x, weight, bias):
+        lin.weight, lin.bias = weight, bias
+        return lin(x)
+
+    def native(x, weight, bias):
+        return mx.addmm(bias.astype(mx.bfloat16), x, weight.astype(mx.bfloat16).T)
+
+    primals = [x, lin.weight, lin.bias]
+    _, fast_grads = mx.vjp(fast, primals, [cotangent])
+    _, native_grads = mx.vjp(native, primals, [cotangent])
+    for got, expected in zip(fast_grads, native_grads):
+        assert got.dtype == expected.dtype
+        assert mx.array_equal(got, expected).item()
+    assert mx.abs(fast_grads[1]).max().item() > 0
+
+
+# ------------------------------------------------------------------------------------------- exp-based ops
+
+
+def test_exp_matches_float64_over_the_whole_fp32_range():
+    mx.random.seed(4)
+    x = mx.concatenate([mx.linspace(-87.0, 88.0, 200_001), mx.random.normal((100_000,)) * 5])
+    got = as_f64(cpu.exp(x))
+    expected = np.exp(as_f64(x))
+    assert np.max(np.abs(got - expected) / expected) < 3e-7  # mx.exp's own error is about 1.6e-6
+    assert cpu.exp(mx.array([0.0])).item() == 1.0
+
+
+def test_exp_saturates_and_keeps_nan():
+    got = np.array(cpu.exp(mx.array([-np.inf, -1000.0, 1000.0, np.inf, np.nan])))
+    assert 0 <= got[0] < 2e-38 and 0 <= got[1] < 2e-38
+    assert 1e38 < got[2] < np.inf and 1e38 < got[3] < np.inf
+    assert np.isnan(got[4])
+
+
+def test_sigmoid_matches_float64_and_saturates():
+    x = mx.linspace(-100.0, 100.0, 100_001)
+    got = as_f64(cpu.sigmoid(x))
+    expected = 1.0 / (1.0 + np.exp(-as_f64(x)))
+    assert np.max(np.abs(got - expected)) < 2e-7
+    assert got[0] < 1e-38 and got[-1] == 1.0
+
+
+def silu_gate_f64(gu: np.ndarray, d: np.ndarray):
+    """silu(gate) * up and its input gradient for cotangent d, in float64."""
+    gate, up = np.split(gu, 2, axis=-1)
+    s = 1.0 / (1.0 + np.exp(-gate))
+    out = gate * s * up
+    d_gate = d * up * s * (1.0 + gate * (1.0 - s))
+    return out, np.concatenate([d_gate, d * gate * s], axis=-1)
+
+
+@pytest.mark.parametrize("dtype_name, tolerance", [("float32", 1e-6), ("bfloat16", 1e-2)])
+def test_swiglu_values_and_gradient(dtype_name, tolerance):
+    dtype = getattr(mx, dtype_name)
+    mx.random.seed(5)
+    gu = (mx.random.normal((3, 7, 2 * 96)) * 4).astype(dtype)
+    cotangent = mx.random.normal((3, 7, 96)).astype(dtype)
+    (out,), (grad,) = mx.vjp(cpu.swiglu, [gu], [cotangent])
+    expected_out, expected_grad = silu_gate_f64(as_f64(gu), as_f64(cotangent))
+    assert out.dtype == dtype and grad.dtype == dtype
+    assert relative_error(out, expected_out) < tolerance
+    assert relative_error(grad, expected_grad) < tolerance
+
+
+def test_softmax_values_and_gradient_match_mlx_softmax():
+    mx.random.seed(6)
+    x = mx.random.normal((4, 3, 97, 97)) * 6
+    cotangent = mx.random.normal(x.shape)
+    (got,), (grad,) = mx.vjp(cpu.softmax, [x], [cotangent])
+    x64 = as_f64(x)
+    e = np.exp(x64 - x64.max(axis=-1, keepdims=True))
+    assert relative_error(got, e / e.sum(axis=-1, keepdims=True)) < 1e-6
+    _, (expected_grad,) = mx.vjp(lambda a: mx.softmax(a, axis=-1, precise=True), [x], [cotangent])
+    assert relative_error(grad, as_f64(expected_grad)) < 1e-5
+
+
+@pytest.mark.parametrize("dtype_name, tolerance", [("float32", 1e-5), ("bfloat16", 2e-2)])
+def test_attention_matches_mlx_attention(dtype_name, tolerance):
+    """Values and q/k/v gradients against MLX's own attention computed in fp32."""
+    dtype = getattr(mx, dtype_name)
+    mx.random.seed(7)
+    q, k, v = (mx.random.normal((2, 3, 33, 16)).astype(dtype) for _ in range(3))
+    cotangent = mx.random.normal((2, 3, 33, 16)).astype(dtype)
+    scale = 0.25
+
+    def reference(*qkv):
+        q32, k32, v32 = (a.astype(mx.float32) for a in qkv)
+        return mx.fast.scaled_dot_product_attention(q32, k32, v32, scale=scale)
+
+    (out,), grads = mx.vjp(lambda *a: cpu.attention(*a, scale=scale), [q, k, v], [cotangent])
+    (expected,), expected_grads = mx.vjp(reference, [q, k, v], [cotangent.astype(mx.float32)])
+    assert out.dtype == dtype
+    assert relative_error(out, as_f64(expected)) < tolerance
+    for got, want in zip(grads, expected_grads):
+        assert relative_error(got, as_f64(want)) < tolerance
+
+
+def test_dispatch_uses_the_cpu_path_except_in_reference_mode(monkeypatch):
+    mx.random.seed(8)
+    gu = mx.random.normal((5, 2 * 64))
+    monkeypatch.delenv(device.KERNELS_ENV, raising=False)
+    assert cpu.enabled(gu) and not cpu.enabled(mx.zeros((2,), mx.float64))
+    assert mx.array_equal(kernels.swiglu(gu), cpu.swiglu(gu)).item()
+    monkeypatch.setenv(device.KERNELS_ENV, "reference")
+    assert not cpu.enabled(gu)
+    assert mx.array_equal(kernels.swiglu(gu), glu.reference(gu)).item()
+
+
+# ------------------------------------------------------------------------------------------- freed memory kept
+
+FAULTS_SCRIPT = """
+import resource, sys
+if sys.argv[1] == "trm_mlx":
+    import trm_mlx.kernels.cpu  # noqa: F401  (on the CPU backend, keeps freed memory)
+import mlx.core as mx
+x = mx.random.normal((10 << 20,))
+step = lambda: mx.eval((x * 2) * 3 + 1)  # 40 MB intermediates, freed every time
+for _ in range(3):
+    step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_cpu_kernels_stop_page_faults_on_reused_memory():
+    """Plain MLX faults in fresh pages for every large intermediate (glibc maps blocks over 32 MB anew each time);
+    with trm_mlx imported the process reuses them."""
+
+    def faults(mode: str) -> int:
+        run = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT, mode], capture_output=True, text=True, check=True)
+        return int(run.stdout.split()[-1])
+
+    plain, kept = faults("plain"), faults("trm_mlx")
+    assert plain > 10 * 10_000  # at least one fresh 40 MB block (10,240 pages) per step
+    assert kept < plain / 10
