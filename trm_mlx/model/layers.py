@@ -167,6 +167,7 @@ class ReasoningModule(nn.Module):
 
     With `recompute` on, each block's backward recomputes its forward (`recomputed`): the memory of a
     back-propagated pass drops to the blocks' inputs, for one more forward of the passes that are differentiated.
+    Evaluation (eval mode) has no backward and runs the blocks plainly.
     """
 
     def __init__(self, layers: list):
@@ -178,7 +179,7 @@ class ReasoningModule(nn.Module):
         if injection is not None:
             h = kernels.inject(h, injection)
         for layer in self.layers:
-            h = recomputed(layer, h, rotary) if self.recompute else layer(h, rotary)
+            h = recomputed(layer, h, rotary) if self.recompute and self.training else layer(h, rotary)
         return h
 
 
