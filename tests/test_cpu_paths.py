@@ -1,5 +1,6 @@
 """The CPU-only fast paths: half-precision CastedLinear through fp32 products, and the exp-based ops of
-trm_mlx.kernels.cpu (exp, sigmoid, SwiGLU, softmax, attention) against float64 NumPy and MLX's own ops."""
+trm_mlx.kernels.cpu (exp, sigmoid, SwiGLU, softmax, attention, token mixing, head split) against float64 NumPy,
+float64 PyTorch autograd and MLX's own ops."""
 
 import subprocess
 import sys
@@ -7,10 +8,11 @@ import sys
 import mlx.core as mx
 import numpy as np
 import pytest
+import torch
 
 from trm_mlx import device, kernels
-from trm_mlx.kernels import cpu, glu
-from trm_mlx.model.layers import CastedLinear
+from trm_mlx.kernels import cpu, glu, rope
+from trm_mlx.model.layers import CastedLinear, SwiGLU
 
 pytestmark = pytest.mark.skipif(device.backend() != "cpu", reason="CPU-only paths")
 
@@ -153,6 +155,70 @@ def test_attention_matches_mlx_attention(dtype_name, tolerance):
     assert relative_error(out, as_f64(expected)) < tolerance
     for got, want in zip(grads, expected_grads):
         assert relative_error(got, as_f64(want)) < tolerance
+
+
+def torch_vjp(fn, primals: list, cotangent: mx.array):
+    """fn's value and gradients in float64 PyTorch autograd (fn takes and returns torch tensors)."""
+    leaves = [torch.tensor(as_f64(p), requires_grad=True) for p in primals]
+    out = fn(*leaves)
+    out.backward(torch.tensor(as_f64(cotangent)))
+    return out.detach().numpy(), [leaf.grad.numpy() for leaf in leaves]
+
+
+@pytest.mark.parametrize("dtype_name, tolerance", [("float32", 1e-6), ("bfloat16", 2e-2)])
+def test_token_mixing_matches_the_transposed_mixing_in_float64(dtype_name, tolerance):
+    """The original's mixing (spec §2.4.7: rms_norm(t + down(swiglu(gate_up(t)))) on t = h^T), values and the
+    gradients of h and both weights."""
+    dtype = getattr(mx, dtype_name)
+    mx.random.seed(9)
+    B, S, D, eps = 3, 97, 40, 1e-5
+    mlp_t = SwiGLU(S, 4.0)  # I = 512
+    h = mx.random.normal((B, S, D)).astype(dtype)
+    cotangent = mx.random.normal((B, S, D)).astype(dtype)
+
+    def original(h, w_gu, w_down):
+        t = h.transpose(1, 2)
+        gate, up = (t @ w_gu.T).chunk(2, dim=-1)
+        x = t + (torch.nn.functional.silu(gate) * up) @ w_down.T
+        return (x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)).transpose(1, 2)
+
+    primals = [h, mlp_t.gate_up_proj.weight, mlp_t.down_proj.weight]
+    (out,), grads = mx.vjp(lambda *a: cpu.token_mixing(*a, eps), primals, [cotangent])
+    expected, expected_grads = torch_vjp(original, primals, cotangent)
+    assert out.dtype == dtype and grads[0].dtype == dtype
+    assert relative_error(out, expected) < tolerance
+    for got, want in zip(grads, expected_grads):
+        assert relative_error(got, want) < tolerance
+    assert mx.array_equal(kernels.token_mixing(h, mlp_t, eps), out).item()  # the CPU dispatch
+
+
+@pytest.mark.parametrize("with_rope", [True, False])
+@pytest.mark.parametrize("dtype_name, tolerance", [("float32", 1e-7), ("bfloat16", 1e-2)])
+def test_split_heads_matches_the_rotated_slices_in_float64(with_rope, dtype_name, tolerance):
+    """q, k, v of the packed projection (RoPE with rotate_half on q and k) and the packed gradient, whose q, k
+    and v blocks are each slice's gradient rotated back."""
+    dtype = getattr(mx, dtype_name)
+    mx.random.seed(10)
+    B, S, H, hd = 2, 13, 3, 16
+    rotary = rope.rotary_tables(S, hd) if with_rope else None
+    qkv = mx.random.normal((B, S, 3 * H * hd)).astype(dtype)
+    cotangents = [mx.random.normal((B, H, S, hd)).astype(dtype) for _ in range(3)]
+    packed = mx.concatenate([c.transpose(0, 2, 1, 3) for c in cotangents], axis=2).reshape(qkv.shape)
+    cos, sin = (torch.tensor(as_f64(t))[:, None, :] for t in rotary) if with_rope else (None, None)
+
+    def original(qkv):
+        q, k, v = qkv.view(B, S, 3 * H, hd).split(H, dim=2)
+        if with_rope:
+            q, k = (x * cos + torch.cat([-x[..., hd // 2 :], x[..., : hd // 2]], dim=-1) * sin for x in (q, k))
+        return torch.cat([q, k, v], dim=2).reshape(qkv.shape)
+
+    outs, (grad,) = mx.vjp(lambda x: cpu.split_heads(x, rotary, H), [qkv], cotangents)
+    expected, (expected_grad,) = torch_vjp(original, [qkv], packed)
+    got = mx.concatenate([o.transpose(0, 2, 1, 3) for o in outs], axis=2).reshape(qkv.shape)
+    assert all(o.dtype == dtype and o.shape == (B, H, S, hd) for o in outs) and grad.dtype == dtype
+    assert relative_error(got, expected) < tolerance
+    assert relative_error(grad, expected_grad) < tolerance
+    assert all(mx.array_equal(a, b).item() for a, b in zip(kernels.split_heads(qkv, rotary, H), outs))
 
 
 def test_dispatch_uses_the_cpu_path_except_in_reference_mode(monkeypatch):

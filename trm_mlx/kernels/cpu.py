@@ -8,6 +8,9 @@ it have custom VJPs that never differentiate through `exp`: the softmax's gradie
 SwiGLU gate's from its input (the sigmoid is recomputed). Half-precision inputs are computed in fp32 and rounded
 once. Used on the CPU only (`enabled`); other backends keep MLX's own kernels or trm_mlx's fused ones.
 
+The MLP-t token mixing and the attention's head split with RoPE are here too, in forms whose forward and backward
+copy no transposed operand (`token_mixing`, `split_heads`): MLX's CPU copies run on one thread.
+
 On Linux, importing this module on the CPU backend also keeps freed memory in the process (`keep_freed_memory`).
 """
 
@@ -56,6 +59,19 @@ def sigmoid(x: mx.array) -> mx.array:
     return 1.0 / (1.0 + exp(-x))
 
 
+def glu(gate: mx.array, up: mx.array) -> mx.array:
+    """silu(gate) * up in fp32."""
+    gate, up = gate.astype(mx.float32), up.astype(mx.float32)
+    return gate * sigmoid(gate) * up
+
+
+def glu_grads(gate: mx.array, up: mx.array, cotangent: mx.array) -> tuple:
+    """The fp32 gradients of `glu` for gate and up (the sigmoid recomputed, never differentiated through exp)."""
+    gate, up, d = gate.astype(mx.float32), up.astype(mx.float32), cotangent.astype(mx.float32)
+    s = sigmoid(gate)
+    return d * up * s * (1.0 + gate * (1.0 - s)), d * gate * s  # d silu(g) / dg = s (1 + g (1 - s))
+
+
 @mx.custom_function
 def swiglu(gu: mx.array) -> mx.array:
     """silu(gate) * up, gate and up the two halves of gu's last axis (kernels.glu.reference's values).
@@ -63,17 +79,56 @@ def swiglu(gu: mx.array) -> mx.array:
     One custom function over gu, so the backward writes gu's gradient with one concatenation instead of
     autodiff's zero-filled gradient per half and their sum.
     """
-    gate, up = (a.astype(mx.float32) for a in mx.split(gu, 2, axis=-1))
-    return (gate * sigmoid(gate) * up).astype(gu.dtype)
+    return glu(*mx.split(gu, 2, axis=-1)).astype(gu.dtype)
 
 
 @swiglu.vjp
 def swiglu_vjp(gu, cotangent, output):  # a one-argument custom function gets its primal bare
-    gate, up = (a.astype(mx.float32) for a in mx.split(gu, 2, axis=-1))
-    d = cotangent.astype(mx.float32)
-    s = sigmoid(gate)
-    d_gate = d * up * s * (1.0 + gate * (1.0 - s))  # d silu(g) / dg = s (1 + g (1 - s))
-    return mx.concatenate([d_gate, d * gate * s], axis=-1).astype(gu.dtype)
+    return mx.concatenate(glu_grads(*mx.split(gu, 2, axis=-1), cotangent), axis=-1).astype(gu.dtype)
+
+
+@mx.custom_function
+def swiglu_columns(gu: mx.array) -> mx.array:
+    """`swiglu` with gate and up the two halves of axis 1 of [B, 2I, D] (token mixing's layout)."""
+    return glu(*mx.split(gu, 2, axis=1)).astype(gu.dtype)
+
+
+@swiglu_columns.vjp
+def swiglu_columns_vjp(gu, cotangent, output):
+    return mx.concatenate(glu_grads(*mx.split(gu, 2, axis=1), cotangent), axis=1).astype(gu.dtype)
+
+
+def rms_norm_columns(x: mx.array, eps: float) -> mx.array:
+    """Weightless RMSNorm over axis 1 of [B, S, D] in fp32, rounded once to x's dtype (mx.fast.rms_norm's
+    numerics on the transposed array), with a backward that needs no transpose either."""
+
+    @mx.custom_function
+    def norm(x):
+        x32 = x.astype(mx.float32)
+        return (x32 * mx.rsqrt(mx.mean(x32 * x32, axis=1, keepdims=True) + eps)).astype(x.dtype)
+
+    @norm.vjp
+    def norm_vjp(x, cotangent, output):
+        x32, d = x.astype(mx.float32), cotangent.astype(mx.float32)
+        r = mx.rsqrt(mx.mean(x32 * x32, axis=1, keepdims=True) + eps)
+        y = x32 * r
+        return (r * (d - y * mx.mean(d * y, axis=1, keepdims=True))).astype(x.dtype)
+
+    return norm(x)
+
+
+def token_mixing(h: mx.array, gate_up_weight: mx.array, down_weight: mx.array, eps: float) -> mx.array:
+    """The MLP-t token mixing on h [B, S, D] without a transpose: `W_gu @ h` per example ([2I, S] @ [S, D]),
+    SwiGLU over the halves of axis 1, `W_down @ a` back to [B, S, D], the norm over axis 1.
+
+    The reference mixes `h^T` [B, D, S] and transposes back, which costs copies of every operand and gradient.
+    Products run in fp32 on operands rounded to h's dtype, and each result is rounded where CastedLinear rounds.
+    """
+    dtype = h.dtype
+    w_gu, w_down = (w.astype(dtype).astype(mx.float32) for w in (gate_up_weight, down_weight))
+    gu = (w_gu @ h.astype(mx.float32)).astype(dtype)
+    mixed = (w_down @ swiglu_columns(gu).astype(mx.float32)).astype(dtype)
+    return rms_norm_columns(h + mixed, eps)
 
 
 @mx.custom_function
@@ -99,6 +154,47 @@ def attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:
     q32, k32, v32 = (a.astype(mx.float32) for a in (q, k, v))
     scores = (q32 * scale) @ k32.swapaxes(-1, -2)
     return (softmax(scores) @ v32).astype(q.dtype)
+
+
+def split_heads(qkv: mx.array, rotary, num_heads: int):
+    """kernels.rope.reference's q, k, v ([B, H, S, hd], RoPE on q and k) of qkv [B, S, 3*H*hd], written
+    contiguous (the attention's products would otherwise copy the transposed views), with a backward that
+    writes qkv's gradient with one concatenation instead of autodiff's zero-filled gradient per slice."""
+    B, S, _ = qkv.shape
+    tables = [] if rotary is None else list(rotary)  # [S, hd], constants: no gradient to the tables
+
+    def rotate(x):
+        if not tables:
+            return mx.contiguous(x)
+        cos, sin = tables
+        x32 = x.astype(mx.float32)
+        return (x32 * cos + rotate_half(x32) * sin).astype(x.dtype)
+
+    def unrotate(d):  # the transpose of rotate: rotate_half^T(z) = -rotate_half(z)
+        if not tables:
+            return d
+        cos, sin = tables
+        d32 = d.astype(mx.float32)
+        return (d32 * cos - rotate_half(d32 * sin)).astype(d.dtype)
+
+    @mx.custom_function
+    def split(packed):
+        q, k, v = mx.split(packed.reshape(B, S, 3 * num_heads, -1).transpose(0, 2, 1, 3), 3, axis=1)
+        return rotate(q), rotate(k), mx.contiguous(v)
+
+    @split.vjp
+    def split_vjp(packed, cotangents, outputs):
+        dq, dk, dv = cotangents
+        packed_grad = mx.concatenate([unrotate(dq), unrotate(dk), dv], axis=1)  # [B, 3H, S, hd]
+        return packed_grad.transpose(0, 2, 1, 3).reshape(packed.shape)
+
+    return split(qkv)
+
+
+def rotate_half(x: mx.array) -> mx.array:
+    """RoPE's half-split rotation (x1, x2) -> (-x2, x1) over the last axis."""
+    half = x.shape[-1] // 2
+    return mx.concatenate([-x[..., half:], x[..., :half]], axis=-1)
 
 
 def enabled(*arrays: mx.array) -> bool:

@@ -8,7 +8,7 @@ writes the [B, S, 3H*hd] projection gradient directly.
 
 import mlx.core as mx
 
-from . import codegen
+from . import codegen, cpu
 from .. import device
 from .registry import FusedOp, register, use_fused
 
@@ -119,16 +119,11 @@ def launch(backward: bool, arrays: list, tables: list, shape: tuple, num_heads: 
     )
 
 
-def rotate_half(x: mx.array) -> mx.array:
-    half = x.shape[-1] // 2
-    return mx.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-
-
 def apply_rotary(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
     """x: [B, S, heads, hd]; rotation in fp32, result in x's dtype."""
     x32 = x.astype(mx.float32)
     cos, sin = cos[:, None, :], sin[:, None, :]
-    return (x32 * cos + rotate_half(x32) * sin).astype(x.dtype)
+    return (x32 * cos + cpu.rotate_half(x32) * sin).astype(x.dtype)
 
 
 def reference(qkv: mx.array, rotary, num_heads: int):
@@ -191,4 +186,6 @@ def split_heads(qkv: mx.array, rotary, num_heads: int):
     tables_fit = rotary is None or all(t.shape == (qkv.shape[1], head_dim) and t.dtype == mx.float32 for t in rotary)
     if head_dim % 2 == 0 and tables_fit and use_fused(OP.name, qkv):
         return fused(qkv, rotary, num_heads)
+    if cpu.enabled(qkv) and tables_fit:
+        return cpu.split_heads(qkv, rotary, num_heads)
     return reference(qkv, rotary, num_heads)

@@ -236,7 +236,7 @@ def execution_summary(model) -> str:
     """One line on how the step runs here: backend, fused kernels (self-checked now), block recomputation."""
     if device.backend() == "cpu":
         fast = device.kernel_mode() != "reference"
-        kernels_line = "none; CPU fast paths (SiLU, softmax)" if fast else "none; reference CPU ops"
+        kernels_line = "none; CPU fast paths (SwiGLU, attention, head split, token mixing)" if fast else "none"
     else:
         checked = kernels.check_all().items()
         kernels_line = ", ".join(name for name, result in checked if result.ok and device.kernel_wanted(name)) or "none"
