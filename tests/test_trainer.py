@@ -148,3 +148,23 @@ def test_help_and_cfg_job_work_as_in_hydra():
                               timeout=120)
     assert resolved.returncode == 0, resolved.stderr
     assert "puzzle_emb_ndim: 64" in resolved.stdout
+
+
+def test_kernels_and_recompute_keys_reach_the_model(monkeypatch):
+    """`kernels=` sets the kernel policy and `recompute=` the blocks' recomputation, and the run's first line says so."""
+    from trm_mlx import device
+    from trm_mlx.training.trainer import execution_summary
+
+    monkeypatch.delenv(device.KERNELS_ENV, raising=False)
+    monkeypatch.setattr(device, "configured_kernel_mode", device.configured_kernel_mode)  # restored afterwards
+    metadata = SimpleNamespace(vocab_size=5, seq_len=6, num_puzzle_identifiers=3, total_groups=8, mean_puzzle_examples=2.0)
+    for kernels, recompute in (("reference", "blocks"), ("fused", "none")):
+        config = from_hydra(compose(["data_paths=[unused]", *TINY_RUN, f"kernels={kernels}", f"recompute={recompute}"]))
+        state = create_train_state(config, metadata)
+        assert device.kernel_mode() == kernels
+        flags = [m.recompute for m in state.model.modules() if hasattr(m, "recompute")]
+        assert flags and all(flag == (recompute == "blocks") for flag in flags)
+        assert f"fused kernels ({kernels})" in execution_summary(state.model)
+        assert execution_summary(state.model).endswith(f"recompute: {recompute}")
+    with pytest.raises(Exception, match="kernels"):
+        from_hydra(compose(["data_paths=[unused]", "kernels=fastest"]))
