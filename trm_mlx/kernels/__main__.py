@@ -15,8 +15,8 @@ def report() -> int:
     mode = device.kernel_mode()
     print(f"backend: {device.describe()}; kernels mode: {mode} (config or {device.KERNELS_ENV})")
     if backend == "cpu":
-        print("MLX has no custom kernels on the CPU: every op below runs its plain-MLX reference; SwiGLU's SiLU and the")
-        print("attention softmax run trm_mlx.kernels.cpu's fast-exp versions unless the mode is `reference`.")
+        print("MLX has no custom kernels on the CPU: every op below runs its plain-MLX reference. Unless the mode is")
+        print("`reference`, SwiGLU, the attention, the head split and the token mixing run trm_mlx.kernels.cpu's versions.")
         for name, op in OPS.items():
             print(f"  {name:<18} reference  {op.summary}")
         return 0

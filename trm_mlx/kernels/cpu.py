@@ -72,30 +72,24 @@ def glu_grads(gate: mx.array, up: mx.array, cotangent: mx.array) -> tuple:
     return d * up * s * (1.0 + gate * (1.0 - s)), d * gate * s  # d silu(g) / dg = s (1 + g (1 - s))
 
 
-@mx.custom_function
-def swiglu(gu: mx.array) -> mx.array:
-    """silu(gate) * up, gate and up the two halves of gu's last axis (kernels.glu.reference's values).
+def gated_halves(axis: int):
+    """silu(gate) * up with gate and up the two halves of gu's `axis` (kernels.glu.reference's values), as one
+    custom function over gu, so the backward writes gu's gradient with one concatenation instead of autodiff's
+    zero-filled gradient per half and their sum."""
 
-    One custom function over gu, so the backward writes gu's gradient with one concatenation instead of
-    autodiff's zero-filled gradient per half and their sum.
-    """
-    return glu(*mx.split(gu, 2, axis=-1)).astype(gu.dtype)
+    @mx.custom_function
+    def gated(gu: mx.array) -> mx.array:
+        return glu(*mx.split(gu, 2, axis=axis)).astype(gu.dtype)
 
+    @gated.vjp
+    def gated_vjp(gu, cotangent, output):  # a one-argument custom function gets its primal bare
+        return mx.concatenate(glu_grads(*mx.split(gu, 2, axis=axis), cotangent), axis=axis).astype(gu.dtype)
 
-@swiglu.vjp
-def swiglu_vjp(gu, cotangent, output):  # a one-argument custom function gets its primal bare
-    return mx.concatenate(glu_grads(*mx.split(gu, 2, axis=-1), cotangent), axis=-1).astype(gu.dtype)
-
-
-@mx.custom_function
-def swiglu_columns(gu: mx.array) -> mx.array:
-    """`swiglu` with gate and up the two halves of axis 1 of [B, 2I, D] (token mixing's layout)."""
-    return glu(*mx.split(gu, 2, axis=1)).astype(gu.dtype)
+    return gated
 
 
-@swiglu_columns.vjp
-def swiglu_columns_vjp(gu, cotangent, output):
-    return mx.concatenate(glu_grads(*mx.split(gu, 2, axis=1), cotangent), axis=1).astype(gu.dtype)
+swiglu = gated_halves(-1)  # the gate/up projection's output [..., 2I]
+swiglu_columns = gated_halves(1)  # token mixing's layout [B, 2I, D]
 
 
 def rms_norm_columns(x: mx.array, eps: float) -> mx.array:
