@@ -208,6 +208,7 @@ def run_mlx(run: dict, progress: Progress) -> None:
     timed_loop(train_step, train_sync, run["warmup"], run["steps"], "mlx train", progress)
     progress(peak_memory_gib=peak_rss_gib() if on_cpu else mx.get_peak_memory() / GIB,
              last_lm_loss=reduce_train_metrics(pending.pop(), batch_size, 0.0)["train/lm_loss"])
+    trace_kernels("mlx", run, train_step, train_sync, progress)
 
     if run["eval_batches"]:
         head = state.head
@@ -262,6 +263,7 @@ def run_torch(run: dict, compiled: bool, progress: Progress) -> None:
     timed_loop(train_step, sync, run["warmup"], run["steps"], f"{name} train", progress)
     progress(peak_memory_gib=torch.cuda.max_memory_allocated() / GIB if cuda else peak_rss_gib(),
              last_lm_loss=float(last["metrics"]["train/lm_loss"]))
+    trace_kernels("torch_compile" if compiled else "torch", run, train_step, sync, progress)
 
     if run["eval_batches"]:
         model = state.model
@@ -283,6 +285,17 @@ def run_torch(run: dict, compiled: bool, progress: Progress) -> None:
         timed_loop(eval_batch, sync, 1, run["eval_batches"], f"{name} eval", progress, prefix="eval_")
         if cuda:
             progress(eval_peak_memory_gib=torch.cuda.max_memory_allocated() / GIB)
+
+
+def trace_kernels(impl: str, run: dict, step, sync, progress: Progress) -> None:
+    """With ``--trace N``: N more training steps with their CUDA kernels recorded (scripts/kernel_trace.py)."""
+    if not run["trace_steps"]:
+        return
+    from scripts import kernel_trace
+
+    path = Path(run["trace_dir"]) / f"{impl}-{run['preset']}-trace.json"
+    kernel_trace.record(step, sync, run["trace_steps"], path)
+    progress(kernels=kernel_trace.summarize(path, run["trace_steps"]))
 
 
 def worker_main(impl: str, run_file: Path, result_file: Path) -> None:
@@ -320,6 +333,8 @@ def summarise(impl: str, run: dict, raw: dict) -> dict:
     }
     if "execution" in raw:
         line["execution"] = raw["execution"]
+    if "kernels" in raw:
+        line["kernels"] = raw["kernels"]
     if "eval_step_s" in raw:
         line["eval_batch_s"] = round(raw["eval_step_s"], 5)
         line["eval_examples_per_s"] = round(batch_size / raw["eval_step_s"], 1)
@@ -365,6 +380,14 @@ def run_worker(impl: str, run: dict, work_dir: Path, timeout: float | None) -> d
     return {"impl": impl, "preset": run["preset"], "error": error or "no result written", "reached": reached}
 
 
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
 def default_impls() -> list[str]:
     """trm_mlx and eager PyTorch, plus torch.compile where it is practical (CUDA); trm_mlx alone without torch."""
     try:
@@ -386,11 +409,14 @@ def benchmark(args) -> list[dict]:
         "eval_batches": args.eval_batches,
         "num_batches": 4,
         "initial_weights": None,
+        "trace_steps": args.trace,
+        "trace_dir": None,
     }
     impls = args.impl or default_impls()
     lines: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="trm-bench-") as tmp:
         work_dir = Path(tmp)
+        run["trace_dir"] = str(args.trace_dir or work_dir)
         if any(impl != "mlx" for impl in impls):
             run["initial_weights"] = str(work_dir / "initial_weights")
             write_initial_weights(run["config"], run["metadata"], Path(run["initial_weights"]))
@@ -399,6 +425,12 @@ def benchmark(args) -> list[dict]:
             emit(lines[impl], args.out)
     summary = {"preset": args.preset, "batch": batch_size, "date": date.today().isoformat(), "ratios": ratios(lines)}
     emit(summary, args.out)
+    if args.trace:
+        from scripts.kernel_trace import format_summary
+
+        for impl, line in lines.items():
+            if "kernels" in line:
+                print(format_summary(impl, line["kernels"]), flush=True)
     return [*lines.values(), summary]
 
 
@@ -422,10 +454,16 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--dtype", choices=("bfloat16", "float32", "float16"), help="forward dtype (default: preset's)")
     parser.add_argument("--worker-timeout", type=float, help="seconds allowed to each implementation")
     parser.add_argument("--out", type=Path, help="also append the JSON lines to this file")
+    parser.add_argument("--trace", type=int, default=0, metavar="N",
+                        help="record the CUDA kernels of N more training steps (needs torch) and print where the "
+                             "time goes")
+    parser.add_argument("--trace-dir", type=Path, help="keep the Chrome traces of --trace here")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the training config, e.g. arch.L_cycles=4")
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.warmup < 1 or args.eval_batches < 0:
+    if args.steps < 1 or args.warmup < 1 or args.eval_batches < 0 or args.trace < 0:
         parser.error("--steps and --warmup must be at least 1, --eval-batches at least 0")
+    if args.trace and not cuda_available():
+        parser.error("--trace records CUDA kernels through PyTorch's profiler: it needs torch and a CUDA GPU")
     return args
 
 

@@ -355,3 +355,28 @@ def test_model_fused_equals_reference(emulated, monkeypatch, variant):
     np.testing.assert_allclose(loss.item(), ref_loss.item(), rtol=1e-5)
     for (name, g), (_, r) in zip(tree_flatten(grads), tree_flatten(ref_grads)):
         np.testing.assert_allclose(np.array(g), np.array(r), rtol=2e-4, atol=2e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("length", [13, 16])
+def test_token_mixing_without_transposes_equals_the_reference(length):
+    """kernels.mix_tokens (h's layout, inner size padded to a multiple of 8) against the spec's mlp_t(h^T)^T."""
+    from trm_mlx.model.layers import SwiGLU
+
+    mx.random.seed(3)
+    mlp_t = SwiGLU(length, 2.0)
+    h = mx.random.normal((3, length, 24))
+    cot = mx.random.normal((3, length, 24))
+    weights = [mlp_t.gate_up_proj.weight, mlp_t.down_proj.weight]
+
+    def ours(h, w_gu, w_down):
+        return kernels.mix_tokens(h, w_gu, w_down)
+
+    def reference(h, w_gu, w_down):
+        mlp_t.update({"gate_up_proj": {"weight": w_gu}, "down_proj": {"weight": w_down}})
+        return mlp_t(h.swapaxes(1, 2)).swapaxes(1, 2)
+
+    (out,), grads = mx.vjp(ours, [h, *weights], [cot])
+    (ref,), ref_grads = mx.vjp(reference, [h, *weights], [cot])
+    np.testing.assert_allclose(np.array(out), np.array(ref), rtol=1e-5, atol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        np.testing.assert_allclose(np.array(g), np.array(r), rtol=1e-4, atol=1e-5)

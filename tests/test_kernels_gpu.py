@@ -170,3 +170,22 @@ def test_model_step_fused_vs_reference(monkeypatch, variant):
             fused_error = registry.relative_error(value, expected)
             reference_error = registry.relative_error(reference[name], expected)
             assert fused_error <= 1.5 * reference_error + slack, (dtype, name, fused_error, reference_error)
+
+
+@pytest.mark.parametrize("length", [100, 916])
+def test_padded_attention_matches_the_unpadded_one(length):
+    """model.layers.fused_attention pads q, k, v (masking the padded keys) so that MLX's fused (cuDNN) backward runs
+    on CUDA; its values and gradients must match the unpadded attention (whose backward materialises the scores)."""
+    from trm_mlx.model import layers
+
+    keys = mx.random.split(mx.random.key(11), 4)
+    q, k, v, cot = (normal(key, (2, 4, length, 64), mx.bfloat16) for key in keys)
+
+    def run(differentiable):
+        fn = lambda q, k, v: layers.fused_attention(q, k, v, 0.125, differentiable)  # noqa: E731
+        out, grads = mx.vjp(fn, [q, k, v], [cot])
+        mx.eval(out, grads)
+        return out + grads
+
+    for got, want in zip(run(True), run(False)):
+        assert registry.relative_error(got, want) < 1e-2

@@ -93,3 +93,52 @@ def test_no_gradient_cycles_hold_no_memory(monkeypatch):
     no_stop.stop_gradient = lambda x: x
     monkeypatch.setattr(trm_module, "mx", no_stop)
     assert _step_peak_memory(4) > 1.5 * short
+
+
+def test_embedding_gradient_sums_every_row_exactly():
+    """4096 lookups of one token: a bf16 scatter-add stalls at 256 (256 + 1 rounds back to 256); the gradient as
+    one product accumulates in fp32, as PyTorch's embedding backward, and gives 4096."""
+    from trm_mlx.model.layers import CastedEmbedding
+
+    table = CastedEmbedding(3, 8, init_std=1.0)
+    ids = mx.zeros((4096,), dtype=mx.int32)
+
+    def total(weight):
+        table.embedding_weight = weight
+        return table(ids, mx.bfloat16).astype(mx.float32).sum()
+
+    grad = mx.grad(total)(table.embedding_weight)
+    np.testing.assert_array_equal(np.array(grad), np.array([[4096.0] * 8, [0.0] * 8, [0.0] * 8]))
+
+
+def test_embedding_gradient_matches_the_gather_gradient():
+    from trm_mlx.model.layers import lookup_rows
+
+    rng = np.random.default_rng(0)
+    weight = mx.array(rng.standard_normal((11, 16)), dtype=mx.float32)
+    ids = mx.array(rng.integers(0, 11, (5, 9)), dtype=mx.int32)
+    cotangent = mx.array(rng.standard_normal((5, 9, 16)), dtype=mx.float32)
+    ours = mx.vjp(lambda w: lookup_rows(w, ids), [weight], [cotangent])
+    plain = mx.vjp(lambda w: w[ids], [weight], [cotangent])
+    np.testing.assert_array_equal(np.array(ours[0][0]), np.array(plain[0][0]))
+    np.testing.assert_allclose(np.array(ours[1][0]), np.array(plain[1][0]), rtol=1e-5, atol=1e-6)
+
+
+def test_padded_queries_leave_attention_and_its_gradients_unchanged(monkeypatch):
+    """On CUDA, training pads q, k, v to the fused backward's tile and masks the padded keys: the real rows must be
+    exact."""
+    from trm_mlx import device
+    from trm_mlx.model import layers
+
+    rng = np.random.default_rng(1)
+    q, k, v, cot = (mx.array(rng.standard_normal((2, 3, 13, 8)), dtype=mx.float32) for _ in range(4))
+
+    def run(backend):
+        monkeypatch.setattr(device, "backend", lambda: backend)
+        fn = lambda q, k, v: layers.fused_attention(q, k, v, 0.35, differentiable=True)  # noqa: E731
+        return mx.vjp(fn, [q, k, v], [cot])
+
+    (out, grads), (ref, ref_grads) = run("cuda"), run("cpu")
+    np.testing.assert_allclose(np.array(out[0]), np.array(ref[0]), rtol=1e-5, atol=1e-6)
+    for g, r in zip(grads, ref_grads):
+        np.testing.assert_allclose(np.array(g), np.array(r), rtol=1e-5, atol=1e-6)
