@@ -165,9 +165,21 @@ def make_batch(preset: dict, batch_size: int) -> dict:
     }
 
 
+def apply_mode(mode: str) -> None:
+    """`reference`, `auto`, `fused`, or `only:OP[+OP...]`: `auto` with just those kernels on (what each one costs)."""
+    if not mode.startswith("only:"):
+        os.environ[device.KERNELS_ENV] = mode
+        return
+    ops = frozenset(mode.removeprefix("only:").split("+"))
+    if not ops <= set(kernels.OPS):
+        raise SystemExit(f"bench_kernels: unknown kernels in {mode!r}; known: {', '.join(sorted(kernels.OPS))}")
+    os.environ[device.KERNELS_ENV] = "auto"
+    device.FUSED_BY_DEFAULT[device.backend()] = ops
+
+
 def run_step(preset_name: str, mode: str, batch_size: int, steps: int, recompute: str) -> dict:
     """Time the compiled train step of one preset under one kernel mode (in this process)."""
-    os.environ[device.KERNELS_ENV] = mode
+    apply_mode(mode)
     preset = PRESETS[preset_name]
     arch = {**COMMON_ARCH, **{k: v for k, v in preset.items() if k != "batch"}}
     mx.random.seed(0)
@@ -275,7 +287,8 @@ def main(argv=None) -> int:
         "--batch", action="append", default=[], metavar="PRESET=N", help="train-step batch size for a preset"
     )
     parser.add_argument(
-        "--modes", default="reference,fused", help="kernel modes of the train-step entries (comma-separated)"
+        "--modes", default="reference,fused",
+        help="kernel modes of the train-step entries, comma-separated: reference, auto, fused, only:OP[+OP...]",
     )
     parser.add_argument(
         "--recompute", choices=("auto", "blocks", "none"), default="auto", help="block recomputation in the steps"
