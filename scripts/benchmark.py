@@ -461,7 +461,7 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the training config, e.g. arch.L_cycles=4")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 1 or args.eval_batches < 0 or args.trace < 0:
-        parser.error("--steps and --warmup must be at least 1, --eval-batches at least 0")
+        parser.error("--steps and --warmup must be at least 1, --eval-batches and --trace at least 0")
     if args.trace and not cuda_available():
         parser.error("--trace records CUDA kernels through PyTorch's profiler: it needs torch and a CUDA GPU")
     return args

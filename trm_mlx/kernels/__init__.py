@@ -21,8 +21,8 @@ def token_mixing(h: mx.array, mlp_t, eps: float) -> mx.array:
     """The MLP-t block's token mixing (spec §2.4.7 steps 1-3) on h [B, S, D], returned in h's layout.
 
     The reference transposes to [B, D, S], mixes and normalises over the last axis, and transposes back. The
-    fused path keeps h's layout: the down projection is written as W_down @ a^T, which lands in [B, S, D], and
-    the norm runs over the sequence axis in place. The CPU path (`cpu.token_mixing`) keeps it too.
+    fused path keeps h's layout: `mix_tokens`, then the norm over the sequence axis in place. The CPU path
+    (`cpu.token_mixing`) keeps it too.
     """
     if h.ndim == 3 and use_fused("add_rms_norm_seq", h):
         return fused_columns(h, mix_tokens(h, mlp_t.gate_up_proj.weight, mlp_t.down_proj.weight), eps)
