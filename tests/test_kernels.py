@@ -19,7 +19,6 @@ SOURCES = {
     "add_rms_norm_bwd": (norm.ROWS_BACKWARD, {"eps": "1e-05f"}),
     "add_rms_norm_seq_fwd": (norm.COLUMNS_FORWARD, {"eps": "1e-05f"}),
     "add_rms_norm_seq_bwd": (norm.COLUMNS_BACKWARD, {"eps": "1e-05f"}),
-    "swiglu_fwd": (glu.FORWARD, {}),
     "swiglu_bwd": (glu.BACKWARD, {}),
     "rope_split_fwd": (rope.FORWARD, {"rotate": rope.ROTATE_FORWARD}),
     "rope_split_bwd": (rope.BACKWARD, {"rotate": rope.ROTATE_BACKWARD}),
@@ -165,12 +164,6 @@ def emulate_norm_backward(x, res, grad, eps, axis):
     return (rstd * g - rstd**3 * mx.sum(g * s, axis=axis, keepdims=True) / n * s).astype(x.dtype)
 
 
-def emulate_glu_forward(gu):
-    i = gu.shape[1] // 2
-    g, u = f32(gu[:, :i]), f32(gu[:, i:])
-    return (g * mx.sigmoid(g) * u).astype(gu.dtype)
-
-
 def emulate_glu_backward(gu, grad):
     i = gu.shape[1] // 2
     g, u, d = f32(gu[:, :i]), f32(gu[:, i:]), f32(grad)
@@ -247,7 +240,6 @@ def emulated(monkeypatch, request):
     monkeypatch.setattr(
         norm, "columns_backward", counted("cols_bwd", lambda x, r, g, e: emulate_norm_backward(x, r, g, e, 1))
     )
-    monkeypatch.setattr(glu, "forward", counted("glu_fwd", emulate_glu_forward))
     monkeypatch.setattr(glu, "backward", counted("glu_bwd", emulate_glu_backward))
     monkeypatch.setattr(rope, "launch", counted("rope", emulate_rope_launch))
     monkeypatch.setattr(
@@ -275,16 +267,17 @@ def test_rope_without_tables_and_odd_sizes(emulated):
 
 
 def test_self_check_disables_a_wrong_kernel_once(emulated, monkeypatch):
-    monkeypatch.setattr(glu, "forward", lambda gu: emulate_glu_forward(gu) * 1.01)
+    monkeypatch.setattr(glu, "backward", lambda gu, grad: emulate_glu_backward(gu, grad) * 1.01)
     gu = mx.random.normal((4, 64))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        first = kernels.swiglu(gu)
-        second = kernels.swiglu(gu)
+        first = mx.vjp(kernels.swiglu, [gu], [mx.ones((4, 32))])
+        second = mx.vjp(kernels.swiglu, [gu], [mx.ones((4, 32))])
     messages = [str(w.message) for w in caught]
     assert len(messages) == 1 and "'swiglu' disabled on cuda" in messages[0] and "float32 error" in messages[0]
-    np.testing.assert_array_equal(np.array(first), np.array(glu.reference(gu)))
-    np.testing.assert_array_equal(np.array(second), np.array(glu.reference(gu)))
+    expected = mx.vjp(glu.reference, [gu], [mx.ones((4, 32))])
+    for got in (first, second):
+        np.testing.assert_array_equal(np.array(got[1][0]), np.array(expected[1][0]))
     assert not registry.RESULTS[("swiglu", "cuda")].ok
 
 
@@ -348,7 +341,7 @@ def test_model_fused_equals_reference(emulated, monkeypatch, variant):
     ref_loss, ref_grads = tiny_step(variant, "reference", monkeypatch)
     assert not emulated
     loss, grads = tiny_step(variant, "fused", monkeypatch)
-    expected = {"rows_fwd", "rows_bwd", "glu_fwd", "glu_bwd", "inject"}
+    expected = {"rows_fwd", "rows_bwd", "glu_bwd", "inject"}
     expected |= {"cols_fwd", "cols_bwd"} if variant else {"rope"}
     assert expected <= set(emulated)
     assert all(result.ok for result in registry.RESULTS.values())  # no op fell back to its reference
