@@ -2,6 +2,7 @@
 trm_mlx.kernels.cpu (exp, sigmoid, SwiGLU, softmax, attention, token mixing, head split) against float64 NumPy,
 float64 PyTorch autograd and MLX's own ops."""
 
+import os
 import subprocess
 import sys
 
@@ -262,3 +263,19 @@ def test_cpu_kernels_stop_page_faults_on_reused_memory():
     plain, kept = faults("plain"), faults("trm_mlx")
     assert plain > 10 * 10_000  # at least one fresh 40 MB block (10,240 pages) per step
     assert kept < plain / 10
+
+
+def test_the_blas_line_names_the_openblas_kernels():
+    """describe() (the trainer's first log line) names the OpenBLAS core, which OPENBLAS_CORETYPE can force."""
+    code = "import trm_mlx; from trm_mlx import device; print(device.openblas_core()); print(device.describe())"
+    run = lambda env: subprocess.run(  # noqa: E731
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    ).stdout.splitlines()
+    base = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+    core, line = run(base)
+    if core == "None":
+        pytest.skip("the loaded BLAS is not OpenBLAS (install libopenblas0-pthread)")
+    assert f"OpenBLAS {core} kernels" in line and "forced" not in line
+    forced_core, forced_line = run({**base, "OPENBLAS_CORETYPE": "Sandybridge"})
+    assert forced_core == "Sandybridge"
+    assert "OpenBLAS Sandybridge kernels forced by OPENBLAS_CORETYPE" in forced_line

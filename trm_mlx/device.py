@@ -65,12 +65,34 @@ def backend() -> str:
     return "cuda"
 
 
+def openblas_core() -> str | None:
+    """The CPU kernels OpenBLAS runs (e.g. `Cooperlake`, `Haswell`), or None when the loaded BLAS is not OpenBLAS.
+
+    `OPENBLAS_CORETYPE` can force an older core than the CPU has: on a 2-core AVX-512 machine, `Haswell` (AVX2)
+    made the `tiny` step take about 1.15x and the fp32 Sudoku MLP-t step about 1.5x as long (docs/BENCHMARKS.md).
+    """
+    if fast_blas_path is None:
+        return None
+    try:
+        corename = ctypes.CDLL(fast_blas_path).openblas_get_corename
+    except (OSError, AttributeError):
+        return None
+    corename.restype = ctypes.c_char_p
+    return corename().decode()
+
+
 def describe() -> str:
     """One line naming the backend (and the CPU BLAS in use), for logs and benchmark records."""
     name = backend()
     if name != "cpu" or not sys.platform.startswith("linux"):
         return name
-    return f"cpu (BLAS: {fast_blas_path or 'MLX bundled reference BLAS; ' + INSTALL_HINT})"
+    if fast_blas_path is None:
+        return f"cpu (BLAS: MLX bundled reference BLAS; {INSTALL_HINT})"
+    core = openblas_core()
+    if core is None:
+        return f"cpu (BLAS: {fast_blas_path})"
+    forced = " forced by OPENBLAS_CORETYPE" if os.environ.get("OPENBLAS_CORETYPE") else ""
+    return f"cpu (BLAS: {fast_blas_path}, OpenBLAS {core} kernels{forced})"
 
 
 # ---------------------------------------------------------------------------------------------------------------
