@@ -81,8 +81,10 @@ def lookup_rows_vjp(primals, cotangent, output):
     weight, ids = primals
     rows, width = weight.shape
     compute = mx.float32 if cotangent.dtype in CPU_HALF_DTYPES and device.backend() == "cpu" else cotangent.dtype
-    one_hot = (ids.reshape(-1, 1) == mx.arange(rows)).astype(compute)
-    grad = one_hot.T @ cotangent.reshape(-1, width).astype(compute)
+    # One-hot columns padded to an aligned count (zero columns) so that cuBLAS takes an aligned kernel.
+    columns = rows + (-rows % kernels.GEMM_ROW_MULTIPLE)
+    one_hot = (ids.reshape(-1, 1) == mx.arange(columns)).astype(compute)
+    grad = (one_hot.T @ cotangent.reshape(-1, width).astype(compute))[:rows]
     return grad.astype(weight.dtype), mx.zeros_like(ids)
 
 
