@@ -13,6 +13,7 @@ import pytest
 from trm_mlx import device, kernels
 from trm_mlx.kernels import codegen, glu, injection, norm, registry, rope
 from trm_mlx.model import ACTLossHead, create_model
+from trm_mlx.model.layers import set_recompute
 
 SOURCES = {
     "add_rms_norm_fwd": (norm.ROWS_FORWARD, {"eps": "1e-05f"}),
@@ -306,7 +307,7 @@ def test_self_check_leaves_the_global_random_state(emulated):
     np.testing.assert_array_equal(np.array(mx.random.uniform(shape=(3,))), np.array(before))
 
 
-def tiny_step(arch_overrides, mode, monkeypatch):
+def tiny_step(arch_overrides, mode, monkeypatch, recompute=False):
     """Loss and gradients of one ACT step of a tiny fp32 model under one kernel mode."""
     monkeypatch.setenv(device.KERNELS_ENV, mode)
     arch = dict(
@@ -317,6 +318,7 @@ def tiny_step(arch_overrides, mode, monkeypatch):
     arch.update(arch_overrides)
     mx.random.seed(0)
     head = ACTLossHead(create_model(arch))
+    set_recompute(head.model, recompute)
     rng = np.random.default_rng(0)
     batch = {
         "inputs": mx.array(rng.integers(1, 7, (3, 12)), dtype=mx.int32),
@@ -334,13 +336,16 @@ def tiny_step(arch_overrides, mode, monkeypatch):
     return loss, grads
 
 
+@pytest.mark.parametrize("recompute", [False, True])
 @pytest.mark.parametrize("variant", [{}, {"mlp_t": True, "pos_encodings": "none"}])
-def test_model_fused_equals_reference(emulated, monkeypatch, variant):
+def test_model_fused_equals_reference(emulated, monkeypatch, variant, recompute):
+    """On "CUDA" (emulated launches): every fused path, the padded attention and the token mixing, with and without
+    block recomputation, against the reference path without it."""
     from mlx.utils import tree_flatten
 
     ref_loss, ref_grads = tiny_step(variant, "reference", monkeypatch)
     assert not emulated
-    loss, grads = tiny_step(variant, "fused", monkeypatch)
+    loss, grads = tiny_step(variant, "fused", monkeypatch, recompute)
     expected = {"rows_fwd", "rows_bwd", "glu_bwd", "inject"}
     expected |= {"cols_fwd", "cols_bwd"} if variant else {"rope"}
     assert expected <= set(emulated)
