@@ -87,7 +87,8 @@ def kernel_cases():
         ("add_rms_norm", "ARC h [192,916,512]", (normal(arc_h, 1), normal(arc_h, 2, 0.5)), {"eps": 1e-5}),
         ("add_rms_norm_seq", "Sudoku h [768,97,512]", (normal(sudoku_h, 1), normal(sudoku_h, 2, 0.5)), {"eps": 1e-5}),
         ("swiglu", "Sudoku mlp [768,97,3072]", (normal((768, 97, 3072), 3, 2.0),), {}),
-        ("swiglu", "Sudoku mlp_t [768,512,1024]", (normal((768, 512, 1024), 3, 2.0),), {}),
+        # The token mixing's gate/up blocks, [2I, D] per example, as kernels.mix_tokens hands them over.
+        ("swiglu", "Sudoku mlp_t [768,2x512x512]", (normal((768, 2 * 512 * 512), 3, 2.0),), {}),
         ("swiglu", "ARC mlp [192,916,3072]", (normal((192, 916, 3072), 3, 2.0),), {}),
         (
             "rope_split",
