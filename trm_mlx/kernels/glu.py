@@ -2,9 +2,9 @@
 
 The projection writes [..., 2I] (first half gate, second half up). The forward is the reference's: under
 `mx.compile` MLX fuses it into one vectorised element-wise kernel, which beat a scalar-load kernel here (H100, bf16,
-[768, 97, 3072]: 0.314 against 0.458 ms, docs/BENCHMARKS.md). The backward kernel reads gu and the output gradient once and writes the
-[..., 2I] gradient in fp32 math with one rounding, in place of the reference's two half-size gradients, their
-intermediate products and their concatenation.
+[768, 97, 3072]: 0.314 against 0.458 ms, docs/BENCHMARKS.md). The backward kernel reads gu and the output gradient
+once and writes the [..., 2I] gradient in fp32 math with one rounding, in place of the reference's two half-size
+gradients, their intermediate products and their concatenation.
 """
 
 import mlx.core as mx
