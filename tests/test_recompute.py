@@ -10,14 +10,13 @@ from trm_mlx import device
 from trm_mlx.model import ACTLossHead, create_model
 from trm_mlx.model.layers import set_recompute
 
+from test_model import tiny_arch
+
 
 def arch(**overrides):
-    values = dict(
-        seq_len=32, vocab_size=11, num_puzzle_identifiers=3, puzzle_emb_ndim=128, H_cycles=2, L_cycles=3,
-        L_layers=2, hidden_size=128, expansion=4, num_heads=4, pos_encodings="rope", halt_max_steps=4,
-        halt_exploration_prob=0.5, forward_dtype="float32",
-    )
-    return {**values, **overrides}
+    """test_model's tiny model, wider and with more exploration, so the memory saving shows."""
+    sizes = dict(puzzle_emb_ndim=128, L_cycles=3, hidden_size=128, halt_exploration_prob=0.5)
+    return tiny_arch(**{**sizes, **overrides})
 
 
 def compiled_gradients(recompute: bool, rows: int = 48, **overrides):
