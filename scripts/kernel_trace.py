@@ -18,7 +18,7 @@ CLASSES = (
     ("matmul", r"gemm|nvjet|cutlass|xmma|sm90_|sm80_|cublas|matmul|gemv|splitK"),
     ("norm", r"rms|layer_norm|norm"),
     ("reduction", r"reduce|triton_red|triton_per|softmax|arg_?max|sum_"),
-    ("copy", r"copy|memcpy|memset|transpose|cat|gather|scatter|Memcpy|Memset"),
+    ("copy", r"copy|memcpy|memset|transpose|cat|gather|scatter"),
     ("element-wise", r"."),
 )
 
