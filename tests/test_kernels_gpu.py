@@ -189,3 +189,18 @@ def test_padded_attention_matches_the_unpadded_one(length):
 
     for got, want in zip(run(True), run(False)):
         assert registry.relative_error(got, want) < 1e-2
+
+
+@pytest.mark.parametrize("offset", [0, 1])
+def test_swiglu_backward_of_a_view_at_any_address(offset):
+    """The SwiGLU backward loads 16-byte packs where the address allows; a view starting one element into its
+    buffer must take the element-wise path and give the same gradient."""
+    from trm_mlx.kernels import glu
+
+    rows, half = 6, 64
+    flat = normal(mx.random.key(3), (rows * 2 * half + 1,), mx.bfloat16, 2.0)
+    gu = flat[offset : offset + rows * 2 * half].reshape(rows, 2 * half)
+    grad = normal(mx.random.key(4), (rows, half), mx.bfloat16)
+    got = glu.backward(gu, grad)
+    want = mx.vjp(glu.reference, [gu], [grad])[1][0]
+    assert registry.relative_error(got, want) < registry.TOLERANCE["bfloat16"]

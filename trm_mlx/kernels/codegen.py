@@ -64,6 +64,58 @@ inline float trm_simd_sum(float v) {
 """,
 }
 
+# Loads and stores of V consecutive elements as floats, for element-wise kernels. On CUDA one V-element pack is
+# one 16-byte transaction when the address allows it (a view may start anywhere, so it is checked); on Metal the
+# compiler is left to vectorise the loop.
+VECTOR_IO = {
+    "cuda": """
+template <int V> struct trm_floats { float v[V]; };
+template <typename T, int V> struct alignas(sizeof(T) * V) trm_pack { T v[V]; };
+
+template <typename T, int V>
+__device__ __forceinline__ trm_floats<V> trm_load(const T* p) {
+  trm_floats<V> r;
+  if (reinterpret_cast<size_t>(p) % sizeof(trm_pack<T, V>) == 0) {
+    const trm_pack<T, V> pack = *reinterpret_cast<const trm_pack<T, V>*>(p);
+#pragma unroll
+    for (int k = 0; k < V; ++k) r.v[k] = static_cast<float>(pack.v[k]);
+  } else {
+#pragma unroll
+    for (int k = 0; k < V; ++k) r.v[k] = static_cast<float>(p[k]);
+  }
+  return r;
+}
+
+template <typename T, int V>
+__device__ __forceinline__ void trm_store(T* p, const trm_floats<V>& x) {
+  if (reinterpret_cast<size_t>(p) % sizeof(trm_pack<T, V>) == 0) {
+    trm_pack<T, V> pack;
+#pragma unroll
+    for (int k = 0; k < V; ++k) pack.v[k] = static_cast<T>(x.v[k]);
+    *reinterpret_cast<trm_pack<T, V>*>(p) = pack;
+  } else {
+#pragma unroll
+    for (int k = 0; k < V; ++k) p[k] = static_cast<T>(x.v[k]);
+  }
+}
+""",
+    "metal": """
+template <int V> struct trm_floats { float v[V]; };
+
+template <typename T, int V>
+inline trm_floats<V> trm_load(const device T* p) {
+  trm_floats<V> r;
+  for (int k = 0; k < V; ++k) r.v[k] = static_cast<float>(p[k]);
+  return r;
+}
+
+template <typename T, int V>
+inline void trm_store(device T* p, const thread trm_floats<V>& x) {
+  for (int k = 0; k < V; ++k) p[k] = static_cast<T>(x.v[k]);
+}
+""",
+}
+
 # Helpers shared by the kernels, written once like the bodies.
 HELPERS = """
 $inline float trm_sigmoid(float x) {
@@ -80,7 +132,7 @@ def render(template: str, backend: str, **constants: str) -> str:
 
 
 def header(backend: str) -> str:
-    return SIMD_SUM[backend] + render(HELPERS, backend)
+    return SIMD_SUM[backend] + VECTOR_IO[backend] + render(HELPERS, backend)
 
 
 def float_literal(value: float) -> str:
