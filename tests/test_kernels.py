@@ -172,26 +172,26 @@ def emulate_glu_backward(gu, grad):
     return mx.concatenate([d * u * sig * (1 + g * (1 - sig)), d * g * sig], axis=1).astype(gu.dtype)
 
 
-def rope_indices(B, S, H, hd):
+def rope_indices(B, S, SP, H, hd):
     """For every element of the packed [B, S, 3H, hd] projection: its output (0 q, 1 k, 2 v), its flat index in
-    that [B, H, S, hd] output, its partner column under rotate_half and its table index."""
+    that [B, H, SP, hd] output, its partner column under rotate_half and its table index."""
     b, s, h3, j = np.meshgrid(np.arange(B), np.arange(S), np.arange(3 * H), np.arange(hd), indexing="ij")
     which, h = h3 // H, h3 % H
-    split = ((b * H + h) * S + s) * hd + j
+    split = ((b * H + h) * SP + s) * hd + j
     partner = np.where(j < hd // 2, 1, -1) * (hd // 2)
     return which.ravel(), split.ravel(), partner.ravel(), (s * hd + j).ravel(), (j < hd // 2).ravel()
 
 
 def emulate_rope_launch(backward, arrays, tables, shape, num_heads, out_shapes):
-    B, S, hd = shape
-    which, split, partner, table, first = (mx.array(a) for a in rope_indices(B, S, num_heads, hd))
+    B, S, SP, hd = shape
+    which, split, partner, table, first = (mx.array(a) for a in rope_indices(B, S, SP, num_heads, hd))
     flat_packed = mx.arange(B * S * 3 * num_heads * hd)
     if not backward:
         x = f32(arrays[0].reshape(-1))
         mine, other = x, x[flat_packed + partner]
     else:
         split_all = mx.concatenate([f32(a.reshape(-1)) for a in arrays])
-        at = split + which * split.size // 3
+        at = split + which * arrays[0].size
         mine, other = split_all[at], split_all[at + partner]
     if tables:
         cos, sin = (t.reshape(-1) for t in tables)
@@ -205,7 +205,7 @@ def emulate_rope_launch(backward, arrays, tables, shape, num_heads, out_shapes):
         mine = mx.where(rotated_q_k, y, mine)
     dtype = arrays[0].dtype
     if not backward:
-        outs = [mx.zeros((split.size // 3,), dtype=mx.float32) for _ in range(3)]
+        outs = [mx.zeros((B * num_heads * SP * hd,), dtype=mx.float32) for _ in range(3)]
         for w in range(3):
             sel = np.nonzero(np.array(which) == w)[0]
             outs[w] = outs[w].at[split[mx.array(sel)]].add(mine[mx.array(sel)])
@@ -257,12 +257,14 @@ def test_fused_vjp_matches_reference_autodiff(emulated, name):
     assert emulated, "the fused path never launched a kernel"
 
 
-def test_rope_without_tables_and_odd_sizes(emulated):
+@pytest.mark.parametrize("positions", [0, 8])
+def test_rope_without_tables_odd_sizes_and_padding(emulated, positions):
     qkv = mx.random.normal((3, 5, 3 * 3 * 8), key=mx.random.key(1))
-    cot = [mx.random.normal((3, 3, 5, 8), key=k) for k in mx.random.split(mx.random.key(2), 3)]
+    cot = [mx.random.normal((3, 3, max(positions, 5), 8), key=k) for k in mx.random.split(mx.random.key(2), 3)]
     for rotary in (None, rope.rotary_tables(5, 8)):
-        expected = registry.outputs_and_vjp(rope.reference, (qkv,), {"rotary": rotary, "num_heads": 3}, cot)
-        got = registry.outputs_and_vjp(rope.fused, (qkv,), {"rotary": rotary, "num_heads": 3}, cot)
+        static = {"rotary": rotary, "num_heads": 3, "positions": positions}
+        expected = registry.outputs_and_vjp(rope.reference, (qkv,), static, cot)
+        got = registry.outputs_and_vjp(rope.fused, (qkv,), static, cot)
         for a, b in zip(got[0] + got[1], expected[0] + expected[1]):
             np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-5, atol=1e-6)
 

@@ -33,10 +33,10 @@ def glu_inputs(shape):
     return lambda key, dtype: ((normal(key, shape, dtype, 2.0),), {})
 
 
-def rope_inputs(B, S, H, hd, with_tables):
+def rope_inputs(B, S, H, hd, with_tables, positions=0):
     def make(key, dtype):
         tables = rope.rotary_tables(S, hd) if with_tables else None
-        return (normal(key, (B, S, 3 * H * hd), dtype),), {"rotary": tables, "num_heads": H}
+        return (normal(key, (B, S, 3 * H * hd), dtype),), {"rotary": tables, "num_heads": H, "positions": positions}
 
     return make
 
@@ -55,7 +55,10 @@ CASES = {
     "add_rms_norm": [(1, 1, 3), (7, 33, 96), (2, 97, 512), (3, 5, 1000), (4, 2048)],
     "add_rms_norm_seq": [(1, 2, 8), (2, 97, 512), (3, 17, 33), (2, 300, 64)],
     "swiglu": [(5, 512), (3, 7, 3072), (2, 97, 200), (1, 2)],
-    "rope_split": [(2, 97, 8, 64, True), (1, 5, 3, 32, False), (3, 17, 1, 16, True), (2, 13, 2, 128, True)],
+    "rope_split": [
+        (2, 97, 8, 64, True), (1, 5, 3, 32, False), (3, 17, 1, 16, True), (2, 13, 2, 128, True),
+        (2, 100, 2, 64, True, 128),  # the padded layout of attention training on CUDA
+    ],
     "inject_add": [(1,), (3, 7, 96), (2, 916, 512)],
 }
 MAKERS = {
@@ -174,21 +177,26 @@ def test_model_step_fused_vs_reference(monkeypatch, variant):
 
 @pytest.mark.parametrize("length", [100, 916])
 def test_padded_attention_matches_the_unpadded_one(length):
-    """model.layers.fused_attention pads q, k, v (masking the padded keys) so that MLX's fused (cuDNN) backward runs
-    on CUDA; its values and gradients must match the unpadded attention (whose backward materialises the scores)."""
+    """A training step on CUDA splits q, k, v into a layout padded to the fused backward's tile and masks the padded
+    keys (model.layers.fused_attention); its values and gradients must match the unpadded attention (whose
+    backward materialises the scores)."""
     from trm_mlx.model import layers
 
-    keys = mx.random.split(mx.random.key(11), 4)
-    q, k, v, cot = (normal(key, (2, 4, length, 64), mx.bfloat16) for key in keys)
+    positions = length + layers.attention_padding(length, differentiable=True)
+    assert positions % layers.CUDA_FUSED_BACKWARD_TILE == 0
+    qkv = normal(mx.random.key(11), (2, length, 3 * 4 * 64), mx.bfloat16)
+    cot = normal(mx.random.key(12), (2, 4, length, 64), mx.bfloat16)
+    tables = rope.rotary_tables(length, 64)
 
-    def run(differentiable):
-        fn = lambda q, k, v: layers.fused_attention(q, k, v, 0.125, differentiable)  # noqa: E731
-        out, grads = mx.vjp(fn, [q, k, v], [cot])
-        mx.eval(out, grads)
-        return out + grads
+    def attend(qkv, positions):
+        q, k, v = kernels.split_heads(qkv, tables, 4, positions)
+        return layers.fused_attention(q, k, v, 0.125, length)[:, :, :length]
 
-    for got, want in zip(run(True), run(False)):
-        assert registry.relative_error(got, want) < 1e-2
+    got = mx.vjp(lambda x: attend(x, positions), [qkv], [cot])
+    want = mx.vjp(lambda x: attend(x, length), [qkv], [cot])
+    mx.eval(got, want)
+    for a, b in zip(got[0] + got[1], want[0] + want[1]):
+        assert registry.relative_error(a, b) < 1e-2
 
 
 @pytest.mark.parametrize("offset", [0, 1])

@@ -5,6 +5,7 @@ import types
 
 import mlx.core as mx
 import numpy as np
+import pytest
 from mlx.utils import tree_flatten
 
 from trm_mlx.model import ACTLossHead, create_model
@@ -85,14 +86,22 @@ def _step_peak_memory(H_cycles: int) -> int:
 
 
 def test_no_gradient_cycles_hold_no_memory(monkeypatch):
-    """A training step's peak memory must not grow with H_cycles: the no-grad cycles' graph is released."""
-    short, long = _step_peak_memory(1), _step_peak_memory(4)
-    assert long < 1.05 * short, (short, long)
-    # Control: without the stop_gradient the same measurement grows, so the check above can fail.
-    no_stop = types.SimpleNamespace(**{k: getattr(mx, k) for k in dir(mx) if not k.startswith("__")})
-    no_stop.stop_gradient = lambda x: x
-    monkeypatch.setattr(trm_module, "mx", no_stop)
-    assert _step_peak_memory(4) > 1.5 * short
+    """A training step's peak memory must not grow with H_cycles: the no-grad cycles' graph is released.
+
+    Measured on the CPU device everywhere: a GPU queues a step this small whole before it can release any buffer
+    (tests/test_recompute.py), which says nothing about the graph."""
+    default = mx.default_device()
+    mx.set_default_device(mx.cpu)
+    try:
+        short, long = _step_peak_memory(1), _step_peak_memory(4)
+        assert long < 1.05 * short, (short, long)
+        # Control: without the stop_gradient the same measurement grows, so the check above can fail.
+        no_stop = types.SimpleNamespace(**{k: getattr(mx, k) for k in dir(mx) if not k.startswith("__")})
+        no_stop.stop_gradient = lambda x: x
+        monkeypatch.setattr(trm_module, "mx", no_stop)
+        assert _step_peak_memory(4) > 1.5 * short
+    finally:
+        mx.set_default_device(default)
 
 
 def test_embedding_gradient_sums_every_row_exactly():
@@ -112,33 +121,74 @@ def test_embedding_gradient_sums_every_row_exactly():
 
 
 def test_embedding_gradient_matches_the_gather_gradient():
+    """fp32 on the CPU, where the product is exact (a GPU's fp32 product rounds to TF32: CastedEmbedding keeps the
+    gather there)."""
     from trm_mlx.model.layers import lookup_rows
 
     rng = np.random.default_rng(0)
     weight = mx.array(rng.standard_normal((11, 16)), dtype=mx.float32)
     ids = mx.array(rng.integers(0, 11, (5, 9)), dtype=mx.int32)
     cotangent = mx.array(rng.standard_normal((5, 9, 16)), dtype=mx.float32)
-    ours = mx.vjp(lambda w: lookup_rows(w, ids), [weight], [cotangent])
-    plain = mx.vjp(lambda w: w[ids], [weight], [cotangent])
+    with mx.stream(mx.cpu):
+        ours = mx.vjp(lambda w: lookup_rows(w, ids), [weight], [cotangent])
+        plain = mx.vjp(lambda w: w[ids], [weight], [cotangent])
     np.testing.assert_array_equal(np.array(ours[0][0]), np.array(plain[0][0]))
     np.testing.assert_allclose(np.array(ours[1][0]), np.array(plain[1][0]), rtol=1e-5, atol=1e-6)
 
 
-def test_padded_queries_leave_attention_and_its_gradients_unchanged(monkeypatch):
+@pytest.mark.parametrize("name", ["trm", "hrm"])
+def test_only_differentiated_passes_pad_attention_and_recompute(monkeypatch, name):
+    """On CUDA a training pass pads attention to the fused backward's tile and recomputes its blocks; the
+    no-gradient cycles need neither and run as in evaluation. TRM, H2 x L2 with 2 layers: the last cycle's
+    3 applications x 2 layers are differentiated, the first cycle's 6 are not. HRM (L_layers = H_layers = 2): of
+    its 2 x 2 L and 2 H applications, the last L and the last H are; its second forward (the Q-learning target,
+    6 applications) is not."""
+    from trm_mlx import device
+    from trm_mlx.model import layers
+
+    monkeypatch.setattr(device, "backend", lambda: "cuda")
+    monkeypatch.setenv(device.KERNELS_ENV, "reference")
+    lengths, recomputed = [], []
+    attention = layers.fused_attention
+    monkeypatch.setattr(layers, "fused_attention", lambda q, *a, **k: lengths.append(q.shape[2]) or attention(q, *a, **k))
+    block = layers.recomputed
+    monkeypatch.setattr(layers, "recomputed", lambda *a: recomputed.append(1) or block(*a))
+    arch = tiny_arch(halt_max_steps=2, halt_exploration_prob=0.0)
+    if name == "hrm":
+        arch.update(name="recursive_reasoning.hrm@HierarchicalReasoningModel_ACTV1", H_layers=2)
+    mx.random.seed(0)
+    head = ACTLossHead(create_model(arch))
+    layers.set_recompute(head.model, True)
+    batch = {
+        "inputs": mx.array(np.ones((2, 32)), dtype=mx.int32),
+        "labels": mx.array(np.ones((2, 32)), dtype=mx.int32),
+        "puzzle_identifiers": mx.array([0, 1], dtype=mx.int32),
+    }
+    mx.eval(head(head.initial_carry(batch), batch)[1])
+    differentiated, plain = (2 * 3, 2 * 3) if name == "trm" else (2 * 2, 2 * 4 + 2 * 6)
+    S = 32 + head.model.prefix_len(head.model.config)  # the puzzle-embedding positions, then the inputs
+    assert sorted(lengths) == [S] * plain + [S + layers.attention_padding(S, True)] * differentiated
+    assert len(recomputed) == differentiated
+
+
+def test_padded_positions_leave_attention_and_its_gradients_unchanged():
     """On CUDA, training pads q, k, v to the fused backward's tile and masks the padded keys: the real rows must be
     exact."""
-    from trm_mlx import device
     from trm_mlx.model import layers
 
     rng = np.random.default_rng(1)
     q, k, v, cot = (mx.array(rng.standard_normal((2, 3, 13, 8)), dtype=mx.float32) for _ in range(4))
 
-    def run(backend):
-        monkeypatch.setattr(device, "backend", lambda: backend)
-        fn = lambda q, k, v: layers.fused_attention(q, k, v, 0.35, differentiable=True)  # noqa: E731
-        return mx.vjp(fn, [q, k, v], [cot])
+    def padded(q, k, v):
+        q, k, v = (mx.pad(a, [(0, 0), (0, 0), (0, 3), (0, 0)]) for a in (q, k, v))
+        return layers.fused_attention(q, k, v, 0.35, length=13)[:, :, :13]
 
-    (out, grads), (ref, ref_grads) = run("cuda"), run("cpu")
-    np.testing.assert_allclose(np.array(out[0]), np.array(ref[0]), rtol=1e-5, atol=1e-6)
+    def plain(q, k, v):
+        return layers.fused_attention(q, k, v, 0.35, length=13)
+
+    (out,), grads = mx.vjp(padded, [q, k, v], [cot])
+    (ref,), ref_grads = mx.vjp(plain, [q, k, v], [cot])
+    np.testing.assert_allclose(np.array(out), np.array(ref), rtol=1e-5, atol=1e-6)
     for g, r in zip(grads, ref_grads):
         np.testing.assert_allclose(np.array(g), np.array(r), rtol=1e-5, atol=1e-6)
+    assert layers.attention_padding(13, differentiable=False) == 0

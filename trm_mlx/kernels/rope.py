@@ -3,7 +3,8 @@
 The projection gives [B, S, 3H, hd] (head-major q, k, v blocks). The reference slices it, rotates q and k in fp32
 (half-split `rotate_half`), and transposes to [B, H, S, hd] views; the fused kernel reads each head row once and
 writes the three [B, H, S, hd] arrays, rotated and rounded once. The backward applies the inverse rotation and
-writes the [B, S, 3H*hd] projection gradient directly.
+writes the [B, S, 3H*hd] projection gradient directly. The split layout may have more positions than the
+projection (zero rows past S): attention padded to its fused backward's tile on CUDA then needs no padding copies.
 """
 
 import mlx.core as mx
@@ -14,10 +15,12 @@ from .registry import FusedOp, register, use_fused
 
 THREADS = 256
 
-# One thread per (b, s, head of 3H, j < hd/2): the pair (j, j + hd/2) that rotate_half mixes.
+# One thread per (b, position, head of 3H, j < hd/2): the pair (j, j + hd/2) that rotate_half mixes. The
+# projection has S positions, the split layout SP >= S; a kernel walks POSITIONS of them (the forward all SP, to
+# zero the padding; the backward the S real ones).
 INDEXING = """
 const int HALF = HD / 2;
-const int64_t count = static_cast<int64_t>(B) * S * (3 * H) * HALF;
+const int64_t count = static_cast<int64_t>(B) * POSITIONS * (3 * H) * HALF;
 const int64_t tid = $global_thread;
 if (tid >= count) {
   return;
@@ -26,25 +29,30 @@ const int j = static_cast<int>(tid % HALF);
 const int64_t row = tid / HALF;
 const int head3 = static_cast<int>(row % (3 * H));
 const int64_t token = row / (3 * H);
-const int s = static_cast<int>(token % S);
-const int64_t b = token / S;
+const int s = static_cast<int>(token % POSITIONS);
+const int64_t b = token / POSITIONS;
 const int which = head3 / H;
-const int64_t packed = row * HD + j;
-const int64_t split = ((b * H + (head3 - which * H)) * S + s) * HD + j;
+const int64_t packed = ((b * S + s) * (3 * H) + head3) * HD + j;
+const int64_t split = ((b * H + (head3 - which * H)) * SP + s) * HD + j;
 const int64_t table = static_cast<int64_t>(s) * HD + j;
 """
 
 FORWARD = (
     """
 const int B = qkv_shape[0];
-const int S = qkv_shape[1];
+const int POSITIONS = SP;
 """
     + INDEXING
     + """
+$device T* dst = which == 0 ? q : (which == 1 ? k : v);
+if (s >= S) {
+  dst[split] = static_cast<T>(0.0f);
+  dst[split + HALF] = static_cast<T>(0.0f);
+  return;
+}
 float x1 = static_cast<float>(qkv[packed]);
 float x2 = static_cast<float>(qkv[packed + HALF]);
 $rotate
-$device T* dst = which == 0 ? q : (which == 1 ? k : v);
 dst[split] = static_cast<T>(x1);
 dst[split + HALF] = static_cast<T>(x2);
 """
@@ -67,7 +75,7 @@ if (which < 2) {
 BACKWARD = (
     """
 const int B = dq_shape[0];
-const int S = dq_shape[2];
+const int POSITIONS = S;
 """
     + INDEXING
     + """
@@ -96,8 +104,8 @@ if (which < 2) {
 
 
 def launch(backward: bool, arrays: list, tables: list, shape: tuple, num_heads: int, out_shapes: list):
-    """One launch over every (b, s, head, pair); shape is (B, S, hd)."""
-    batch, seq, head_dim = shape
+    """One launch over every (b, position, head, pair); shape is (B, S, SP, hd), SP the split layout's positions."""
+    batch, seq, positions, head_dim = shape
     names = ("dq", "dk", "dv") if backward else ("qkv",)
     rotate = ROTATE_BACKWARD if backward else ROTATE_FORWARD
     kernel = codegen.kernel(
@@ -108,10 +116,10 @@ def launch(backward: bool, arrays: list, tables: list, shape: tuple, num_heads: 
         ("out",) if backward else ("q", "k", "v"),
         (("rotate", rotate if tables else ""),),
     )
-    count = batch * seq * 3 * num_heads * (head_dim // 2)
+    count = batch * (seq if backward else positions) * 3 * num_heads * (head_dim // 2)
     return kernel(
         inputs=arrays + tables,
-        template=[("T", arrays[0].dtype), ("H", num_heads), ("HD", head_dim)],
+        template=[("T", arrays[0].dtype), ("H", num_heads), ("HD", head_dim), ("S", seq), ("SP", positions)],
         grid=(-(-count // THREADS) * THREADS, 1, 1),
         threadgroup=(THREADS, 1, 1),
         output_shapes=out_shapes,
@@ -126,8 +134,9 @@ def apply_rotary(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
     return (x32 * cos + cpu.rotate_half(x32) * sin).astype(x.dtype)
 
 
-def reference(qkv: mx.array, rotary, num_heads: int):
-    """[B, S, 3*H*hd] -> q, k, v as [B, H, S, hd] (views of the projection where no rotation applies)."""
+def reference(qkv: mx.array, rotary, num_heads: int, positions: int = 0):
+    """[B, S, 3*H*hd] -> q, k, v as [B, H, S, hd] (views of the projection where no rotation applies), zero-padded
+    to `positions` rows when that is more than S."""
     B, S, _ = qkv.shape
     nh = num_heads
     qkv = qkv.reshape(B, S, 3 * nh, -1)
@@ -135,22 +144,27 @@ def reference(qkv: mx.array, rotary, num_heads: int):
     if rotary is not None:
         cos, sin = rotary
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-    return tuple(t.transpose(0, 2, 1, 3) for t in (q, k, v))
+    split = tuple(t.transpose(0, 2, 1, 3) for t in (q, k, v))
+    if positions <= S:
+        return split
+    return tuple(mx.pad(t, [(0, 0), (0, 0), (0, positions - S), (0, 0)]) for t in split)
 
 
-def fused(qkv: mx.array, rotary, num_heads: int):
+def fused(qkv: mx.array, rotary, num_heads: int, positions: int = 0):
     B, S, width = qkv.shape
     head_dim = width // (3 * num_heads)
+    positions = max(positions, S)
     tables = list(rotary) if rotary is not None else []  # constants: no gradient flows to the tables
-    split_shape = (B, num_heads, S, head_dim)
+    shape = (B, S, positions, head_dim)
+    split_shape = (B, num_heads, positions, head_dim)
 
     @mx.custom_function
     def split(packed):
-        return tuple(launch(False, [packed], tables, (B, S, head_dim), num_heads, [split_shape] * 3))
+        return tuple(launch(False, [packed], tables, shape, num_heads, [split_shape] * 3))
 
     @split.vjp
     def split_vjp(packed, cotangents, outputs):
-        return (launch(True, list(cotangents), tables, (B, S, head_dim), num_heads, [qkv.shape])[0],)
+        return (launch(True, list(cotangents), tables, shape, num_heads, [qkv.shape])[0],)
 
     return split(qkv)
 
@@ -158,7 +172,8 @@ def fused(qkv: mx.array, rotary, num_heads: int):
 def sample(key, dtype):
     S, nh, hd = 13, 2, 64
     tables = rotary_tables(S, hd)
-    return (mx.random.normal((2, S, 3 * nh * hd), key=key).astype(dtype),), {"rotary": tables, "num_heads": nh}
+    qkv = mx.random.normal((2, S, 3 * nh * hd), key=key).astype(dtype)
+    return (qkv,), {"rotary": tables, "num_heads": nh, "positions": 16}  # padded, as attention training on CUDA
 
 
 def rotary_tables(length: int, head_dim: int, theta: float = 10000.0):
@@ -180,12 +195,13 @@ OP = register(
 )
 
 
-def split_heads(qkv: mx.array, rotary, num_heads: int):
-    """The attention inputs q, k, v ([B, H, S, hd]) of a qkv projection [B, S, 3*H*hd], RoPE applied if given."""
+def split_heads(qkv: mx.array, rotary, num_heads: int, positions: int = 0):
+    """The attention inputs q, k, v ([B, H, S, hd]) of a qkv projection [B, S, 3*H*hd], RoPE applied if given; with
+    `positions` > S, [B, H, positions, hd] with zero rows past S."""
     head_dim = qkv.shape[-1] // (3 * num_heads)
     tables_fit = rotary is None or all(t.shape == (qkv.shape[1], head_dim) and t.dtype == mx.float32 for t in rotary)
     if head_dim % 2 == 0 and tables_fit and use_fused(OP.name, qkv):
-        return fused(qkv, rotary, num_heads)
-    if cpu.enabled(qkv) and tables_fit:
+        return fused(qkv, rotary, num_heads, positions)
+    if cpu.enabled(qkv) and tables_fit and positions <= qkv.shape[1]:
         return cpu.split_heads(qkv, rotary, num_heads)
-    return reference(qkv, rotary, num_heads)
+    return reference(qkv, rotary, num_heads, positions)

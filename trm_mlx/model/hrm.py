@@ -3,7 +3,7 @@
 import mlx.core as mx
 
 from .config import TRMConfig
-from .layers import Block, ReasoningModule
+from .layers import Block, ReasoningModule, undifferentiated
 from .recursive import ACTModel, RecursiveInner
 
 
@@ -24,12 +24,13 @@ class HRMInner(RecursiveInner):
     def recur(self, carry, x, rotary):
         c = self.config
         z_H, z_L = carry["z_H"], carry["z_L"]
-        for h in range(c.H_cycles):
-            for l in range(c.L_cycles):
-                if not (h == c.H_cycles - 1 and l == c.L_cycles - 1):
-                    z_L = self.L_level(z_L, z_H + x, rotary)
-            if h != c.H_cycles - 1:
-                z_H = self.H_level(z_H, z_L, rotary)
+        with undifferentiated(self.H_level, self.L_level):
+            for h in range(c.H_cycles):
+                for l in range(c.L_cycles):
+                    if not (h == c.H_cycles - 1 and l == c.L_cycles - 1):
+                        z_L = self.L_level(z_L, z_H + x, rotary)
+                if h != c.H_cycles - 1:
+                    z_H = self.H_level(z_H, z_L, rotary)
         z_H, z_L = mx.stop_gradient(z_H), mx.stop_gradient(z_L)
         z_L = self.L_level(z_L, z_H + x, rotary)
         z_H = self.H_level(z_H, z_L, rotary)

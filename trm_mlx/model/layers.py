@@ -4,6 +4,7 @@ Weights are fp32 masters cast to the input's dtype on every call; norms and RoPE
 """
 
 import math
+from contextlib import contextmanager
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -52,7 +53,8 @@ class CastedLinear(nn.Module):
 
 class CastedEmbedding(nn.Module):
     """Rows of the table cast to `dtype`; a small table (at most as many rows as columns: the token vocabularies)
-    gets its gradient as one matrix product, see `lookup_rows`."""
+    gets its gradient as one matrix product, see `lookup_rows`, except in fp32 on a GPU, whose fp32 products round
+    their operands to TF32."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, init_std: float):
         super().__init__()
@@ -60,7 +62,7 @@ class CastedEmbedding(nn.Module):
 
     def __call__(self, ids: mx.array, dtype) -> mx.array:
         weight = self.embedding_weight.astype(dtype)
-        if weight.shape[0] <= weight.shape[1]:
+        if weight.shape[0] <= weight.shape[1] and (dtype != mx.float32 or device.backend() == "cpu"):
             return lookup_rows(weight, ids)
         return weight[ids]
 
@@ -122,12 +124,13 @@ class Attention(nn.Module):
     def __call__(self, h: mx.array, rotary) -> mx.array:
         B, S, _ = h.shape
         nh, hd = self.num_heads, self.head_dim
-        q, k, v = kernels.split_heads(self.qkv_proj(h), rotary, nh)
+        positions = S + attention_padding(S, differentiable=self.training)
+        q, k, v = kernels.split_heads(self.qkv_proj(h), rotary, nh, positions)
         if cpu_kernels.enabled(q):
             out = cpu_kernels.attention(q, k, v, scale=1.0 / math.sqrt(hd))
         else:
-            out = fused_attention(q, k, v, 1.0 / math.sqrt(hd), differentiable=self.training)
-        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, S, nh * hd))
+            out = fused_attention(q, k, v, 1.0 / math.sqrt(hd), length=S)
+        return self.o_proj(out[:, :, :S].transpose(0, 2, 1, 3).reshape(B, S, nh * hd))
 
 
 # MLX's CUDA attention backward is fused (cuDNN) only for sequence lengths that are a multiple of this; any other
@@ -135,20 +138,22 @@ class Attention(nn.Module):
 CUDA_FUSED_BACKWARD_TILE = 128
 
 
-def fused_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, differentiable: bool) -> mx.array:
-    """`mx.fast.scaled_dot_product_attention` over [B, H, S, hd]. In training on CUDA, q, k and v are zero-padded to
-    the fused backward's tile and the padded keys masked out (an additive -inf bias), so the real rows are exact;
-    the padded output rows are dropped.
-    """
-    length = q.shape[2]
-    pad = -length % CUDA_FUSED_BACKWARD_TILE
-    if not (differentiable and pad and device.backend() == "cuda"):
+def attention_padding(length: int, differentiable: bool) -> int:
+    """Zero positions to append to q, k, v so that a CUDA training step takes the fused attention backward."""
+    if differentiable and device.backend() == "cuda":
+        return -length % CUDA_FUSED_BACKWARD_TILE
+    return 0
+
+
+def fused_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, length: int) -> mx.array:
+    """`mx.fast.scaled_dot_product_attention` over [B, H, S', hd] whose first `length` positions are real: keys past
+    them (padding) are masked with an additive -inf bias, so the real rows are exact; the padded rows are junk."""
+    positions = q.shape[2]
+    if positions == length:
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale)
-    padded = length + pad
-    q, k, v = (mx.pad(a, [(0, 0), (0, 0), (0, pad), (0, 0)]) for a in (q, k, v))
-    bias = mx.where(mx.arange(padded) < length, 0.0, -float("inf")).astype(q.dtype)
-    bias = mx.broadcast_to(bias, (1, 1, padded, padded))  # cuDNN's bias layout: [1, 1, S_q, S_kv]
-    return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mx.contiguous(bias))[:, :, :length]
+    bias = mx.where(mx.arange(positions) < length, 0.0, -float("inf")).astype(q.dtype)
+    bias = mx.broadcast_to(bias, (1, 1, positions, positions))  # cuDNN's bias layout: [1, 1, S_q, S_kv]
+    return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mx.contiguous(bias))
 
 
 class SwiGLU(nn.Module):
@@ -247,6 +252,20 @@ class PuzzleEmbedding(nn.Module):
 
     def gather(self, ids: mx.array) -> mx.array:
         return mx.stop_gradient(self.weights[ids])
+
+
+@contextmanager
+def undifferentiated(*modules: nn.Module):
+    """Run passes that no gradient flows through (the recursion's no-gradient cycles) as in evaluation: without
+    block recomputation and without the attention padding that only a backward needs."""
+    modes = [module.training for module in modules]
+    for module in modules:
+        module.train(False)
+    try:
+        yield
+    finally:
+        for module, mode in zip(modules, modes):
+            module.train(mode)
 
 
 def set_recompute(model: nn.Module, on: bool) -> None:

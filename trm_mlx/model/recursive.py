@@ -9,7 +9,7 @@ import numpy as np
 
 from .config import TRMConfig
 from .init import truncated_normal
-from .layers import CastedEmbedding, CastedLinear, PuzzleEmbedding, RotaryTables
+from .layers import CastedEmbedding, CastedLinear, PuzzleEmbedding, RotaryTables, undifferentiated
 
 IGNORE_LABEL_ID = -100
 
@@ -168,7 +168,8 @@ class ACTModel(nn.Module):
             halted = halted & (steps >= (uniform < cfg.halt_exploration_prob) * min_steps)
             if self.computes_target_q():
                 # The intended Q-continue target (HRM semantics); the original TRM crashes here (spec §2.9).
-                _, _, (next_halt, next_continue) = self.inner(inner, data, puzzle_rows)
+                with undifferentiated(self.inner):
+                    _, _, (next_halt, next_continue) = self.inner(inner, data, puzzle_rows)
                 target = mx.where(is_last, next_halt, mx.maximum(next_halt, next_continue))
                 outputs["target_q_continue"] = mx.stop_gradient(mx.sigmoid(target))
         return {"inner": inner, "steps": steps, "halted": halted, "current_data": data}, outputs

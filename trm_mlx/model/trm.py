@@ -3,7 +3,7 @@
 import mlx.core as mx
 
 from .config import TRMConfig
-from .layers import Block, ReasoningModule
+from .layers import Block, ReasoningModule, undifferentiated
 from .recursive import ACTModel, RecursiveInner
 
 
@@ -25,8 +25,9 @@ class TRMInner(RecursiveInner):
     def recur(self, carry, x, rotary):
         z_H, z_L = carry["z_H"], carry["z_L"]
         # H_cycles - 1 cycles without gradient, then one cycle that is back-propagated through entirely.
-        for _ in range(self.config.H_cycles - 1):
-            z_H, z_L = self.cycle(z_H, z_L, x, rotary)
+        with undifferentiated(self.L_level):
+            for _ in range(self.config.H_cycles - 1):
+                z_H, z_L = self.cycle(z_H, z_L, x, rotary)
         z_H, z_L = mx.stop_gradient(z_H), mx.stop_gradient(z_L)
         z_H, z_L = self.cycle(z_H, z_L, x, rotary)
         return {"z_H": z_H, "z_L": z_L}, z_H

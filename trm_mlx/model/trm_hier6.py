@@ -2,7 +2,7 @@
 
 import mlx.core as mx
 
-from .layers import Block, ReasoningModule
+from .layers import Block, ReasoningModule, undifferentiated
 from .recursive import RecursiveInner
 from .trm import TRM
 
@@ -28,8 +28,9 @@ class TRMHier6Inner(RecursiveInner):
 
     def recur(self, carry, x, rotary):
         z_H, z_L = carry["z_H"], [carry[slot] for slot in SLOTS]
-        for _ in range(self.config.H_cycles - 1):
-            z_H, z_L = self.cycle(z_H, z_L, x, rotary)
+        with undifferentiated(self.L_level):
+            for _ in range(self.config.H_cycles - 1):
+                z_H, z_L = self.cycle(z_H, z_L, x, rotary)
         z_H, z_L = mx.stop_gradient(z_H), [mx.stop_gradient(z) for z in z_L]
         z_H, z_L = self.cycle(z_H, z_L, x, rotary)
         return {"z_H": z_H, **dict(zip(SLOTS, z_L))}, z_H

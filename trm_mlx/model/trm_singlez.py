@@ -2,7 +2,7 @@
 
 import mlx.core as mx
 
-from .layers import Block, ReasoningModule
+from .layers import Block, ReasoningModule, undifferentiated
 from .recursive import RecursiveInner
 from .trm import TRM
 
@@ -23,8 +23,9 @@ class TRMSingleZInner(RecursiveInner):
 
     def recur(self, carry, x, rotary):
         z_L = carry["z_L"]
-        for _ in range(self.config.H_cycles - 1):
-            z_L = self.cycle(z_L, x, rotary)
+        with undifferentiated(self.L_level):
+            for _ in range(self.config.H_cycles - 1):
+                z_L = self.cycle(z_L, x, rotary)
         z_L = self.cycle(mx.stop_gradient(z_L), x, rotary)
         return {"z_L": z_L}, z_L
 
