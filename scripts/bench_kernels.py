@@ -178,6 +178,11 @@ def apply_mode(mode: str) -> None:
     device.FUSED_BY_DEFAULT[device.backend()] = ops
 
 
+def recompute_setting(text: str):
+    """`auto`, `blocks`, `none`, or a share such as `0.6` (what trm-train's `recompute=` takes)."""
+    return text if text in ("auto", "blocks", "none") else float(text)
+
+
 def run_step(preset_name: str, mode: str, batch_size: int, steps: int, recompute: str) -> dict:
     """Time the compiled train step of one preset under one kernel mode (in this process)."""
     apply_mode(mode)
@@ -185,7 +190,7 @@ def run_step(preset_name: str, mode: str, batch_size: int, steps: int, recompute
     arch = {**COMMON_ARCH, **{k: v for k, v in preset.items() if k != "batch"}}
     mx.random.seed(0)
     head = ACTLossHead(create_model(arch))
-    set_recompute(head.model, device.recompute_wanted(recompute))
+    set_recompute(head.model, device.recompute_fraction(recompute_setting(recompute)))
     optimizer = optim.Adam(learning_rate=1e-4)
     optimizer.init(head.trainable_parameters())
     state = [head.state, optimizer.state, mx.random.state]
@@ -292,7 +297,8 @@ def main(argv=None) -> int:
         help="kernel modes of the train-step entries, comma-separated: reference, auto, fused, only:OP[+OP...]",
     )
     parser.add_argument(
-        "--recompute", choices=("auto", "blocks", "none"), default="auto", help="block recomputation in the steps"
+        "--recompute", default="auto",
+        help="block recomputation in the steps: auto, blocks, none, or the share of blocks (0.6)",
     )
     parser.add_argument("--step", nargs=3, metavar=("PRESET", "MODE", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

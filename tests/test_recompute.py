@@ -70,7 +70,31 @@ def test_recomputed_blocks_give_the_same_gradients_for_less_memory(variant):
 
 
 def test_recompute_policy():
-    assert device.recompute_wanted("blocks") and not device.recompute_wanted("none")
-    assert device.recompute_wanted("auto") == (device.backend() != "cpu")
-    with pytest.raises(ValueError, match="recompute must be one of"):
-        device.recompute_wanted("everything")
+    assert device.recompute_fraction("blocks") == 1.0 and device.recompute_fraction("none") == 0.0
+    assert device.recompute_fraction("auto") == (0.0 if device.backend() == "cpu" else 1.0)
+    assert device.recompute_fraction(0.6) == 0.6
+    for wrong in ("everything", 1.5, True):
+        with pytest.raises(ValueError, match="recompute must be one of"):
+            device.recompute_fraction(wrong)
+
+
+def test_a_share_of_the_blocks_recomputes_that_share(monkeypatch):
+    """recompute=r: floor(n r) of a differentiated pass's n block applications recompute (test_model's tiny TRM,
+    H2 x L3 with 2 layers: n = (3 + 1) x 2 = 8), with the same gradients, for a peak between none and all."""
+    from trm_mlx.model import layers
+
+    recomputed = []
+    block = layers.recomputed
+    monkeypatch.setattr(layers, "recomputed", lambda *a: recomputed.append(1) or block(*a))
+    peaks = {}
+    for share in (0.0, 0.3, 1.0):
+        recomputed.clear()
+        loss, grads, peaks[share] = compiled_gradients(share)
+        assert len(recomputed) == int(8 * share)  # the forward is traced once
+        if share == 0.0:
+            expected_loss, expected = loss, grads
+        assert loss == expected_loss
+        for name, value in grads.items():
+            np.testing.assert_allclose(np.array(value), np.array(expected[name]), rtol=1e-5, atol=1e-7, err_msg=name)
+    if device.backend() == "cpu":  # see the test above for why not on a GPU
+        assert peaks[1.0] < peaks[0.3] < peaks[0.0], peaks

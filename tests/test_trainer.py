@@ -158,13 +158,16 @@ def test_kernels_and_recompute_keys_reach_the_model(monkeypatch):
     monkeypatch.delenv(device.KERNELS_ENV, raising=False)
     monkeypatch.setattr(device, "configured_kernel_mode", device.configured_kernel_mode)  # restored afterwards
     metadata = SimpleNamespace(vocab_size=5, seq_len=6, num_puzzle_identifiers=3, total_groups=8, mean_puzzle_examples=2.0)
-    for kernels, recompute in (("reference", "blocks"), ("fused", "none")):
+    runs = (
+        ("reference", "blocks", 1.0, "blocks"), ("fused", "none", 0.0, "none"), ("auto", "0.5", 0.5, "0.5 of the blocks")
+    )
+    for kernels, recompute, share, summary in runs:
         config = from_hydra(compose(["data_paths=[unused]", *TINY_RUN, f"kernels={kernels}", f"recompute={recompute}"]))
         state = create_train_state(config, metadata)
         assert device.kernel_mode() == kernels
-        flags = [m.recompute for m in state.model.modules() if hasattr(m, "recompute")]
-        assert flags and all(flag == (recompute == "blocks") for flag in flags)
+        shares = [m.recompute for m in state.model.modules() if hasattr(m, "recompute")]
+        assert shares and all(s == share for s in shares)
         assert f"fused kernels ({kernels})" in execution_summary(state.model)
-        assert execution_summary(state.model).endswith(f"recompute: {recompute}")
+        assert execution_summary(state.model).endswith(f"recompute: {summary}")
     with pytest.raises(Exception, match="kernels"):
         from_hydra(compose(["data_paths=[unused]", "kernels=fastest"]))

@@ -158,12 +158,17 @@ def kernel_wanted(name: str) -> bool:
     return mode == "fused" or name in FUSED_BY_DEFAULT.get(name_backend, frozenset())
 
 
-def recompute_wanted(setting: str) -> bool:
-    """Whether blocks recompute their forward in the backward (`recompute: auto | blocks | none`).
+def recompute_fraction(setting) -> float:
+    """The share of a differentiated pass's block applications that recompute their forward in the backward
+    (`recompute: auto | blocks | none | r`, r in [0, 1]).
 
-    `auto` turns it on where memory is the limit: on a GPU it lets the paper's batch sizes fit (the saved
+    `auto` recomputes all where memory is the limit: on a GPU it lets the paper's batch sizes fit (the saved
     activations of the differentiated passes are most of a step's memory), for one more forward of those passes.
+    A share r in between trades the two linearly (docs/TRAINING.md): each recomputed block frees its activations.
     """
-    if setting not in ("auto", "blocks", "none"):
-        raise ValueError(f"recompute must be one of auto, blocks, none, got {setting!r}")
-    return setting == "blocks" or (setting == "auto" and backend() != "cpu")
+    named = {"blocks": 1.0, "none": 0.0, "auto": 0.0 if backend() == "cpu" else 1.0}
+    if isinstance(setting, str) and setting in named:
+        return named[setting]
+    if isinstance(setting, (int, float)) and not isinstance(setting, bool) and 0 <= setting <= 1:
+        return float(setting)
+    raise ValueError(f"recompute must be one of auto, blocks, none or a share in [0, 1], got {setting!r}")

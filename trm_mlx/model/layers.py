@@ -220,22 +220,37 @@ def recomputed(block: Block, h: mx.array, rotary) -> mx.array:
 class ReasoningModule(nn.Module):
     """`f(h, injection)`: add the injection, then apply the blocks in order.
 
-    With `recompute` on, each block's backward recomputes its forward (`recomputed`): the memory of a
-    back-propagated pass drops to the blocks' inputs, for one more forward of the passes that are differentiated.
-    Evaluation (eval mode) has no backward and runs the blocks plainly.
+    With `recompute` = r > 0, a share r of the block applications of a differentiated pass recompute their forward
+    in the backward (`recomputed`): the memory of such a block drops to its input, for one more forward of it.
+    The recomputed applications are spread evenly over the pass; which ones does not change the peak (every
+    differentiated block's saved activations are alive when the backward starts). Evaluation (eval mode) and the
+    no-gradient cycles (`undifferentiated`) have no backward and run the blocks plainly.
     """
 
     def __init__(self, layers: list):
         super().__init__()
         self.layers = layers
-        self.recompute = False
+        self.recompute = 0.0
+        self.applications = 0  # block applications in this pass, see `begin_pass`
 
     def __call__(self, h: mx.array, injection, rotary) -> mx.array:
         if injection is not None:
             h = kernels.inject(h, injection)
         for layer in self.layers:
-            h = recomputed(layer, h, rotary) if self.recompute and self.training else layer(h, rotary)
+            h = recomputed(layer, h, rotary) if self.recomputes_next() else layer(h, rotary)
         return h
+
+    def begin_pass(self) -> None:
+        self.applications = 0
+
+    def recomputes_next(self) -> bool:
+        """Whether the next block application recomputes: application j of a differentiated pass does when
+        floor((j + 1) r) > floor(j r), so n applications recompute floor(n r) of them."""
+        if not (self.training and self.recompute):
+            return False
+        j, share = self.applications, self.recompute
+        self.applications += 1
+        return math.floor((j + 1) * share) > math.floor(j * share)
 
 
 class PuzzleEmbedding(nn.Module):
@@ -268,8 +283,9 @@ def undifferentiated(*modules: nn.Module):
             module.train(mode)
 
 
-def set_recompute(model: nn.Module, on: bool) -> None:
-    """Turn block recomputation (see `recomputed`) on or off in every reasoning module of `model`."""
+def set_recompute(model: nn.Module, share: float) -> None:
+    """Recompute a share (0 none, 1 all) of the block applications of each differentiated pass in every reasoning
+    module of `model` (see `ReasoningModule`, `recomputed`)."""
     for module in model.modules():
         if isinstance(module, ReasoningModule):
-            module.recompute = on
+            module.recompute = float(share)

@@ -9,7 +9,7 @@ import numpy as np
 
 from .config import TRMConfig
 from .init import truncated_normal
-from .layers import CastedEmbedding, CastedLinear, PuzzleEmbedding, RotaryTables, undifferentiated
+from .layers import CastedEmbedding, CastedLinear, PuzzleEmbedding, ReasoningModule, RotaryTables, undifferentiated
 
 IGNORE_LABEL_ID = -100
 
@@ -75,6 +75,9 @@ class RecursiveInner(nn.Module):
         return math.sqrt(D) * emb
 
     def __call__(self, carry: dict, data: dict, puzzle_rows):
+        for module in self.modules():
+            if isinstance(module, ReasoningModule):
+                module.begin_pass()
         x = self.input_embeddings(data["inputs"], puzzle_rows)
         rotary = self._rotary(x.shape[1]) if self._rotary is not None else None
         carry, z = self.recur(carry, x, rotary)

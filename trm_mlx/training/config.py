@@ -7,12 +7,12 @@ import importlib.util
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import Annotated, Any, Literal, Optional, Sequence, Union
 
 import coolname
 import hydra
 from omegaconf import DictConfig, OmegaConf
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 CONFIG_NAME = "cfg_pretrain"
 
@@ -117,7 +117,7 @@ class PretrainConfig(BaseModel):
     wandb_mode: Optional[Literal["online", "offline", "disabled"]] = None
     device: Literal["auto", "cpu", "gpu"] = "auto"
     kernels: Literal["auto", "fused", "reference"] = "auto"
-    recompute: Literal["auto", "blocks", "none"] = "auto"
+    recompute: Union[Literal["auto", "blocks", "none"], Annotated[float, Field(ge=0, le=1)]] = "auto"
 
 
 def from_hydra(hydra_config: DictConfig) -> PretrainConfig:

@@ -13,6 +13,7 @@ from trm_mlx.data.builtin import DEFAULT_PATH as BUILTIN_SUDOKU_PATH
 from trm_mlx.data.builtin import ensure_builtin_sudoku
 from trm_mlx.evaluation.evaluators import create_evaluator
 from trm_mlx.evaluation.loop import evaluate
+from trm_mlx.model.layers import ReasoningModule
 from trm_mlx.training.checkpointing import (
     find_train_state,
     global_carry,
@@ -240,9 +241,10 @@ def execution_summary(model) -> str:
     else:
         checked = kernels.check_all().items()
         kernels_line = ", ".join(name for name, result in checked if result.ok and device.kernel_wanted(name)) or "none"
-    recompute = any(getattr(m, "recompute", False) for m in model.modules())
+    share = max((m.recompute for m in model.modules() if isinstance(m, ReasoningModule)), default=0.0)
+    recompute = {0.0: "none", 1.0: "blocks"}.get(share, f"{share:g} of the blocks")
     return (f"backend: {device.describe()}; fused kernels ({device.kernel_mode()}): {kernels_line}; "
-            f"recompute: {'blocks' if recompute else 'none'}")
+            f"recompute: {recompute}")
 
 
 def set_device(name: str) -> None:
