@@ -58,6 +58,7 @@ CASES = {
     "rope_split": [
         (2, 97, 8, 64, True), (1, 5, 3, 32, False), (3, 17, 1, 16, True), (2, 13, 2, 128, True),
         (2, 100, 2, 64, True, 128),  # the padded layout of attention training on CUDA
+        (1, 7, 2, 12, True, 9),  # hd/2 = 6: no whole 16-byte packs, one column a thread
     ],
     "inject_add": [(1,), (3, 7, 96), (2, 916, 512)],
 }

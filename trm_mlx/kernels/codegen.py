@@ -124,6 +124,15 @@ $inline float trm_sigmoid(float x) {
 """
 
 
+PACK_BYTES = 16
+
+
+def vector_width(units: int, dtype: mx.Dtype) -> int:
+    """Elements a thread loads at once (`trm_load`): a 16-byte pack when `units` splits into whole packs, else one."""
+    width = PACK_BYTES // dtype.size
+    return width if units % width == 0 else 1
+
+
 def render(template: str, backend: str, **constants: str) -> str:
     """The template with every placeholder filled for `backend`; an unknown placeholder is an error."""
     if backend not in TOKENS:

@@ -15,7 +15,6 @@ from .. import device
 from .registry import FusedOp, register, use_fused
 
 THREADS = 256
-PACK_BYTES = 16
 
 # Each thread takes V consecutive output units (one 16-byte pack where I allows), so a warp's loads and stores are
 # contiguous and wide. Vector v is (row, column) = (v / (I/V), v % (I/V) * V); its gate sits at row * 2I + column,
@@ -43,17 +42,11 @@ if (v < static_cast<int64_t>(gu_shape[0]) * per_row) {
 """
 
 
-def vector_width(units: int, dtype: mx.Dtype) -> int:
-    """Units per thread: a 16-byte pack when a row of `units` splits into whole packs, else one."""
-    width = PACK_BYTES // dtype.size
-    return width if units % width == 0 else 1
-
-
 def backward(gu: mx.array, grad: mx.array) -> mx.array:
     """d gu [rows, 2I] of gu [rows, 2I] and the output gradient [rows, I]."""
     rows, width = gu.shape
     half = width // 2
-    per_thread = vector_width(half, gu.dtype)
+    per_thread = codegen.vector_width(half, gu.dtype)
     kernel = codegen.kernel("swiglu_bwd", device.backend(), BACKWARD, ("gu", "grad"), ("out",))
     threads = rows * half // per_thread
     return kernel(

@@ -15,18 +15,19 @@ from .registry import FusedOp, register, use_fused
 
 THREADS = 256
 
-# One thread per (b, position, head of 3H, j < hd/2): the pair (j, j + hd/2) that rotate_half mixes. The
-# projection has S positions, the split layout SP >= S; a kernel walks POSITIONS of them (the forward all SP, to
-# zero the padding; the backward the S real ones).
+# One thread per (b, position, head of 3H, V columns j < hd/2): the pairs (j, j + hd/2) that rotate_half mixes, V
+# of them in 16-byte packs where hd/2 allows. The projection has S positions, the split layout SP >= S; a kernel
+# walks POSITIONS of them (the forward all SP, to zero the padding; the backward the S real ones).
 INDEXING = """
 const int HALF = HD / 2;
-const int64_t count = static_cast<int64_t>(B) * POSITIONS * (3 * H) * HALF;
+const int CHUNKS = HALF / V;
+const int64_t count = static_cast<int64_t>(B) * POSITIONS * (3 * H) * CHUNKS;
 const int64_t tid = $global_thread;
 if (tid >= count) {
   return;
 }
-const int j = static_cast<int>(tid % HALF);
-const int64_t row = tid / HALF;
+const int j = static_cast<int>(tid % CHUNKS) * V;
+const int64_t row = tid / CHUNKS;
 const int head3 = static_cast<int>(row % (3 * H));
 const int64_t token = row / (3 * H);
 const int s = static_cast<int>(token % POSITIONS);
@@ -46,29 +47,35 @@ const int POSITIONS = SP;
     + """
 $device T* dst = which == 0 ? q : (which == 1 ? k : v);
 if (s >= S) {
-  dst[split] = static_cast<T>(0.0f);
-  dst[split + HALF] = static_cast<T>(0.0f);
+  trm_floats<V> zero;
+  for (int i = 0; i < V; ++i) {
+    zero.v[i] = 0.0f;
+  }
+  trm_store<T, V>(dst + split, zero);
+  trm_store<T, V>(dst + split + HALF, zero);
   return;
 }
-float x1 = static_cast<float>(qkv[packed]);
-float x2 = static_cast<float>(qkv[packed + HALF]);
+trm_floats<V> x1 = trm_load<T, V>(qkv + packed);
+trm_floats<V> x2 = trm_load<T, V>(qkv + packed + HALF);
 $rotate
-dst[split] = static_cast<T>(x1);
-dst[split + HALF] = static_cast<T>(x2);
+trm_store<T, V>(dst + split, x1);
+trm_store<T, V>(dst + split + HALF, x2);
 """
 )
 
 # (x1, x2) -> (x1 c1 - x2 s1, x2 c2 + x1 s2), c/s of columns j and j + hd/2 (equal in the standard tables).
 ROTATE_FORWARD = """
 if (which < 2) {
-  const float c1 = cos_table[table];
-  const float s1 = sin_table[table];
-  const float c2 = cos_table[table + HALF];
-  const float s2 = sin_table[table + HALF];
-  const float y1 = x1 * c1 - x2 * s1;
-  const float y2 = x2 * c2 + x1 * s2;
-  x1 = y1;
-  x2 = y2;
+  const trm_floats<V> c1 = trm_load<float, V>(cos_table + table);
+  const trm_floats<V> s1 = trm_load<float, V>(sin_table + table);
+  const trm_floats<V> c2 = trm_load<float, V>(cos_table + table + HALF);
+  const trm_floats<V> s2 = trm_load<float, V>(sin_table + table + HALF);
+  for (int i = 0; i < V; ++i) {
+    const float y1 = x1.v[i] * c1.v[i] - x2.v[i] * s1.v[i];
+    const float y2 = x2.v[i] * c2.v[i] + x1.v[i] * s2.v[i];
+    x1.v[i] = y1;
+    x2.v[i] = y2;
+  }
 }
 """
 
@@ -80,25 +87,27 @@ const int POSITIONS = S;
     + INDEXING
     + """
 const $device T* src = which == 0 ? dq : (which == 1 ? dk : dv);
-float x1 = static_cast<float>(src[split]);
-float x2 = static_cast<float>(src[split + HALF]);
+trm_floats<V> x1 = trm_load<T, V>(src + split);
+trm_floats<V> x2 = trm_load<T, V>(src + split + HALF);
 $rotate
-out[packed] = static_cast<T>(x1);
-out[packed + HALF] = static_cast<T>(x2);
+trm_store<T, V>(out + packed, x1);
+trm_store<T, V>(out + packed + HALF, x2);
 """
 )
 
 # The transpose of the forward rotation: (d1, d2) -> (d1 c1 + d2 s2, d2 c2 - d1 s1).
 ROTATE_BACKWARD = """
 if (which < 2) {
-  const float c1 = cos_table[table];
-  const float s1 = sin_table[table];
-  const float c2 = cos_table[table + HALF];
-  const float s2 = sin_table[table + HALF];
-  const float y1 = x1 * c1 + x2 * s2;
-  const float y2 = x2 * c2 - x1 * s1;
-  x1 = y1;
-  x2 = y2;
+  const trm_floats<V> c1 = trm_load<float, V>(cos_table + table);
+  const trm_floats<V> s1 = trm_load<float, V>(sin_table + table);
+  const trm_floats<V> c2 = trm_load<float, V>(cos_table + table + HALF);
+  const trm_floats<V> s2 = trm_load<float, V>(sin_table + table + HALF);
+  for (int i = 0; i < V; ++i) {
+    const float y1 = x1.v[i] * c1.v[i] + x2.v[i] * s2.v[i];
+    const float y2 = x2.v[i] * c2.v[i] - x1.v[i] * s1.v[i];
+    x1.v[i] = y1;
+    x2.v[i] = y2;
+  }
 }
 """
 
@@ -116,10 +125,13 @@ def launch(backward: bool, arrays: list, tables: list, shape: tuple, num_heads: 
         ("out",) if backward else ("q", "k", "v"),
         (("rotate", rotate if tables else ""),),
     )
-    count = batch * (seq if backward else positions) * 3 * num_heads * (head_dim // 2)
+    per_thread = codegen.vector_width(head_dim // 2, arrays[0].dtype)
+    count = batch * (seq if backward else positions) * 3 * num_heads * (head_dim // 2 // per_thread)
     return kernel(
         inputs=arrays + tables,
-        template=[("T", arrays[0].dtype), ("H", num_heads), ("HD", head_dim), ("S", seq), ("SP", positions)],
+        template=[
+            ("T", arrays[0].dtype), ("H", num_heads), ("HD", head_dim), ("S", seq), ("SP", positions), ("V", per_thread)
+        ],
         grid=(-(-count // THREADS) * THREADS, 1, 1),
         threadgroup=(THREADS, 1, 1),
         output_shapes=out_shapes,
