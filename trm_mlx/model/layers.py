@@ -151,9 +151,10 @@ def fused_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, length:
     positions = q.shape[2]
     if positions == length:
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale)
-    bias = mx.where(mx.arange(positions) < length, 0.0, -float("inf")).astype(q.dtype)
-    bias = mx.broadcast_to(bias, (1, 1, positions, positions))  # cuDNN's bias layout: [1, 1, S_q, S_kv]
-    return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mx.contiguous(bias))
+    # One row of key biases for every query (H100, ARC shapes: 6.08 ms forward + backward against 6.28 ms for the
+    # full [S', S'] bias, and 13 ms for a boolean mask).
+    bias = mx.where(mx.arange(positions) < length, 0.0, -float("inf")).astype(q.dtype).reshape(1, 1, 1, positions)
+    return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=bias)
 
 
 class SwiGLU(nn.Module):
