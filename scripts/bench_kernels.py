@@ -190,7 +190,7 @@ def run_step(preset_name: str, mode: str, batch_size: int, steps: int, recompute
     arch = {**COMMON_ARCH, **{k: v for k, v in preset.items() if k != "batch"}}
     mx.random.seed(0)
     head = ACTLossHead(create_model(arch))
-    set_recompute(head.model, device.recompute_fraction(recompute_setting(recompute)))
+    set_recompute(head.model, device.recompute_share(recompute_setting(recompute)))
     optimizer = optim.Adam(learning_rate=1e-4)
     optimizer.init(head.trainable_parameters())
     state = [head.state, optimizer.state, mx.random.state]

@@ -70,12 +70,12 @@ def test_recomputed_blocks_give_the_same_gradients_for_less_memory(variant):
 
 
 def test_recompute_policy():
-    assert device.recompute_fraction("blocks") == 1.0 and device.recompute_fraction("none") == 0.0
-    assert device.recompute_fraction("auto") == (0.0 if device.backend() == "cpu" else 1.0)
-    assert device.recompute_fraction(0.6) == 0.6
+    assert device.recompute_share("blocks") == 1.0 and device.recompute_share("none") == 0.0
+    assert device.recompute_share("auto") == (0.0 if device.backend() == "cpu" else 1.0)
+    assert device.recompute_share(0.6) == 0.6
     for wrong in ("everything", 1.5, True):
         with pytest.raises(ValueError, match="recompute must be one of"):
-            device.recompute_fraction(wrong)
+            device.recompute_share(wrong)
 
 
 def test_a_share_of_the_blocks_recomputes_that_share(monkeypatch):

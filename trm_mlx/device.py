@@ -158,7 +158,7 @@ def kernel_wanted(name: str) -> bool:
     return mode == "fused" or name in FUSED_BY_DEFAULT.get(name_backend, frozenset())
 
 
-def recompute_fraction(setting) -> float:
+def recompute_share(setting) -> float:
     """The share of a differentiated pass's block applications that recompute their forward in the backward
     (`recompute: auto | blocks | none | r`, r in [0, 1]).
 

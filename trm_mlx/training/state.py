@@ -61,7 +61,7 @@ def create_train_state(config: PretrainConfig, metadata, group: mx.distributed.G
     device.set_kernel_mode(config.kernels)
     mx.random.seed(config.seed)  # the same on every rank: the ranks then draw the same random numbers
     model = create_model(model_arch_config(config, metadata, world_size))
-    set_recompute(model, device.recompute_fraction(config.recompute))
+    set_recompute(model, device.recompute_share(config.recompute))
     head = ACTLossHead(model, **(config.arch.loss.model_extra or {}))
     if config.load_checkpoint is not None and (group is None or group.rank() == 0):
         weights, _ = read_weights(Path(config.load_checkpoint))
