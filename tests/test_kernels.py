@@ -71,6 +71,9 @@ def test_helpers_and_prelude_per_backend():
     assert "__shfl_xor_sync" in codegen.header("cuda") and "__device__" in codegen.header("cuda")
     assert "simd_sum" in codegen.header("metal") and "__" not in codegen.header("metal")
     assert "expf(-x)" in codegen.header("cuda") and "metal::exp(-x)" in codegen.header("metal")
+    # Packed loads: one 16-byte transaction on CUDA where the address allows; Metal's take device-space pointers.
+    assert "alignas(sizeof(T) * V) trm_pack" in codegen.header("cuda")
+    assert "trm_load(const device T* p)" in codegen.header("metal") and "trm_pack" not in codegen.header("metal")
     with pytest.raises(ValueError, match="no kernel backend 'cpu'"):
         codegen.render("x", "cpu")
     with pytest.raises(KeyError):
