@@ -35,14 +35,14 @@ def main() -> None:
     record = {"steps": [], "eval": []}
     log_step, log_evaluation = RunLogger.train_step, RunLogger.evaluation
 
-    def train_step(self, metrics, step):
+    def train_step(self, metrics, step, peak_memory_gib):
         record["steps"].append({"step": step, **metrics})
         print(f"step {step}", flush=True)
         if fail is not None and fail[:2] == (rank, step):
             if fail[2] == "exit":
                 os._exit(FAIL_EXIT_STATUS)
             time.sleep(3600)
-        log_step(self, metrics, step)
+        log_step(self, metrics, step, peak_memory_gib)
 
     def evaluation(self, metrics, step):
         record["eval"].append({"step": step, **metrics})

@@ -110,8 +110,9 @@ def test_resume_continues_bit_exactly(tiny_data, tmp_path):
 
 
 @pytest.mark.parametrize("name", list(README_COMMANDS))
-def test_readme_command_lines_start_training(name, tiny_data, tmp_path):
-    """The README's overrides as given (bfloat16, its cycles and layers), on tiny data with a tiny width."""
+def test_readme_command_lines_start_training(name, tiny_data, tmp_path, capsys):
+    """The README's overrides as given (bfloat16, its cycles and layers), on tiny data with a tiny width; the last
+    line reports the run's peak memory."""
     command, _ = README_COMMANDS[name]
     args = [a for a in overrides(command) if not a.startswith("data_paths=")]
     shrink = [f"data_paths=[{tiny_data}]", f"global_batch_size={BATCH}", "arch.hidden_size=16", "arch.num_heads=2",
@@ -120,6 +121,9 @@ def test_readme_command_lines_start_training(name, tiny_data, tmp_path):
     assert result["step"] == 2
     assert np.isfinite(result["train"]["train/lm_loss"])
     assert result["config"].run_name == dict(a.split("=", 1) for a in args)["+run_name"]
+    done = [line for line in capsys.readouterr().out.splitlines() if line.startswith("done at step 2")]
+    peak = float(done[0].rsplit("peak memory ", 1)[1].split()[0])
+    assert 0 < peak <= mx.get_peak_memory() / 2**30 + 0.01
 
 
 def test_no_arguments_means_the_builtin_demo(monkeypatch):

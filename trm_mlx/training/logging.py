@@ -50,21 +50,25 @@ class RunLogger:
         # some, rather than a row of zeros.
         self.last_halted: dict[str, float] = {}
         self.last_eval: dict[str, Any] = {}
+        self.peak_memory_gib = 0.0
 
     def log(self, metrics: dict, step: int) -> None:
         if self.run is not None:
             self.run.log(metrics, step=step)
 
-    def train_step(self, metrics: dict[str, float], step: int) -> None:
+    def train_step(self, metrics: dict[str, float], step: int, peak_memory_gib: float) -> None:
+        """One step's metrics, and the process's peak memory so far (MLX's allocator: device memory on a GPU)."""
         self.last_train = metrics
+        self.peak_memory_gib = peak_memory_gib
         if metrics["train/count"] > 0:
             self.last_halted = metrics
-        self.log(metrics, step)
+        self.log({**metrics, "memory/peak_gib": peak_memory_gib}, step)
         self.bar.update(step - self.bar.n)
         postfix = {"loss": f"{metrics['train/lm_loss']:.3f}"}
         if self.last_halted:
             postfix["acc"] = f"{self.last_halted['train/accuracy']:.3f}"
             postfix["exact"] = f"{self.last_halted['train/exact_accuracy']:.3f}"
+        postfix["mem"] = f"{peak_memory_gib:.1f}G"
         self.bar.set_postfix(postfix, refresh=False)
 
     def evaluation(self, metrics: dict, step: int) -> None:
@@ -80,7 +84,8 @@ class RunLogger:
         self.bar.close()
         if not self.primary:
             return
-        print(f"done at step {step}: " + describe(self.last_train, self.last_halted, self.last_eval))
+        print(f"done at step {step}: " + describe(self.last_train, self.last_halted, self.last_eval)
+              + f"; peak memory {self.peak_memory_gib:.2f} GiB")
         if checkpoint_path is not None:
             print(f"checkpoints: {checkpoint_path}")
         if self.run is not None:

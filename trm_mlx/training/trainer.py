@@ -306,7 +306,8 @@ def _train(config: PretrainConfig, show_progress: bool, group: mx.distributed.Gr
         return config.max_steps is not None and state.step >= config.max_steps
 
     def report(pending) -> None:
-        logger.train_step(reduce_train_metrics(pending[0], config.global_batch_size, pending[1]), pending[2])
+        metrics = reduce_train_metrics(pending[0], config.global_batch_size, pending[1])
+        logger.train_step(metrics, pending[2], mx.get_peak_memory() / 2**30)
         watchdog.beat()
 
     with Watchdog(timeout_s, group) as watchdog:
