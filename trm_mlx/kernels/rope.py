@@ -113,7 +113,7 @@ if (which < 2) {
 
 
 def launch(backward: bool, arrays: list, tables: list, shape: tuple, num_heads: int, out_shapes: list):
-    """One launch over every (b, position, head, pair); shape is (B, S, SP, hd), SP the split layout's positions."""
+    """One launch over every (b, position, head, V pairs); shape is (B, S, SP, hd), SP the split layout's positions."""
     batch, seq, positions, head_dim = shape
     names = ("dq", "dk", "dv") if backward else ("qkv",)
     rotate = ROTATE_BACKWARD if backward else ROTATE_FORWARD
