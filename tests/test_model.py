@@ -149,7 +149,8 @@ def test_only_differentiated_passes_pad_attention_and_recompute(monkeypatch, nam
     monkeypatch.setenv(device.KERNELS_ENV, "reference")
     lengths, recomputed = [], []
     attention = layers.fused_attention
-    monkeypatch.setattr(layers, "fused_attention", lambda q, *a, **k: lengths.append(q.shape[2]) or attention(q, *a, **k))
+    counted = lambda q, *a, **k: lengths.append(q.shape[2]) or attention(q, *a, **k)  # noqa: E731
+    monkeypatch.setattr(layers, "fused_attention", counted)
     block = layers.recomputed
     monkeypatch.setattr(layers, "recomputed", lambda *a: recomputed.append(1) or block(*a))
     arch = tiny_arch(halt_max_steps=2, halt_exploration_prob=0.0)

@@ -163,7 +163,9 @@ def test_kernels_and_recompute_keys_reach_the_model(monkeypatch):
     monkeypatch.setattr(device, "configured_kernel_mode", device.configured_kernel_mode)  # restored afterwards
     metadata = SimpleNamespace(vocab_size=5, seq_len=6, num_puzzle_identifiers=3, total_groups=8, mean_puzzle_examples=2.0)
     runs = (
-        ("reference", "blocks", 1.0, "blocks"), ("fused", "none", 0.0, "none"), ("auto", "0.5", 0.5, "0.5 of the blocks")
+        ("reference", "blocks", 1.0, "blocks"),
+        ("fused", "none", 0.0, "none"),
+        ("auto", "0.5", 0.5, "0.5 of the blocks"),
     )
     for kernels, recompute, share, summary in runs:
         config = from_hydra(compose(["data_paths=[unused]", *TINY_RUN, f"kernels={kernels}", f"recompute={recompute}"]))
