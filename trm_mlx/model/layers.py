@@ -17,8 +17,10 @@ from .config import swiglu_intermediate_size
 from .init import truncated_normal
 
 
-# Half-precision dtypes whose CPU products run as fp32 products of the rounded operands (see CastedLinear).
-CPU_HALF_DTYPES = (mx.bfloat16, mx.float16)
+def product_dtype(dtype: mx.Dtype) -> mx.Dtype:
+    """The dtype a matrix product of `dtype` operands runs in: fp32 for half precision on the CPU (the operands
+    already rounded to `dtype`; see CastedLinear), else `dtype` itself."""
+    return mx.float32 if dtype in (mx.bfloat16, mx.float16) and device.backend() == "cpu" else dtype
 
 
 class CastedLinear(nn.Module):
@@ -39,9 +41,10 @@ class CastedLinear(nn.Module):
         dtype = x.dtype
         w = self.weight.astype(dtype)
         bias = self.bias.astype(dtype) if "bias" in self else None
-        if dtype in CPU_HALF_DTYPES and device.backend() == "cpu":
-            x, w = x.astype(mx.float32), w.astype(mx.float32)
-            bias = None if bias is None else bias.astype(mx.float32)
+        compute = product_dtype(dtype)
+        if compute != dtype:
+            x, w = x.astype(compute), w.astype(compute)
+            bias = None if bias is None else bias.astype(compute)
         if bias is not None:
             # Bias inside the matmul (one rounding), as torch's addmm: matters for q_head in bf16.
             flat = x.reshape(-1, x.shape[-1])
@@ -82,7 +85,7 @@ def lookup_rows(weight: mx.array, ids: mx.array) -> mx.array:
 def lookup_rows_vjp(primals, cotangent, output):
     weight, ids = primals
     rows, width = weight.shape
-    compute = mx.float32 if cotangent.dtype in CPU_HALF_DTYPES and device.backend() == "cpu" else cotangent.dtype
+    compute = product_dtype(cotangent.dtype)
     # One-hot columns padded to an aligned count (zero columns) so that cuBLAS takes an aligned kernel.
     columns = rows + (-rows % kernels.GEMM_ROW_MULTIPLE)
     one_hot = (ids.reshape(-1, 1) == mx.arange(columns)).astype(compute)
