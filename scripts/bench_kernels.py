@@ -183,9 +183,11 @@ def recompute_setting(text: str):
     return text if text in ("auto", "blocks", "none") else float(text)
 
 
-def run_step(preset_name: str, mode: str, batch_size: int, steps: int, recompute: str) -> dict:
+def run_step(preset_name: str, mode: str, batch_size: int, steps: int, recompute: str,
+             memory_limit: float | None = None) -> dict:
     """Time the compiled train step of one preset under one kernel mode (in this process)."""
     apply_mode(mode)
+    device.set_memory_limit(memory_limit)
     preset = PRESETS[preset_name]
     arch = {**COMMON_ARCH, **{k: v for k, v in preset.items() if k != "batch"}}
     mx.random.seed(0)
@@ -224,6 +226,7 @@ def run_step(preset_name: str, mode: str, batch_size: int, steps: int, recompute
         "preset": preset_name,
         "mode": mode,
         "recompute": recompute,
+        "memory_limit_GiB": memory_limit,
         "batch": batch_size,
         "step_ms": 1e3 * statistics.median(times),
         "step_ms_spread": [1e3 * min(times), 1e3 * max(times)],
@@ -233,7 +236,7 @@ def run_step(preset_name: str, mode: str, batch_size: int, steps: int, recompute
     }
 
 
-def bench_steps(modes: list[str], steps: int, timeout: int, recompute: str) -> list[dict]:
+def bench_steps(modes: list[str], steps: int, timeout: int, recompute: str, memory_limit: float | None) -> list[dict]:
     """Each (preset, mode) in a fresh process; on failure retry once at half the batch."""
     rows = []
     for preset_name, preset in PRESETS.items():
@@ -241,7 +244,7 @@ def bench_steps(modes: list[str], steps: int, timeout: int, recompute: str) -> l
             batch = preset["batch"]
             while batch >= preset["batch"] // 2:
                 cmd = [sys.executable, __file__, "--step", preset_name, mode, str(batch), "--steps", str(steps),
-                       "--recompute", recompute]
+                       "--recompute", recompute] + (["--memory-limit", str(memory_limit)] if memory_limit else [])
                 try:
                     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
                     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
@@ -300,11 +303,14 @@ def main(argv=None) -> int:
         "--recompute", default="auto",
         help="block recomputation in the steps: auto, blocks, none, or the share of blocks (0.6)",
     )
+    parser.add_argument("--memory-limit", type=float, help="MLX's memory limit in GiB in the steps (trm-train's "
+                        "memory_limit=); default: MLX's")
     parser.add_argument("--step", nargs=3, metavar=("PRESET", "MODE", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.step:
-        print(json.dumps(run_step(args.step[0], args.step[1], int(args.step[2]), args.steps, args.recompute)))
+        print(json.dumps(run_step(args.step[0], args.step[1], int(args.step[2]), args.steps, args.recompute,
+                                  args.memory_limit)))
         return 0
     if device.backend() == "cpu":
         print("bench_kernels: needs a CUDA or Metal GPU (MLX has no custom kernels on the CPU)", file=sys.stderr)
@@ -324,7 +330,8 @@ def main(argv=None) -> int:
         for item in args.batch:
             name, size = item.split("=")
             PRESETS[name]["batch"] = int(size)
-        results["steps"] = bench_steps(args.modes.split(","), args.steps, args.step_timeout, args.recompute)
+        results["steps"] = bench_steps(args.modes.split(","), args.steps, args.step_timeout, args.recompute,
+                                       args.memory_limit)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

@@ -56,6 +56,7 @@ DEFAULTS = {
     "device": "auto",
     "kernels": "auto",
     "recompute": "auto",
+    "memory_limit": None,
 }
 
 SUDOKU_MAZE = {

@@ -98,3 +98,25 @@ def test_a_share_of_the_blocks_recomputes_that_share(monkeypatch):
             np.testing.assert_allclose(np.array(value), np.array(expected[name]), rtol=1e-5, atol=1e-7, err_msg=name)
     if device.backend() == "cpu":  # see the test above for why not on a GPU
         assert peaks[1.0] < peaks[0.3] < peaks[0.0], peaks
+
+
+def test_a_memory_limit_lowers_the_peak_not_the_numbers():
+    """MLX keeps the inputs of queued work alive until it has run; under `memory_limit` (device.set_memory_limit)
+    the host waits for queued work past the limit, so a step's peak drops towards its working set (the queue
+    holds dead intermediates) with the same gradients. On the CPU device, whose queue of a step this small is long
+    enough to show it (a GPU's is not, and its paper-size figures are in docs/BENCHMARKS.md)."""
+    default_limit, default_device = mx.get_memory_limit(), mx.default_device()
+    mx.set_default_device(mx.cpu)
+    try:
+        loss, grads, peak = compiled_gradients(0.0)
+        device.set_memory_limit((mx.get_active_memory() + 0.5 * peak) / 2**30)
+        loss_limited, grads_limited, peak_limited = compiled_gradients(0.0)
+    finally:
+        mx.set_memory_limit(default_limit)
+        mx.set_default_device(default_device)
+    assert loss_limited == loss
+    for name, grad in grads.items():
+        np.testing.assert_array_equal(np.array(grads_limited[name]), np.array(grad), err_msg=name)
+    assert peak_limited < 0.9 * peak, (peak_limited, peak)
+    with pytest.raises(ValueError, match="memory_limit"):
+        device.set_memory_limit(0)

@@ -154,26 +154,38 @@ def test_help_and_cfg_job_work_as_in_hydra():
     assert "puzzle_emb_ndim: 64" in resolved.stdout
 
 
-def test_kernels_and_recompute_keys_reach_the_model(monkeypatch):
-    """`kernels=` sets the kernel policy and `recompute=` the blocks' recomputation, and the run's first line says so."""
+def test_kernels_recompute_and_memory_keys_reach_the_model(monkeypatch):
+    """`kernels=` sets the kernel policy, `recompute=` the blocks' recomputation and `memory_limit=` MLX's memory
+    limit, and the run's first line says so."""
+    import mlx.core as mx
+
     from trm_mlx import device
     from trm_mlx.training.trainer import execution_summary
 
     monkeypatch.delenv(device.KERNELS_ENV, raising=False)
     monkeypatch.setattr(device, "configured_kernel_mode", device.configured_kernel_mode)  # restored afterwards
     metadata = SimpleNamespace(vocab_size=5, seq_len=6, num_puzzle_identifiers=3, total_groups=8, mean_puzzle_examples=2.0)
+    default_limit = mx.get_memory_limit()
     runs = (
-        ("reference", "blocks", 1.0, "blocks"),
-        ("fused", "none", 0.0, "none"),
-        ("auto", "0.5", 0.5, "0.5 of the blocks"),
+        ("reference", "blocks", 1.0, "blocks", "null", default_limit),
+        ("fused", "none", 0.0, "none", "2.5", 2.5 * 2**30),
+        ("auto", "0.5", 0.5, "0.5 of the blocks", "null", 2.5 * 2**30),  # null leaves the limit as it is
     )
-    for kernels, recompute, share, summary in runs:
-        config = from_hydra(compose(["data_paths=[unused]", *TINY_RUN, f"kernels={kernels}", f"recompute={recompute}"]))
-        state = create_train_state(config, metadata)
-        assert device.kernel_mode() == kernels
-        shares = [m.recompute for m in state.model.modules() if hasattr(m, "recompute")]
-        assert shares and all(s == share for s in shares)
-        assert f"fused kernels ({kernels})" in execution_summary(state.model)
-        assert execution_summary(state.model).endswith(f"recompute: {summary}")
+    try:
+        for kernels, recompute, share, summary, memory_limit, limit in runs:
+            overrides = [f"kernels={kernels}", f"recompute={recompute}", f"memory_limit={memory_limit}"]
+            config = from_hydra(compose(["data_paths=[unused]", *TINY_RUN, *overrides]))
+            state = create_train_state(config, metadata)
+            assert device.kernel_mode() == kernels
+            shares = [m.recompute for m in state.model.modules() if hasattr(m, "recompute")]
+            assert shares and all(s == share for s in shares)
+            assert mx.get_memory_limit() == int(limit)
+            line = execution_summary(state.model)
+            assert f"fused kernels ({kernels})" in line
+            assert f"recompute: {summary}; memory limit: {limit / 2**30:.1f} GiB" in line
+    finally:
+        mx.set_memory_limit(default_limit)
+    with pytest.raises(Exception, match="memory_limit"):
+        from_hydra(compose(["data_paths=[unused]", "memory_limit=0"]))
     with pytest.raises(Exception, match="kernels"):
         from_hydra(compose(["data_paths=[unused]", "kernels=fastest"]))

@@ -158,6 +158,23 @@ def kernel_wanted(name: str) -> bool:
     return mode == "fused" or name in FUSED_BY_DEFAULT.get(name_backend, frozenset())
 
 
+def set_memory_limit(gib: float | None) -> None:
+    """Cap MLX's memory at `gib` GiB (None: MLX's default, most of the device's memory).
+
+    MLX keeps every input of a queued GPU command buffer (20 operations on CUDA) alive until the device has run it,
+    and lets the host queue up to 10 buffers ahead: at the paper's batches those dead intermediates add 5-14 GiB to
+    a step's peak (docs/BENCHMARKS.md). Past the limit the host waits for queued work before queuing more, so the
+    peak drops to about the step's working set, at no cost in speed while the limit stays above that set (and
+    some when it is below: MLX then runs the step with fewer buffers in flight; it never fails for it).
+    """
+    import mlx.core as mx
+
+    if gib is not None:
+        if gib <= 0:
+            raise ValueError(f"memory_limit must be a positive number of GiB, got {gib!r}")
+        mx.set_memory_limit(int(gib * 2**30))
+
+
 def recompute_share(setting) -> float:
     """The share of a differentiated pass's block applications that recompute their forward in the backward
     (`recompute: auto | blocks | none | r`, r in [0, 1]).

@@ -118,6 +118,7 @@ class PretrainConfig(BaseModel):
     device: Literal["auto", "cpu", "gpu"] = "auto"
     kernels: Literal["auto", "fused", "reference"] = "auto"
     recompute: Union[Literal["auto", "blocks", "none"], Annotated[float, Field(ge=0, le=1)]] = "auto"
+    memory_limit: Optional[Annotated[float, Field(gt=0)]] = None
 
 
 def from_hydra(hydra_config: DictConfig) -> PretrainConfig:

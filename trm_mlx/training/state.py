@@ -62,6 +62,7 @@ def create_train_state(config: PretrainConfig, metadata, group: mx.distributed.G
     mx.random.seed(config.seed)  # the same on every rank: the ranks then draw the same random numbers
     model = create_model(model_arch_config(config, metadata, world_size))
     set_recompute(model, device.recompute_share(config.recompute))
+    device.set_memory_limit(config.memory_limit)
     head = ACTLossHead(model, **(config.arch.loss.model_extra or {}))
     if config.load_checkpoint is not None and (group is None or group.rank() == 0):
         weights, _ = read_weights(Path(config.load_checkpoint))

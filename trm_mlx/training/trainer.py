@@ -244,7 +244,7 @@ def execution_summary(model) -> str:
     share = max((m.recompute for m in model.modules() if isinstance(m, ReasoningModule)), default=0.0)
     recompute = {0.0: "none", 1.0: "blocks"}.get(share, f"{share:g} of the blocks")
     return (f"backend: {device.describe()}; fused kernels ({device.kernel_mode()}): {kernels_line}; "
-            f"recompute: {recompute}")
+            f"recompute: {recompute}; memory limit: {mx.get_memory_limit() / 2**30:.1f} GiB")
 
 
 def set_device(name: str) -> None:
