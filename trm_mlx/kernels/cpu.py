@@ -158,11 +158,7 @@ def split_heads(qkv: mx.array, rotary, num_heads: int):
     tables = [] if rotary is None else list(rotary)  # [S, hd], constants: no gradient to the tables
 
     def rotate(x):
-        if not tables:
-            return mx.contiguous(x)
-        cos, sin = tables
-        x32 = x.astype(mx.float32)
-        return (x32 * cos + rotate_half(x32) * sin).astype(x.dtype)
+        return rope_rotate(x, *tables) if tables else mx.contiguous(x)
 
     def unrotate(d):  # the transpose of rotate: rotate_half^T(z) = -rotate_half(z)
         if not tables:
@@ -183,6 +179,12 @@ def split_heads(qkv: mx.array, rotary, num_heads: int):
         return packed_grad.transpose(0, 2, 1, 3).reshape(packed.shape)
 
     return split(qkv)
+
+
+def rope_rotate(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
+    """RoPE on x's last axis (cos, sin broadcast against x), in fp32, rounded once to x's dtype."""
+    x32 = x.astype(mx.float32)
+    return (x32 * cos + rotate_half(x32) * sin).astype(x.dtype)
 
 
 def rotate_half(x: mx.array) -> mx.array:

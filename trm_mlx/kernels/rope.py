@@ -141,9 +141,7 @@ def launch(backward: bool, arrays: list, tables: list, shape: tuple, num_heads: 
 
 def apply_rotary(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
     """x: [B, S, heads, hd]; rotation in fp32, result in x's dtype."""
-    x32 = x.astype(mx.float32)
-    cos, sin = cos[:, None, :], sin[:, None, :]
-    return (x32 * cos + cpu.rotate_half(x32) * sin).astype(x.dtype)
+    return cpu.rope_rotate(x, cos[:, None, :], sin[:, None, :])
 
 
 def reference(qkv: mx.array, rotary, num_heads: int, positions: int = 0):
