@@ -187,7 +187,7 @@ def run_mlx(run: dict, progress: Progress) -> None:
     config = PretrainConfig(**{**run["config"], "load_checkpoint": run["initial_weights"]})
     batch_size = config.global_batch_size
     state = create_train_state(config, PuzzleDatasetMetadata(**run["metadata"]))
-    progress(execution=execution_summary(state.model))
+    progress(execution=execution_summary(state.model, config))
     on_cpu = mx.default_device() == mx.cpu
     name = cpu_name() if on_cpu else str(mx.device_info().get("device_name", "GPU"))
     progress(device=f"{name} [mlx {mx.__version__}, {describe()}]", memory="peak RSS" if on_cpu else "device",

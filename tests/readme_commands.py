@@ -57,6 +57,7 @@ DEFAULTS = {
     "kernels": "auto",
     "recompute": "auto",
     "memory_limit": None,
+    "cpu_lanes": 1,
 }
 
 SUDOKU_MAZE = {

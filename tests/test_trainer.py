@@ -109,6 +109,29 @@ def test_resume_continues_bit_exactly(tiny_data, tmp_path):
     assert (tmp_path / "straight" / "step_8").read_bytes() == (tmp_path / "resumed" / "step_8").read_bytes()
 
 
+@pytest.mark.parametrize("arch", [[], ["arch.mlp_t=True", "arch.pos_encodings=none"]], ids=["attention", "mlp_t"])
+def test_cpu_lanes_train_as_one_graph(arch, tiny_data, tmp_path):
+    """`cpu_lanes=2` (the batch split over two CPU streams, each its own compiled graph) trains as the one-graph
+    step: the same exploration draws, halting and random state, the weights equal up to the order of the gradient
+    sums."""
+    one = _train(tiny_data, tmp_path / "one", "max_steps=3", *arch)
+    two = _train(tiny_data, tmp_path / "two", "max_steps=3", "cpu_lanes=2", *arch)
+    expected, _ = _saved_state(tmp_path / "one")
+    actual, _ = _saved_state(tmp_path / "two")
+    assert set(actual) == set(expected)
+    for key, value in expected.items():
+        if value.dtype in (mx.float32, mx.float64, mx.bfloat16):
+            # AdamATan2 moves a weight by up to lr = 1e-4 a step; summing the lanes' gradients in another order
+            # moves a few by up to ~2e-5 in 3 steps.
+            np.testing.assert_allclose(np.array(actual[key]), np.array(value), rtol=1e-4, atol=3e-5, err_msg=key)
+        else:  # step counts, halting flags, data, the random state
+            assert np.array_equal(np.array(actual[key]), np.array(value)), key
+    for name, value in one["train"].items():
+        assert two["train"][name] == pytest.approx(value, rel=1e-4), name
+    with pytest.raises(ValueError, match="cpu_lanes=3 must divide global_batch_size=4"):
+        _train(tiny_data, tmp_path / "three", "max_steps=1", "cpu_lanes=3")
+
+
 @pytest.mark.parametrize("name", list(README_COMMANDS))
 def test_readme_command_lines_start_training(name, tiny_data, tmp_path, capsys):
     """The README's overrides as given (bfloat16, its cycles and layers), on tiny data with a tiny width; the last
@@ -180,7 +203,7 @@ def test_kernels_recompute_and_memory_keys_reach_the_model(monkeypatch):
             shares = [m.recompute for m in state.model.modules() if hasattr(m, "recompute")]
             assert shares and all(s == share for s in shares)
             assert mx.get_memory_limit() == int(limit)
-            line = execution_summary(state.model)
+            line = execution_summary(state.model, config)
             assert f"fused kernels ({kernels})" in line
             assert f"recompute: {summary}; memory limit: {limit / 2**30:.1f} GiB" in line
     finally:

@@ -54,6 +54,26 @@ def use_fast_cpu_blas() -> str | None:
     return None
 
 
+def set_blas_threads(count: int) -> None:
+    """OpenBLAS's thread count for MLX's CPU matrix products (nothing for another BLAS)."""
+    if fast_blas_path is not None:
+        setter = getattr(ctypes.CDLL(fast_blas_path), "openblas_set_num_threads", None)
+        if setter is not None:
+            setter(count)
+
+
+# MLX evaluates a graph in one tape order, breadth-first up to this width (MLX_BFS_MAX_WIDTH, default 20): wide
+# enough, the tape interleaves the independent lanes of `trm_mlx.training.lanes`, so their CPU streams run at once.
+CPU_TAPE_WIDTH = 200
+
+
+def widen_cpu_tape() -> None:
+    """Set MLX_BFS_MAX_WIDTH (unless set) when MLX runs on the CPU; MLX reads it at its first evaluation. Not on a
+    GPU, where a wider tape could keep more intermediates alive (unmeasured there)."""
+    if backend() == "cpu":
+        os.environ.setdefault("MLX_BFS_MAX_WIDTH", str(CPU_TAPE_WIDTH))
+
+
 def backend() -> str:
     """'metal', 'cuda' or 'cpu': where MLX runs by default here."""
     import mlx.core as mx

@@ -53,9 +53,9 @@ class ACTLossHead(nn.Module):
     def initial_carry(self, batch: dict) -> dict:
         return self.model.initial_carry(batch)
 
-    def step(self, carry: dict, data: dict, puzzle_rows):
-        """One ACT step on merged data: (carry, summed loss, metrics, outputs)."""
-        carry, outputs = self.model.step(carry, data, puzzle_rows)
+    def step(self, carry: dict, data: dict, puzzle_rows, draws=None):
+        """One ACT step on merged data: (carry, summed loss, metrics, outputs); `draws` as `ACTModel.step`'s."""
+        carry, outputs = self.model.step(carry, data, puzzle_rows, draws)
         labels = carry["current_data"]["labels"]
         logits = outputs["logits"]
         q_halt = outputs["q_halt_logits"]

@@ -156,7 +156,12 @@ class ACTModel(nn.Module):
     def computes_target_q(self) -> bool:
         return not self.config.no_ACT_continue
 
-    def step(self, carry: dict, data: dict, puzzle_rows):
+    def draws_exploration(self) -> bool:
+        return self.adaptive_halting() and self.training
+
+    def step(self, carry: dict, data: dict, puzzle_rows, draws=None):
+        """One ACT step; `draws` are the exploration numbers of these rows when drawn elsewhere (CPU lanes),
+        else `exploration_draws` draws them."""
         cfg = self.config
         inner, logits, (q_halt, q_continue) = self.inner(carry["inner"], data, puzzle_rows)
         outputs = {"logits": logits, "q_halt_logits": q_halt, "q_continue_logits": q_continue}
@@ -166,8 +171,8 @@ class ACTModel(nn.Module):
         halted = is_last
         if self.adaptive_halting():
             halted = halted | mx.stop_gradient(self.halt_by_q(q_halt, q_continue))
-        if self.adaptive_halting() and self.training:
-            uniform, min_steps = self.exploration_draws(steps.shape[0])
+        if self.draws_exploration():
+            uniform, min_steps = draws if draws is not None else self.exploration_draws(steps.shape[0])
             halted = halted & (steps >= (uniform < cfg.halt_exploration_prob) * min_steps)
             if self.computes_target_q():
                 # The intended Q-continue target (HRM semantics); the original TRM crashes here (spec §2.9).

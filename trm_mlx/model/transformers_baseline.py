@@ -40,8 +40,8 @@ class TransformerBaseline(ACTModel):
     def computes_target_q(self) -> bool:
         return False  # the original's loss head never asks for it: row 1 of q_head sees only weight decay
 
-    def step(self, carry, data, puzzle_rows):
-        carry, outputs = super().step(carry, data, puzzle_rows)
+    def step(self, carry, data, puzzle_rows, draws=None):
+        carry, outputs = super().step(carry, data, puzzle_rows, draws)
         if self.adaptive_halting() and not self.training:
             outputs["actual_steps"] = carry["steps"].astype(mx.float32)
         return carry, outputs

@@ -35,10 +35,16 @@ from trm_mlx.training.distributed import (
     sum_metrics,
     watchdog_timeout,
 )
+from trm_mlx.training.lanes import make_lane_train_step
 from trm_mlx.training.logging import RunLogger
 from trm_mlx.training.optimizers import sparse_sign_sgd
 from trm_mlx.training.schedule import warmup_cosine_lr
 from trm_mlx.training.state import TrainState, create_train_state, num_params
+
+
+def cpu_lanes(config: PretrainConfig, group: mx.distributed.Group | None = None) -> int:
+    """The lanes the step's batch is split over (`trainer.lanes`): `cpu_lanes` on the CPU with one rank, else 1."""
+    return config.cpu_lanes if device.backend() == "cpu" and (group is None or group.size() == 1) else 1
 
 
 def make_train_step(state: TrainState, config: PretrainConfig, group: mx.distributed.Group | None = None):
@@ -54,6 +60,11 @@ def make_train_step(state: TrainState, config: PretrainConfig, group: mx.distrib
     metrics are summed, so every rank applies the update of the whole global batch and keeps identical weights.
     ACT exploration draws the global batch's random numbers on every rank, which keeps its own rows of them.
     """
+    lanes = cpu_lanes(config, group)
+    if lanes > 1:
+        if config.global_batch_size % lanes:
+            raise ValueError(f"cpu_lanes={lanes} must divide global_batch_size={config.global_batch_size}")
+        return make_lane_train_step(state, config, lanes)
     head, model, optimizer = state.head, state.model, state.optimizer
     scale = 1.0 / config.global_batch_size
     compiled_state = [head.state, mx.random.state] + ([optimizer.state] if optimizer is not None else [])
@@ -233,8 +244,9 @@ def resolve_names(config: PretrainConfig) -> PretrainConfig:
     return with_naming_defaults(config)
 
 
-def execution_summary(model) -> str:
-    """One line on how the step runs here: backend, fused kernels (self-checked now), block recomputation."""
+def execution_summary(model, config: PretrainConfig, group: mx.distributed.Group | None = None) -> str:
+    """One line on how the step runs here: backend, fused kernels (self-checked now), block recomputation, memory
+    limit, CPU lanes."""
     if device.backend() == "cpu":
         fast = device.kernel_mode() != "reference"
         kernels_line = "none; CPU fast paths (SwiGLU, attention, head split, token mixing)" if fast else "none"
@@ -244,7 +256,8 @@ def execution_summary(model) -> str:
     share = max((m.recompute for m in model.modules() if isinstance(m, ReasoningModule)), default=0.0)
     recompute = {0.0: "none", 1.0: "blocks"}.get(share, f"{share:g} of the blocks")
     return (f"backend: {device.describe()}; fused kernels ({device.kernel_mode()}): {kernels_line}; "
-            f"recompute: {recompute}; memory limit: {mx.get_memory_limit() / 2**30:.1f} GiB")
+            f"recompute: {recompute}; memory limit: {mx.get_memory_limit() / 2**30:.1f} GiB"
+            + (f"; CPU lanes: {cpu_lanes(config, group)}" if device.backend() == "cpu" else ""))
 
 
 def set_device(name: str) -> None:
@@ -287,7 +300,7 @@ def _train(config: PretrainConfig, show_progress: bool, group: mx.distributed.Gr
     train_data, eval_data = open_datasets(config, epochs_per_iter, log, group)
     evaluators = create_evaluators(config, eval_data, log)
     state = create_train_state(config, train_data.metadata, group)
-    log(execution_summary(state.model))
+    log(execution_summary(state.model, config, group))
     if config.resume is not None:
         load_train_state(find_train_state(config.resume), state, train_data, group)
     step_fn, compiled_state = make_train_step(state, config, group)

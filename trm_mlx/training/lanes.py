@@ -1,0 +1,90 @@
+"""The train step over batch lanes on the CPU: each lane a slice of the batch, its own compiled graph and stream.
+
+MLX runs a CPU stream's work on one thread (OpenBLAS threads only the matrix products), so a step compiled as one
+graph keeps one core busy with its element-wise work. Here the batch is split into `cpu_lanes` equal slices, and
+each slice's forward and backward is its own compiled graph on its own CPU stream, so the lanes run on separate
+cores (with one OpenBLAS thread each); the weight gradients are then summed and the optimizer step is one more
+compiled graph. The update is `make_train_step`'s up to the order of the gradient sums: the ACT exploration numbers
+of the whole batch are drawn as it draws them, before the lanes take their rows. The lanes run at once only if
+MLX's evaluation tape interleaves them, which `device.widen_cpu_tape` sets up when trm_mlx is imported on the CPU
+(docs/BENCHMARKS.md, "CPU lanes").
+"""
+
+import mlx.core as mx
+from mlx.utils import tree_map
+
+from trm_mlx import device
+from trm_mlx.training.optimizers import sparse_sign_sgd
+
+
+def lane_slice(tree, lane: int, size: int):
+    """Rows [lane * size, (lane + 1) * size) of every array in `tree` (each has the batch as its first axis)."""
+    return tree_map(lambda a: a[lane * size : (lane + 1) * size], tree)
+
+
+def make_lane_train_step(state, config, lanes: int):
+    """``make_train_step``'s ``(step_fn, compiled_state)`` with the batch split over `lanes` CPU lanes."""
+    head, model, optimizer = state.head, state.model, state.optimizer
+    scale = 1.0 / config.global_batch_size
+    device.set_blas_threads(1)
+    streams = [mx.new_stream(mx.cpu) for _ in range(lanes)]
+
+    def lane_graph():
+        def run(carry, data, rows, draws):
+            def loss_fn(params, rows):
+                head.update(params)
+                new_carry, loss, metrics, _ = head.step(carry, data, rows, draws)
+                return scale * loss, (new_carry, metrics)
+
+            params = head.trainable_parameters()
+            argnums = tuple(i for i, wanted in enumerate((optimizer is not None, rows is not None)) if wanted)
+            (_, (carry, metrics)), grads = mx.value_and_grad(loss_fn, argnums=argnums)(params, rows)
+            head.update(params)
+            return carry, metrics, grads if len(argnums) > 1 else (grads,)
+
+        return mx.compile(run, inputs=[head.state])
+
+    graphs = [lane_graph() for _ in range(lanes)]
+    compiled_state = [head.state, mx.random.state] + ([optimizer.state] if optimizer is not None else [])
+
+    def begin_step(carry, batch):
+        """make_train_step's first part, and the whole batch's exploration numbers, drawn as it draws them."""
+        carry, data = model.begin_step(carry, batch)
+        draws = model.exploration_draws(data["inputs"].shape[0]) if model.draws_exploration() else None
+        return carry, data, model.gather_puzzle_rows(data), draws
+
+    begin = mx.compile(begin_step, inputs=[head.state, mx.random.state], outputs=[mx.random.state])
+
+    def apply(grads, ids, lr, puzzle_lr):
+        """The one-graph step's updates: AdamATan2 on the weight gradients, sign-SGD on the batch's puzzle rows."""
+        grads = list(grads)
+        if optimizer is not None:
+            optimizer.learning_rate = lr
+            params = head.trainable_parameters()
+            head.update(optimizer.apply_gradients(grads.pop(0), params))
+        if grads:
+            emb = model.puzzle_emb
+            emb.weights = sparse_sign_sgd(emb.weights, ids, grads[0], puzzle_lr, config.puzzle_emb_weight_decay)
+
+    update = mx.compile(apply, inputs=compiled_state, outputs=compiled_state)
+
+    def step(carry, batch, lr, puzzle_lr):
+        carry, data, rows, draws = begin(carry, batch)
+        size = data["inputs"].shape[0] // lanes
+        results = []
+        for index, (stream, graph) in enumerate(zip(streams, graphs)):
+            lane = [carry, data, rows, draws]
+            with mx.stream(stream):
+                results.append(graph(*(None if x is None else lane_slice(x, index, size) for x in lane)))
+        carries, metrics, grads = zip(*results)
+        carry = tree_map(lambda *parts: mx.concatenate(parts), *carries)
+        metrics = tree_map(lambda *parts: sum(parts[1:], parts[0]), *metrics)
+        batch_grads = []  # the whole batch's: weight gradients summed, puzzle-row gradients in row order
+        if optimizer is not None:
+            batch_grads.append(tree_map(lambda *parts: sum(parts[1:], parts[0]), *(g[0] for g in grads)))
+        if rows is not None:
+            batch_grads.append(mx.concatenate([g[-1] for g in grads]))
+        update(batch_grads, data["puzzle_identifiers"], lr, puzzle_lr)
+        return carry, metrics
+
+    return step, compiled_state
