@@ -54,6 +54,11 @@ def use_fast_cpu_blas() -> str | None:
     return None
 
 
+def cpu_cores() -> int:
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def set_blas_threads(count: int) -> None:
     """OpenBLAS's thread count for MLX's CPU matrix products (nothing for another BLAS)."""
     if fast_blas_path is not None:

@@ -3,7 +3,7 @@
 MLX runs a CPU stream's work on one thread (OpenBLAS threads only the matrix products), so a step compiled as one
 graph keeps one core busy with its element-wise work. Here the batch is split into `cpu_lanes` equal slices, and
 each slice's forward and backward is its own compiled graph on its own CPU stream, so the lanes run on separate
-cores (with one OpenBLAS thread each); the weight gradients are then summed and the optimizer step is one more
+cores (with their share of OpenBLAS's threads); the weight gradients are then summed and the optimizer step is one more
 compiled graph. The update is `make_train_step`'s up to the order of the gradient sums: the ACT exploration numbers
 of the whole batch are drawn as it draws them, before the lanes take their rows. The lanes run at once only if
 MLX's evaluation tape interleaves them, which `device.widen_cpu_tape` sets up when trm_mlx is imported on the CPU
@@ -26,7 +26,7 @@ def make_lane_train_step(state, config, lanes: int):
     """``make_train_step``'s ``(step_fn, compiled_state)`` with the batch split over `lanes` CPU lanes."""
     head, model, optimizer = state.head, state.model, state.optimizer
     scale = 1.0 / config.global_batch_size
-    device.set_blas_threads(1)
+    device.set_blas_threads(max(1, device.cpu_cores() // lanes))  # the cores shared out (measured on 2 of them)
     streams = [mx.new_stream(mx.cpu) for _ in range(lanes)]
 
     def lane_graph():
