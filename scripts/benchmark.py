@@ -181,7 +181,9 @@ def run_mlx(run: dict, progress: Progress) -> None:
     from trm_mlx.evaluation.loop import compiled_eval_step
     from trm_mlx.training.config import PretrainConfig
     from trm_mlx.training.state import create_train_state
-    from trm_mlx.training.trainer import execution_summary, make_train_step, reduce_train_metrics, train_batch
+    from trm_mlx.training.trainer import (
+        cpu_lanes, execution_summary, make_train_step, reduce_train_metrics, train_batch,
+    )
 
     start = time.perf_counter()
     config = PretrainConfig(**{**run["config"], "load_checkpoint": run["initial_weights"]})
@@ -213,7 +215,7 @@ def run_mlx(run: dict, progress: Progress) -> None:
     if run["eval_batches"]:
         head = state.head
         head.model.eval()
-        eval_step = compiled_eval_step(head)
+        eval_step = compiled_eval_step(head, cpu_lanes(config))
         mx.reset_peak_memory()
 
         def eval_batch(i):  # as trm_mlx.evaluation.loop.evaluate

@@ -132,6 +132,39 @@ def test_cpu_lanes_train_as_one_graph(arch, tiny_data, tmp_path):
         _train(tiny_data, tmp_path / "three", "max_steps=1", "cpu_lanes=3")
 
 
+def test_cpu_lanes_evaluate_as_one_graph():
+    """The evaluation step over two CPU lanes gives the one-graph step's carry, metrics and outputs through the
+    whole ACT loop; a batch that does not split evenly runs as one graph."""
+    from test_model import tiny_arch
+    from trm_mlx.evaluation.loop import compiled_eval_step
+    from trm_mlx.model import ACTLossHead, create_model
+
+    mx.set_default_device(mx.cpu)
+    mx.random.seed(0)
+    head = ACTLossHead(create_model(tiny_arch(halt_max_steps=3)))
+    head.model.eval()
+    rng = np.random.default_rng(0)
+    for rows in (6, 5):
+        batch = {
+            "inputs": mx.array(rng.integers(1, 11, (rows, 32)).astype(np.int32)),
+            "labels": mx.array(rng.integers(1, 11, (rows, 32)).astype(np.int32)),
+            "puzzle_identifiers": mx.array(rng.integers(0, 3, (rows,)).astype(np.int32)),
+        }
+        results = []
+        for lanes in (1, 2):
+            step, carry = compiled_eval_step(head, lanes), head.initial_carry(batch)
+            for _ in range(3):
+                carry, metrics, outputs = step(carry, batch)
+            results.append((carry, metrics, outputs))
+        (carry, metrics, outputs), (carry2, metrics2, outputs2) = results
+        assert np.array_equal(np.array(carry2["halted"]), np.array(carry["halted"]))
+        assert np.array_equal(np.array(outputs2["preds"]), np.array(outputs["preds"]))
+        np.testing.assert_allclose(np.array(outputs2["q_halt_logits"]), np.array(outputs["q_halt_logits"]), rtol=1e-5,
+                                   atol=1e-6)
+        for name, value in metrics.items():
+            assert metrics2[name].item() == pytest.approx(value.item(), rel=1e-5, abs=1e-6), name
+
+
 @pytest.mark.parametrize("name", list(README_COMMANDS))
 def test_readme_command_lines_start_training(name, tiny_data, tmp_path, capsys):
     """The README's overrides as given (bfloat16, its cycles and layers), on tiny data with a tiny width; the last

@@ -13,19 +13,35 @@ from tqdm import tqdm
 from trm_mlx.data.dataset import PuzzleDataset
 from trm_mlx.evaluation.gather import all_gather_objects
 from trm_mlx.evaluation.preds import save_predictions
+from trm_mlx.lanes import Lanes, add, concatenate_rows
 
 STEP_OUTPUTS = ("preds", "q_halt_logits")
 SAVABLE = ("inputs", "labels", "puzzle_identifiers", *STEP_OUTPUTS)
 
 
-def compiled_eval_step(head):
-    """One ACT step of the loss head as a compiled function of (carry, batch); the weights are implicit inputs."""
+def compiled_eval_step(head, lanes: int = 1):
+    """One ACT step of the loss head as a compiled function of (carry, batch); the weights are implicit inputs.
+
+    With `lanes` > 1, a batch whose rows split evenly runs over that many CPU lanes (`trm_mlx.lanes`).
+    """
 
     def eval_step(carry, batch):
         carry, _loss, metrics, outputs, _all_halted = head(carry, batch)
         return carry, metrics, {key: outputs[key] for key in STEP_OUTPUTS}
 
-    return mx.compile(eval_step, inputs=head.state)
+    whole = mx.compile(eval_step, inputs=head.state)
+    if lanes == 1:
+        return whole
+    runner = Lanes(lanes)
+    graphs = [mx.compile(eval_step, inputs=head.state) for _ in range(lanes)]
+
+    def lane_step(carry, batch):
+        if batch["inputs"].shape[0] % lanes:
+            return whole(carry, batch)
+        carries, metrics, outputs = zip(*runner.run(graphs, carry, batch))
+        return concatenate_rows(carries), add(metrics), concatenate_rows(outputs)
+
+    return lane_step
 
 
 def predictions_file_name(rank: int, step: int | None) -> str:
@@ -41,12 +57,14 @@ def evaluate(
     step: int | None = None,
     group: mx.distributed.Group | None = None,
     progress: bool = True,
+    lanes: int = 1,
 ) -> dict:
     """Metrics `{set: {accuracy, exact_accuracy, lm_loss, q_halt_accuracy, q_halt_loss, steps}, evaluator keys...,
     examples, examples_per_second}` (the same on every rank).
 
     With `save_dir`: the `save_outputs` arrays go to `predictions_file_name(rank, step)` and each evaluator saves
     into `save_dir` (or `save_dir/evaluator_<name>_step_<step>` when a training `step` is given, as the original).
+    `lanes`: see `compiled_eval_step`.
     """
     unknown = sorted(set(save_outputs) - set(SAVABLE))
     if unknown:
@@ -56,7 +74,7 @@ def evaluate(
     rank = group.rank() if group is not None else 0
     for evaluator in evaluators:
         evaluator.begin_eval()
-    eval_step = compiled_eval_step(head)
+    eval_step = compiled_eval_step(head, lanes)
     sums: dict[str, dict[str, float]] = {name: {} for name in dataset.sets}
     saved: dict[str, list[np.ndarray]] = {key: [] for key in save_outputs}
     num_batches = sum(math.ceil(len(s.inputs) / dataset.global_batch_size) for s in dataset.sets.values())

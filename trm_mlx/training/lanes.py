@@ -1,33 +1,23 @@
-"""The train step over batch lanes on the CPU: each lane a slice of the batch, its own compiled graph and stream.
+"""The train step over CPU lanes (`trm_mlx.lanes`): each lane's forward and backward its own compiled graph.
 
-MLX runs a CPU stream's work on one thread (OpenBLAS threads only the matrix products), so a step compiled as one
-graph keeps one core busy with its element-wise work. Here the batch is split into `cpu_lanes` equal slices, and
-each slice's forward and backward is its own compiled graph on its own CPU stream, so the lanes run on separate
-cores (with their share of OpenBLAS's threads); the weight gradients are then summed and the optimizer step is one more
-compiled graph. The update is `make_train_step`'s up to the order of the gradient sums: the ACT exploration numbers
-of the whole batch are drawn as it draws them, before the lanes take their rows. The lanes run at once only if
-MLX's evaluation tape interleaves them, which `device.widen_cpu_tape` sets up when trm_mlx is imported on the CPU
-(docs/BENCHMARKS.md, "CPU lanes").
+The weight gradients of the lanes are summed and the optimizer step is one more compiled graph. The update is
+`make_train_step`'s up to the order of the gradient sums: the ACT exploration numbers of the whole batch are drawn
+as it draws them, before the lanes take their rows.
 """
 
 import mlx.core as mx
-from mlx.utils import tree_map
 
 from trm_mlx import device
+from trm_mlx.lanes import Lanes, add, concatenate_rows
 from trm_mlx.training.optimizers import sparse_sign_sgd
 
 
-def lane_slice(tree, lane: int, size: int):
-    """Rows [lane * size, (lane + 1) * size) of every array in `tree` (each has the batch as its first axis)."""
-    return tree_map(lambda a: a[lane * size : (lane + 1) * size], tree)
-
-
-def make_lane_train_step(state, config, lanes: int):
-    """``make_train_step``'s ``(step_fn, compiled_state)`` with the batch split over `lanes` CPU lanes."""
+def make_lane_train_step(state, config, count: int):
+    """``make_train_step``'s ``(step_fn, compiled_state)`` with the batch split over `count` CPU lanes."""
     head, model, optimizer = state.head, state.model, state.optimizer
     scale = 1.0 / config.global_batch_size
-    device.set_blas_threads(max(1, device.cpu_cores() // lanes))  # the cores shared out (measured on 2 of them)
-    streams = [mx.new_stream(mx.cpu) for _ in range(lanes)]
+    device.set_blas_threads(max(1, device.cpu_cores() // count))  # the cores shared out (measured on 2 of them)
+    lanes = Lanes(count)
 
     def lane_graph():
         def run(carry, data, rows, draws):
@@ -44,7 +34,7 @@ def make_lane_train_step(state, config, lanes: int):
 
         return mx.compile(run, inputs=[head.state])
 
-    graphs = [lane_graph() for _ in range(lanes)]
+    graphs = [lane_graph() for _ in range(count)]
     compiled_state = [head.state, mx.random.state] + ([optimizer.state] if optimizer is not None else [])
 
     def begin_step(carry, batch):
@@ -70,21 +60,13 @@ def make_lane_train_step(state, config, lanes: int):
 
     def step(carry, batch, lr, puzzle_lr):
         carry, data, rows, draws = begin(carry, batch)
-        size = data["inputs"].shape[0] // lanes
-        results = []
-        for index, (stream, graph) in enumerate(zip(streams, graphs)):
-            lane = [carry, data, rows, draws]
-            with mx.stream(stream):
-                results.append(graph(*(None if x is None else lane_slice(x, index, size) for x in lane)))
-        carries, metrics, grads = zip(*results)
-        carry = tree_map(lambda *parts: mx.concatenate(parts), *carries)
-        metrics = tree_map(lambda *parts: sum(parts[1:], parts[0]), *metrics)
+        carries, metrics, grads = zip(*lanes.run(graphs, carry, data, rows, draws))
         batch_grads = []  # the whole batch's: weight gradients summed, puzzle-row gradients in row order
         if optimizer is not None:
-            batch_grads.append(tree_map(lambda *parts: sum(parts[1:], parts[0]), *(g[0] for g in grads)))
+            batch_grads.append(add([g[0] for g in grads]))
         if rows is not None:
-            batch_grads.append(mx.concatenate([g[-1] for g in grads]))
+            batch_grads.append(concatenate_rows([g[-1] for g in grads]))
         update(batch_grads, data["puzzle_identifiers"], lr, puzzle_lr)
-        return carry, metrics
+        return concatenate_rows(carries), add(metrics)
 
     return step, compiled_state

@@ -223,6 +223,7 @@ def evaluate_and_checkpoint(
             metrics = evaluate(
                 state.head, HeartbeatDataset(eval_data, watchdog), evaluators, save_outputs=config.eval_save_outputs,
                 save_dir=config.checkpoint_path, step=state.step, group=group, progress=False,
+                lanes=cpu_lanes(config, group),
             )
             logger.evaluation(metrics, state.step)
         if save and group.rank() == 0:
