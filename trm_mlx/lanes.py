@@ -9,6 +9,14 @@ step (`training/lanes.py`) and the evaluation loop; figures in docs/BENCHMARKS.m
 import mlx.core as mx
 from mlx.utils import tree_map
 
+from trm_mlx import device
+
+
+def count_here(requested: int, group: mx.distributed.Group | None = None) -> int:
+    """The lanes to run: `requested` on the CPU backend in a single process, else 1 (a GPU runs its step as one
+    graph, and ranks already split the batch)."""
+    return requested if device.backend() == "cpu" and (group is None or group.size() == 1) else 1
+
 
 class Lanes:
     """`count` CPU streams, each running its own copy of a compiled function on its slice of the batch rows."""

@@ -92,12 +92,13 @@ def expected_set_metrics(model, data_dir: Path, batch_size: int) -> tuple[dict, 
     return {k: v / counted.sum() for k, v in metrics.items()}, real
 
 
-def test_sudoku_native_checkpoint_end_to_end(sudoku_build, tmp_path):
+@pytest.mark.parametrize("lanes", [1, 2], ids=["one_graph", "cpu_lanes"])
+def test_sudoku_native_checkpoint_end_to_end(lanes, sudoku_build, tmp_path):
     checkpoint = native_checkpoint(tmp_path, sudoku_build)
     out_dir = tmp_path / "out"
     cfg = EvalConfig(
         checkpoint=str(checkpoint), data_paths=[str(sudoku_build)], global_batch_size=16, output_dir=str(out_dir),
-        save_outputs=SAVE_ALL, progress=False,
+        save_outputs=SAVE_ALL, progress=False, cpu_lanes=lanes,
     )  # fmt: skip
     metrics = run(cfg)
     assert json.loads((out_dir / "metrics.json").read_text()) == metrics

@@ -24,6 +24,7 @@ from trm_mlx.evaluation.arc import ARCEvaluator, write_json_atomic
 from trm_mlx.evaluation.evaluators import create_evaluator, default_evaluator_names
 from trm_mlx.evaluation.loop import evaluate
 from trm_mlx.evaluation.preds import load_predictions
+from trm_mlx.lanes import count_here
 from trm_mlx.model import ACTLossHead, create_model
 from trm_mlx.training.checkpointing import ARRAYS_FILE, find_train_state, read_train_state_meta
 from trm_mlx.training.config import hydra_config_path
@@ -49,6 +50,7 @@ class EvalConfig(pydantic.BaseModel):
     render: bool = False
     render_limit: int = pydantic.Field(20, ge=0)
     device: Literal["auto", "cpu", "gpu"] = "auto"
+    cpu_lanes: int = pydantic.Field(1, ge=1)
     progress: bool = True
 
     @pydantic.model_validator(mode="after")
@@ -142,7 +144,8 @@ def _evaluate_checkpoint(cfg: EvalConfig, output_dir: Path, group: mx.distribute
         )
     evaluators = _make_evaluators(cfg, dataset.metadata)
     metrics = evaluate(
-        head, dataset, evaluators, cfg.save_outputs, save_dir=output_dir, group=group, progress=cfg.progress
+        head, dataset, evaluators, cfg.save_outputs, save_dir=output_dir, group=group, progress=cfg.progress,
+        lanes=count_here(cfg.cpu_lanes, group),
     )
     return metrics, evaluators
 

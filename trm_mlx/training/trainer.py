@@ -13,6 +13,7 @@ from trm_mlx.data.builtin import DEFAULT_PATH as BUILTIN_SUDOKU_PATH
 from trm_mlx.data.builtin import ensure_builtin_sudoku
 from trm_mlx.evaluation.evaluators import create_evaluator
 from trm_mlx.evaluation.loop import evaluate
+from trm_mlx.lanes import count_here
 from trm_mlx.model.layers import ReasoningModule
 from trm_mlx.training.checkpointing import (
     find_train_state,
@@ -43,8 +44,8 @@ from trm_mlx.training.state import TrainState, create_train_state, num_params
 
 
 def cpu_lanes(config: PretrainConfig, group: mx.distributed.Group | None = None) -> int:
-    """The lanes the step's batch is split over (`trainer.lanes`): `cpu_lanes` on the CPU with one rank, else 1."""
-    return config.cpu_lanes if device.backend() == "cpu" and (group is None or group.size() == 1) else 1
+    """The lanes the step's batch is split over (`training/lanes.py`)."""
+    return count_here(config.cpu_lanes, group)
 
 
 def make_train_step(state: TrainState, config: PretrainConfig, group: mx.distributed.Group | None = None):
