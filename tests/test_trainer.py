@@ -109,7 +109,12 @@ def test_resume_continues_bit_exactly(tiny_data, tmp_path):
     assert (tmp_path / "straight" / "step_8").read_bytes() == (tmp_path / "resumed" / "step_8").read_bytes()
 
 
-@pytest.mark.parametrize("arch", [[], ["arch.mlp_t=True", "arch.pos_encodings=none"]], ids=["attention", "mlp_t"])
+@pytest.mark.parametrize(
+    "arch",
+    [[], ["arch.mlp_t=True", "arch.pos_encodings=none"], ["freeze_weights=True"],
+     ["arch.puzzle_emb_ndim=0", "arch.puzzle_emb_len=0"]],
+    ids=["attention", "mlp_t", "freeze_weights", "no_puzzle_embedding"],
+)  # fmt: skip
 def test_cpu_lanes_train_as_one_graph(arch, tiny_data, tmp_path):
     """`cpu_lanes=2` (the batch split over two CPU streams, each its own compiled graph) trains as the one-graph
     step: the same exploration draws, halting and random state, the weights equal up to the order of the gradient
