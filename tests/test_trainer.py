@@ -88,12 +88,13 @@ def _saved_state(checkpoint_path: Path) -> tuple[dict, str]:
     return mx.load(str(state_dir / ARRAYS_FILE)), (state_dir / STATE_FILE).read_text()
 
 
-def test_resume_continues_bit_exactly(tiny_data, tmp_path):
+@pytest.mark.parametrize("lanes", ["cpu_lanes=1", "cpu_lanes=2"], ids=["one_graph", "cpu_lanes"])
+def test_resume_continues_bit_exactly(lanes, tiny_data, tmp_path):
     # 16 steps in all, evaluation + checkpoint after steps 8 and 16; stop at 5 (mid-iteration), resume to 11.
-    straight = _train(tiny_data, tmp_path / "straight", "max_steps=11")
-    _train(tiny_data, tmp_path / "resumed", "max_steps=5")
+    straight = _train(tiny_data, tmp_path / "straight", "max_steps=11", lanes)
+    _train(tiny_data, tmp_path / "resumed", "max_steps=5", lanes)
     assert find_train_state(tmp_path / "resumed").name == "train_state_step_5"
-    resumed = _train(tiny_data, tmp_path / "resumed", "max_steps=11", f"resume={tmp_path / 'resumed'}")
+    resumed = _train(tiny_data, tmp_path / "resumed", "max_steps=11", f"resume={tmp_path / 'resumed'}", lanes)
     assert straight["step"] == resumed["step"] == 11
 
     expected, expected_meta = _saved_state(tmp_path / "straight")
