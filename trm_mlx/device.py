@@ -68,7 +68,7 @@ def set_blas_threads(count: int) -> None:
 
 
 # MLX evaluates a graph in one tape order, breadth-first up to this width (MLX_BFS_MAX_WIDTH, default 20): wide
-# enough, the tape interleaves the independent lanes of `trm_mlx.training.lanes`, so their CPU streams run at once.
+# enough, the tape interleaves the independent lanes of `trm_mlx.lanes`, so their CPU streams run at once.
 CPU_TAPE_WIDTH = 200
 
 

@@ -7,7 +7,7 @@ step (`training/lanes.py`) and the evaluation loop; figures in docs/BENCHMARKS.m
 """
 
 import mlx.core as mx
-from mlx.utils import tree_map
+from mlx.utils import tree_flatten, tree_map
 
 from trm_mlx import device
 
@@ -37,9 +37,7 @@ class Lanes:
 
 def rows(trees) -> int:
     """The batch size: the first axis of the first array in `trees`."""
-    found = []
-    tree_map(lambda a: found.append(a.shape[0]), [t for t in trees if t is not None])
-    return found[0]
+    return next(a for t in trees if t is not None for _, a in tree_flatten(t)).shape[0]
 
 
 def slice_rows(tree, lane: int, size: int):
