@@ -38,9 +38,9 @@ from trm_mlx.training.distributed import (
 )
 from trm_mlx.training.lanes import make_lane_train_step
 from trm_mlx.training.logging import RunLogger
-from trm_mlx.training.optimizers import sparse_sign_sgd
 from trm_mlx.training.schedule import warmup_cosine_lr
 from trm_mlx.training.state import TrainState, create_train_state, num_params
+from trm_mlx.training.step import apply_updates, gradients
 
 
 def cpu_lanes(config: PretrainConfig, group: mx.distributed.Group | None = None) -> int:
@@ -75,31 +75,15 @@ def make_train_step(state: TrainState, config: PretrainConfig, group: mx.distrib
 
     def step(carry, batch, lr, puzzle_lr):
         carry, data = model.begin_step(carry, batch)
-        rows = model.gather_puzzle_rows(data)
-
-        def loss_fn(params, rows):
-            head.update(params)
-            new_carry, loss, metrics, _ = head.step(carry, data, rows)
-            return scale * loss, (new_carry, metrics)
-
-        params = head.trainable_parameters()
-        argnums = tuple(i for i, wanted in enumerate((optimizer is not None, rows is not None)) if wanted)
-        (_, (carry, metrics)), grads = mx.value_and_grad(loss_fn, argnums=argnums)(params, rows)
-        grads = dict(zip(argnums, grads if len(argnums) > 1 else (grads,)))
+        carry, metrics, grads = gradients(head, optimizer, carry, data, model.gather_puzzle_rows(data), scale)
+        ids = data["puzzle_identifiers"]
         if parallel:
             metrics = sum_metrics(metrics, group)
-
-        head.update(params)  # drop the traced copies loss_fn installed
-        if optimizer is not None:
-            optimizer.learning_rate = lr
-            weight_grads = sum_gradients(grads[0], group) if parallel else grads[0]
-            head.update(optimizer.apply_gradients(weight_grads, params))
-        if rows is not None:
-            ids, row_grads = data["puzzle_identifiers"], grads[1]
-            if parallel:
-                ids, row_grads = all_gather(ids, group), all_gather(row_grads, group)
-            emb = model.puzzle_emb
-            emb.weights = sparse_sign_sgd(emb.weights, ids, row_grads, puzzle_lr, config.puzzle_emb_weight_decay)
+            if "weights" in grads:
+                grads["weights"] = sum_gradients(grads["weights"], group)
+            if "rows" in grads:
+                ids, grads["rows"] = all_gather(ids, group), all_gather(grads["rows"], group)
+        apply_updates(head, optimizer, grads, ids, lr, puzzle_lr, config.puzzle_emb_weight_decay)
         return carry, metrics
 
     return mx.compile(step, inputs=compiled_state, outputs=compiled_state), compiled_state
