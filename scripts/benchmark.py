@@ -177,7 +177,7 @@ def run_mlx(run: dict, progress: Progress) -> None:
     import mlx.core as mx
 
     from trm_mlx.data.metadata import PuzzleDatasetMetadata
-    from trm_mlx.device import describe
+    from trm_mlx import device
     from trm_mlx.evaluation.loop import compiled_eval_step
     from trm_mlx.training.config import PretrainConfig
     from trm_mlx.training.state import create_train_state
@@ -187,12 +187,13 @@ def run_mlx(run: dict, progress: Progress) -> None:
 
     start = time.perf_counter()
     config = PretrainConfig(**{**run["config"], "load_checkpoint": run["initial_weights"]})
+    device.select(config.device)
     batch_size = config.global_batch_size
     state = create_train_state(config, PuzzleDatasetMetadata(**run["metadata"]))
     progress(execution=execution_summary(state.model, config))
     on_cpu = mx.default_device() == mx.cpu
     name = cpu_name() if on_cpu else str(mx.device_info().get("device_name", "GPU"))
-    progress(device=f"{name} [mlx {mx.__version__}, {describe()}]", memory="peak RSS" if on_cpu else "device",
+    progress(device=f"{name} [mlx {mx.__version__}, {device.describe()}]", memory="peak RSS" if on_cpu else "device",
              setup_s=time.perf_counter() - start)
     step_fn, compiled_state = make_train_step(state, config)
     batches = synthetic_batches(PRESETS[run["preset"]], batch_size, run["num_batches"])
@@ -240,7 +241,7 @@ def run_torch(run: dict, compiled: bool, progress: Progress) -> None:
     if compiled:
         os.environ["TRM_LEGACY_COMPILE"] = "1"  # read by legacy.pretrain.create_model
     start = time.perf_counter()
-    device = lp.default_device()
+    device = torch.device("cpu") if run["config"].get("device") == "cpu" else lp.default_device()
     cuda = device.type == "cuda"
     config = lp.PretrainConfig(**{**run["config"], "load_checkpoint": run["initial_weights"]})
     batch_size = config.global_batch_size
@@ -382,21 +383,21 @@ def run_worker(impl: str, run: dict, work_dir: Path, timeout: float | None) -> d
     return {"impl": impl, "preset": run["preset"], "error": error or "no result written", "reached": reached}
 
 
-def cuda_available() -> bool:
+def torch_cuda() -> bool | None:
+    """Whether PyTorch sees a CUDA GPU; None without PyTorch."""
     try:
         import torch
     except ImportError:
-        return False
+        return None
     return torch.cuda.is_available()
 
 
 def default_impls() -> list[str]:
     """trm_mlx and eager PyTorch, plus torch.compile where it is practical (CUDA); trm_mlx alone without torch."""
-    try:
-        import torch
-    except ImportError:
+    cuda = torch_cuda()
+    if cuda is None:
         return ["mlx"]
-    return list(IMPLS) if torch.cuda.is_available() else ["mlx", "torch"]
+    return list(IMPLS) if cuda else ["mlx", "torch"]
 
 
 def benchmark(args) -> list[dict]:
@@ -464,7 +465,7 @@ def parse_args(argv: list[str] | None):
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 1 or args.eval_batches < 0 or args.trace < 0:
         parser.error("--steps and --warmup must be at least 1, --eval-batches and --trace at least 0")
-    if args.trace and not cuda_available():
+    if args.trace and not torch_cuda():
         parser.error("--trace records CUDA kernels through PyTorch's profiler: it needs torch and a CUDA GPU")
     return args
 

@@ -76,7 +76,7 @@ def test_synthetic_batches_have_the_loader_layout():
 def test_cpu_run_reports_both_implementations(tmp_path, capsys):
     out = tmp_path / "bench.jsonl"
     argv = ["--preset", "tiny", "--batch", "4", "--steps", "2", "--warmup", "1", "--eval-batches", "1",
-            "--impl", "mlx", "torch", "--out", str(out), *SMALL_ARCH]
+            "--impl", "mlx", "torch", "--out", str(out), *SMALL_ARCH, "device=cpu"]  # both on the CPU, even with a GPU
     assert benchmark.main(argv) == 0
 
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
@@ -89,6 +89,7 @@ def test_cpu_run_reports_both_implementations(tmp_path, capsys):
         assert line["eval_examples_per_s"] == pytest.approx(4 / line["eval_batch_s"], rel=1e-3, abs=0.1)
         assert line["peak_memory_gib"] > 0.05
     assert "mlx" in ours["device"] and "torch" in theirs["device"]
+    assert ours["execution"].startswith("backend: cpu") and theirs["device"].split(" [")[0].endswith("threads")
     ratio = summary["ratios"]["mlx_vs_torch"]
     assert ratio["train_speed"] == pytest.approx(ours["train_examples_per_s"] / theirs["train_examples_per_s"], rel=1e-2)
     assert ratio["eval_speed"] == pytest.approx(ours["eval_examples_per_s"] / theirs["eval_examples_per_s"], rel=1e-2)

@@ -279,3 +279,15 @@ def test_the_blas_line_names_the_openblas_kernels():
     forced_core, forced_line = run({**base, "OPENBLAS_CORETYPE": "Sandybridge"})
     assert forced_core == "Sandybridge"
     assert "OpenBLAS Sandybridge kernels forced by OPENBLAS_CORETYPE" in forced_line
+
+
+def test_choosing_the_cpu_widens_the_tape_for_lanes(monkeypatch):
+    """`device=cpu` on a machine whose default is a GPU: the tape width that lets CPU lanes run at once is set when
+    the CPU is chosen (importing trm_mlx only sets it where the CPU is already the default); a user's value stays."""
+    monkeypatch.delenv("MLX_BFS_MAX_WIDTH", raising=False)
+    device.select("cpu")
+    assert mx.default_device() == mx.cpu
+    assert os.environ["MLX_BFS_MAX_WIDTH"] == str(device.CPU_TAPE_WIDTH)
+    monkeypatch.setenv("MLX_BFS_MAX_WIDTH", "64")
+    device.select("cpu")
+    assert os.environ["MLX_BFS_MAX_WIDTH"] == "64"

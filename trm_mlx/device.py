@@ -79,6 +79,16 @@ def widen_cpu_tape() -> None:
         os.environ.setdefault("MLX_BFS_MAX_WIDTH", str(CPU_TAPE_WIDTH))
 
 
+def select(name: str) -> None:
+    """Make `name` (`cpu`, `gpu`; `auto` keeps MLX's choice) the default device. Call it before MLX's first
+    evaluation: choosing the CPU also widens the tape (`widen_cpu_tape`), which MLX reads then."""
+    import mlx.core as mx
+
+    if name in ("cpu", "gpu"):
+        mx.set_default_device(mx.cpu if name == "cpu" else mx.gpu)
+    widen_cpu_tape()
+
+
 def backend() -> str:
     """'metal', 'cuda' or 'cpu': where MLX runs by default here."""
     import mlx.core as mx

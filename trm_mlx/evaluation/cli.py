@@ -7,7 +7,7 @@ rank evaluates its slice of each batch, rank 0 writes the results.
 import json
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal, Union
 
 import hydra
 import mlx.core as mx
@@ -15,6 +15,7 @@ import pydantic
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from trm_mlx import device
 from trm_mlx.checkpoint import load_weights_into, read_all_config, read_weights
 from trm_mlx.checkpoint.original import arch_from_original
 from trm_mlx.data.dataset import PuzzleDataset
@@ -50,7 +51,7 @@ class EvalConfig(pydantic.BaseModel):
     render: bool = False
     render_limit: int = pydantic.Field(20, ge=0)
     device: Literal["auto", "cpu", "gpu"] = "auto"
-    cpu_lanes: int = pydantic.Field(1, ge=1)
+    cpu_lanes: Union[Literal["auto"], Annotated[int, pydantic.Field(ge=1)]] = "auto"
     progress: bool = True
 
     @pydantic.model_validator(mode="after")
@@ -178,8 +179,7 @@ def _write_report(cfg: EvalConfig, output_dir: Path, evaluators) -> Path:
 
 def run(cfg: EvalConfig) -> dict:
     """Evaluate (or re-score), write metrics.json (and submission.json, the report) on rank 0; return the metrics."""
-    if cfg.device != "auto":
-        mx.set_default_device(mx.cpu if cfg.device == "cpu" else mx.gpu)
+    device.select(cfg.device)
     group = mx.distributed.init()
     output_dir = Path(cfg.output_dir) if cfg.output_dir else cfg.default_output_dir()
     if cfg.preds is not None:

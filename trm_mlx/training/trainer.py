@@ -45,7 +45,7 @@ from trm_mlx.training.step import apply_updates, gradients
 
 def cpu_lanes(config: PretrainConfig, group: mx.distributed.Group | None = None) -> int:
     """The lanes the step's batch is split over (`training/lanes.py`)."""
-    return count_here(config.cpu_lanes, group)
+    return count_here(config.cpu_lanes, group, config.global_batch_size)
 
 
 def make_train_step(state: TrainState, config: PretrainConfig, group: mx.distributed.Group | None = None):
@@ -246,13 +246,6 @@ def execution_summary(model, config: PretrainConfig, group: mx.distributed.Group
             + (f"; CPU lanes: {cpu_lanes(config, group)}" if device.backend() == "cpu" else ""))
 
 
-def set_device(name: str) -> None:
-    if name == "cpu":
-        mx.set_default_device(mx.cpu)
-    elif name == "gpu":
-        mx.set_default_device(mx.gpu)
-
-
 def train(config: PretrainConfig, show_progress: bool = True) -> dict:
     """Run training as ``pretrain.py`` does; returns the step reached and the last train and eval metrics.
 
@@ -276,7 +269,7 @@ def _train(config: PretrainConfig, show_progress: bool, group: mx.distributed.Gr
         config = broadcast_object(config, group)  # rank 0's names (the run name has a random part)
         if config.global_batch_size % group.size():
             raise ValueError(f"global_batch_size={config.global_batch_size} is not a multiple of {group.size()} ranks")
-    set_device(config.device)
+    device.select(config.device)
     epochs_per_iter = config.eval_interval if config.eval_interval is not None else config.epochs
     if config.epochs % epochs_per_iter != 0:
         raise ValueError(f"eval_interval={epochs_per_iter} must divide epochs={config.epochs}")
