@@ -57,7 +57,7 @@ DEFAULTS = {
     "kernels": "auto",
     "recompute": "auto",
     "memory_limit": None,
-    "cpu_lanes": 1,
+    "cpu_lanes": "auto",
 }
 
 SUDOKU_MAZE = {

@@ -120,7 +120,7 @@ def test_cpu_lanes_train_as_one_graph(arch, tiny_data, tmp_path):
     """`cpu_lanes=2` (the batch split over two CPU streams, each its own compiled graph) trains as the one-graph
     step: the same exploration draws, halting and random state, the weights equal up to the order of the gradient
     sums."""
-    one = _train(tiny_data, tmp_path / "one", "max_steps=3", *arch)
+    one = _train(tiny_data, tmp_path / "one", "max_steps=3", "cpu_lanes=1", *arch)
     two = _train(tiny_data, tmp_path / "two", "max_steps=3", "cpu_lanes=2", *arch)
     expected, _ = _saved_state(tmp_path / "one")
     actual, _ = _saved_state(tmp_path / "two")
@@ -136,6 +136,25 @@ def test_cpu_lanes_train_as_one_graph(arch, tiny_data, tmp_path):
         assert two["train"][name] == pytest.approx(value, rel=1e-4), name
     with pytest.raises(ValueError, match="cpu_lanes=3 must divide global_batch_size=4"):
         _train(tiny_data, tmp_path / "three", "max_steps=1", "cpu_lanes=3")
+
+
+def test_auto_lanes_are_two_where_the_cores_and_the_batch_allow(monkeypatch):
+    """`cpu_lanes: auto` (the default): two lanes on a CPU with two or more cores when they split the batch evenly;
+    one otherwise, and always one on a GPU or with several ranks."""
+    from trm_mlx import device
+    from trm_mlx.lanes import count_here
+
+    monkeypatch.setattr(device, "backend", lambda: "cpu")
+    monkeypatch.setattr(device, "cpu_cores", lambda: 16)
+    assert count_here("auto", None, 64) == count_here("auto") == 2
+    assert count_here("auto", None, 63) == 1
+    assert count_here(3, None, 64) == 3
+    assert count_here("auto", SimpleNamespace(size=lambda: 2), 64) == 1
+    monkeypatch.setattr(device, "cpu_cores", lambda: 1)
+    assert count_here("auto", None, 64) == 1
+    monkeypatch.setattr(device, "backend", lambda: "cuda")
+    monkeypatch.setattr(device, "cpu_cores", lambda: 16)
+    assert count_here("auto", None, 64) == count_here(4, None, 64) == 1
 
 
 def test_cpu_lanes_evaluate_as_one_graph():

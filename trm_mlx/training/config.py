@@ -119,7 +119,7 @@ class PretrainConfig(BaseModel):
     kernels: Literal["auto", "fused", "reference"] = "auto"
     recompute: Union[Literal["auto", "blocks", "none"], Annotated[float, Field(ge=0, le=1)]] = "auto"
     memory_limit: Optional[Annotated[float, Field(gt=0)]] = None
-    cpu_lanes: Annotated[int, Field(ge=1)] = 1
+    cpu_lanes: Union[Literal["auto"], Annotated[int, Field(ge=1)]] = "auto"
 
 
 def from_hydra(hydra_config: DictConfig) -> PretrainConfig:
