@@ -291,3 +291,20 @@ def test_choosing_the_cpu_widens_the_tape_for_lanes(monkeypatch):
     monkeypatch.setenv("MLX_BFS_MAX_WIDTH", "64")
     device.select("cpu")
     assert os.environ["MLX_BFS_MAX_WIDTH"] == "64"
+
+
+def test_lanes_share_the_openblas_threads_out():
+    """Each lane's products run on its share of OpenBLAS's threads, for evaluation as for training (unshared, two
+    lanes of evaluation on 2 cores ran at half the speed)."""
+    import ctypes
+
+    from trm_mlx.lanes import Lanes
+
+    if device.openblas_core() is None:
+        pytest.skip("the loaded BLAS is not OpenBLAS (install libopenblas0-pthread)")
+    threads = ctypes.CDLL(device.fast_blas_path).openblas_get_num_threads
+    try:
+        Lanes(2)
+        assert threads() == max(1, device.cpu_cores() // 2)
+    finally:
+        device.set_blas_threads(device.cpu_cores())

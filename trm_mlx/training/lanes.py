@@ -7,7 +7,6 @@ as it draws them, before the lanes take their rows.
 
 import mlx.core as mx
 
-from trm_mlx import device
 from trm_mlx.lanes import Lanes, add, concatenate_rows
 from trm_mlx.training.step import apply_updates, gradients
 
@@ -16,7 +15,6 @@ def make_lane_train_step(state, config, count: int):
     """``make_train_step``'s ``(step_fn, compiled_state)`` with the batch split over `count` CPU lanes."""
     head, model, optimizer = state.head, state.model, state.optimizer
     scale = 1.0 / config.global_batch_size
-    device.set_blas_threads(max(1, device.cpu_cores() // count))  # the cores shared out (measured on 2 of them)
     lanes = Lanes(count)
 
     def lane_gradients(carry, data, rows, draws):
