@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -445,7 +446,19 @@ def emit(line: dict, out: Path | None) -> None:
             f.write(text + "\n")
 
 
-def parse_args(argv: list[str] | None):
+# A Hydra override word (`arch.L_cycles=4`, `+run_name=x`, `~key=`), as opposed to an option or its value.
+OVERRIDE = re.compile(r"^[+~]{0,2}[A-Za-z_][\w.]*=")
+
+
+def overrides_last(argv: list[str]) -> list[str]:
+    """The Hydra overrides moved behind a `--`, wherever they stand: `--impl` takes every word after it, so
+    `--impl mlx torch cpu_lanes=2` would otherwise read `cpu_lanes=2` as an implementation."""
+    cut = argv.index("--") if "--" in argv else len(argv)
+    head, tail = argv[:cut], argv[cut + 1 :]
+    return [w for w in head if not OVERRIDE.match(w)] + ["--"] + [w for w in head if OVERRIDE.match(w)] + tail
+
+
+def parse_args(argv: list[str]):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     presets = "; ".join(f"{name}: {preset.about}, batch {preset.batch_size}" for name, preset in PRESETS.items())
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help=presets)
@@ -462,7 +475,7 @@ def parse_args(argv: list[str] | None):
                              "time goes")
     parser.add_argument("--trace-dir", type=Path, help="keep the Chrome traces of --trace here")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the training config, e.g. arch.L_cycles=4")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(overrides_last(argv))
     if args.steps < 1 or args.warmup < 1 or args.eval_batches < 0 or args.trace < 0:
         parser.error("--steps and --warmup must be at least 1, --eval-batches and --trace at least 0")
     if args.trace and not torch_cuda():

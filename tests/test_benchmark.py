@@ -73,6 +73,15 @@ def test_synthetic_batches_have_the_loader_layout():
         assert batch["puzzle_identifiers"].max() < preset.num_puzzle_identifiers
 
 
+def test_overrides_may_follow_impl():
+    """`--impl` takes every word after it: Hydra overrides are read as overrides wherever they stand."""
+    args = benchmark.parse_args(["--impl", "mlx", "torch", "cpu_lanes=2", "+run_name=x", "--steps", "4", "--out",
+                                 "a/b.jsonl", "arch.L_cycles=4", "--", "recompute=none"])
+    assert args.impl == ["mlx", "torch"] and args.steps == 4 and str(args.out) == "a/b.jsonl"
+    assert args.overrides == ["cpu_lanes=2", "+run_name=x", "arch.L_cycles=4", "recompute=none"]
+    assert benchmark.parse_args(["--impl", "mlx"]).overrides == []
+
+
 def test_cpu_run_reports_both_implementations(tmp_path, capsys):
     out = tmp_path / "bench.jsonl"
     argv = ["--preset", "tiny", "--batch", "4", "--steps", "2", "--warmup", "1", "--eval-batches", "1",
