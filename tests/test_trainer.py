@@ -139,17 +139,21 @@ def test_cpu_lanes_train_as_one_graph(arch, tiny_data, tmp_path):
 
 
 def test_auto_lanes_are_two_where_the_cores_and_the_batch_allow(monkeypatch):
-    """`cpu_lanes: auto` (the default): two lanes on a CPU with two or more cores when they split the batch evenly;
-    one otherwise, and always one on a GPU or with several ranks."""
+    """`cpu_lanes: auto` (the default): two lanes on a CPU with two or more cores and OpenBLAS when they split the
+    batch evenly; one otherwise, and always one on a GPU or with several ranks."""
     from trm_mlx import device
     from trm_mlx.lanes import count_here
 
     monkeypatch.setattr(device, "backend", lambda: "cpu")
     monkeypatch.setattr(device, "cpu_cores", lambda: 16)
+    monkeypatch.setattr(device, "openblas_core", lambda: "Haswell")
     assert count_here("auto", None, 64) == count_here("auto") == 2
     assert count_here("auto", None, 63) == 1
     assert count_here(3, None, 64) == 3
     assert count_here("auto", SimpleNamespace(size=lambda: 2), 64) == 1
+    monkeypatch.setattr(device, "openblas_core", lambda: None)  # Accelerate, MLX's reference BLAS, ...
+    assert count_here("auto", None, 64) == 1
+    monkeypatch.setattr(device, "openblas_core", lambda: "Haswell")
     monkeypatch.setattr(device, "cpu_cores", lambda: 1)
     assert count_here("auto", None, 64) == 1
     monkeypatch.setattr(device, "backend", lambda: "cuda")

@@ -12,21 +12,23 @@ from mlx.utils import tree_flatten, tree_map
 from trm_mlx import device
 
 
-# `cpu_lanes: auto`: two lanes were faster than one on every CPU model and preset measured (2 and 16 cores), more
-# than two were not always (docs/BENCHMARKS.md, CPU lanes).
+# `cpu_lanes: auto`: two lanes were faster than one on every CPU and preset measured (Linux with OpenBLAS, 2 and 16
+# cores), more than two were not always (docs/BENCHMARKS.md, CPU lanes). Another BLAS's threads are not shared out
+# among the lanes (unmeasured), so there auto stays at one.
 AUTO_LANES = 2
 
 
 def count_here(requested: int | str, group: mx.distributed.Group | None = None, batch_size: int | None = None) -> int:
-    """The lanes to run: on the CPU backend in a single process `requested`, where `auto` is AUTO_LANES if the
-    process has that many cores and they split `batch_size` evenly (when given), else 1; elsewhere 1 (a GPU runs its
-    step as one graph, and ranks already split the batch)."""
+    """The lanes to run: on the CPU backend in a single process `requested`, where `auto` is AUTO_LANES if OpenBLAS
+    is loaded, the process has that many cores and they split `batch_size` evenly (when given), else 1; elsewhere 1
+    (a GPU runs its step as one graph, and ranks already split the batch)."""
     if device.backend() != "cpu" or (group is not None and group.size() > 1):
         return 1
     if requested != "auto":
         return requested
     splits = batch_size is None or batch_size % AUTO_LANES == 0
-    return AUTO_LANES if device.cpu_cores() >= AUTO_LANES and splits else 1
+    measured = device.openblas_core() is not None and device.cpu_cores() >= AUTO_LANES
+    return AUTO_LANES if measured and splits else 1
 
 
 class Lanes:
