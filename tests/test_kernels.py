@@ -175,45 +175,31 @@ def emulate_glu_backward(gu, grad):
     return mx.concatenate([d * u * sig * (1 + g * (1 - sig)), d * g * sig], axis=1).astype(gu.dtype)
 
 
-def rope_indices(B, S, SP, H, hd):
-    """For every element of the packed [B, S, 3H, hd] projection: its output (0 q, 1 k, 2 v), its flat index in
-    that [B, H, SP, hd] output, its partner column under rotate_half and its table index."""
-    b, s, h3, j = np.meshgrid(np.arange(B), np.arange(S), np.arange(3 * H), np.arange(hd), indexing="ij")
-    which, h = h3 // H, h3 % H
-    split = ((b * H + h) * SP + s) * hd + j
-    partner = np.where(j < hd // 2, 1, -1) * (hd // 2)
-    return which.ravel(), split.ravel(), partner.ravel(), (s * hd + j).ravel(), (j < hd // 2).ravel()
-
-
-def emulate_rope_launch(backward, arrays, tables, shape, num_heads, out_shapes):
+def emulate_rope_launch(backward, arrays, tables, shape, num_heads):
+    """rope.launch's contract in plain MLX: the forward writes the rotated heads (q, k, and v when padded) as
+    [B, SP, heads, hd] with zero rows past S; the backward takes dq, dk, dv as [B, SP, H, hd]."""
     B, S, SP, hd = shape
-    which, split, partner, table, first = (mx.array(a) for a in rope_indices(B, S, SP, num_heads, hd))
-    flat_packed = mx.arange(B * S * 3 * num_heads * hd)
-    if not backward:
-        x = f32(arrays[0].reshape(-1))
-        mine, other = x, x[flat_packed + partner]
-    else:
-        split_all = mx.concatenate([f32(a.reshape(-1)) for a in arrays])
-        at = split + which * arrays[0].size
-        mine, other = split_all[at], split_all[at + partner]
-    if tables:
-        cos, sin = (t.reshape(-1) for t in tables)
-        c, s_mine = cos[table], sin[table]
-        s_other = sin[table + partner]
-        rotated_q_k = which < 2
-        if not backward:  # (x1 c1 - x2 s1, x2 c2 + x1 s2)
-            y = mine * c + mx.where(first, -other, other) * s_mine
-        else:  # (d1 c1 + d2 s2, d2 c2 - d1 s1)
-            y = mine * c + mx.where(first, other, -other) * s_other
-        mine = mx.where(rotated_q_k, y, mine)
+    H, half = num_heads, hd // 2
+
+    def rotate(x, inverse):  # x: [B, S, heads, hd] in fp32
+        if not tables:
+            return x
+        cos, sin = (t[:, None, :] for t in tables)
+        x1, x2 = x[..., :half], x[..., half:]
+        c1, c2, s1, s2 = cos[..., :half], cos[..., half:], sin[..., :half], sin[..., half:]
+        if inverse:
+            return mx.concatenate([x1 * c1 + x2 * s2, x2 * c2 - x1 * s1], axis=-1)
+        return mx.concatenate([x1 * c1 - x2 * s1, x2 * c2 + x1 * s2], axis=-1)
+
     dtype = arrays[0].dtype
     if not backward:
-        outs = [mx.zeros((B * num_heads * SP * hd,), dtype=mx.float32) for _ in range(3)]
-        for w in range(3):
-            sel = np.nonzero(np.array(which) == w)[0]
-            outs[w] = outs[w].at[split[mx.array(sel)]].add(mine[mx.array(sel)])
-        return [o.reshape(out_shapes[w]).astype(dtype) for w, o in enumerate(outs)]
-    return [mine.reshape(out_shapes[0]).astype(dtype)]
+        heads = rope.written_heads(H, S, SP)
+        x = f32(arrays[0]).reshape(B, S, 3 * H, hd)[:, :, :heads]
+        y = mx.concatenate([rotate(x[:, :, : 2 * H], False), x[:, :, 2 * H :]], axis=2)
+        return mx.pad(y, [(0, 0), (0, SP - S), (0, 0), (0, 0)]).astype(dtype)
+    dq, dk, dv = (f32(a)[:, :S] for a in arrays)
+    d = mx.concatenate([rotate(mx.concatenate([dq, dk], axis=2), True), dv], axis=2)
+    return d.reshape(B, S, 3 * H * hd).astype(dtype)
 
 
 @pytest.fixture

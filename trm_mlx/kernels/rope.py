@@ -1,10 +1,13 @@
 """RoPE applied while splitting q/k/v into the attention layout (spec §2.4.4-§2.4.5), forward and backward.
 
 The projection gives [B, S, 3H, hd] (head-major q, k, v blocks). The reference slices it, rotates q and k in fp32
-(half-split `rotate_half`), and transposes to [B, H, S, hd] views; the fused kernel reads each head row once and
-writes the three [B, H, S, hd] arrays, rotated and rounded once. The backward applies the inverse rotation and
-writes the [B, S, 3H*hd] projection gradient directly. The split layout may have more positions than the
-projection (zero rows past S): attention padded to its fused backward's tile on CUDA then needs no padding copies.
+(half-split `rotate_half`), and transposes to [B, H, S, hd] views. The fused kernel keeps the projection's layout:
+it writes the rotated heads, rounded once, into one [B, S', heads, hd] array whose q, k (and v) are [B, H, S', hd]
+views. MLX's cuDNN attention reads such strided views as they are and allocates its output (and, in the backward,
+dq, dk, dv) in q's layout, so the output's [B, S, H*hd] form for the out projection needs no copy, and every row
+the kernels read or write is contiguous. Unpadded (S' = S), v stays a view of the projection and only q and k are
+written; padded (S' > S: attention training on CUDA pads to its fused backward's tile), all three are, with zero
+rows past S. The backward applies the inverse rotation and writes the [B, S, 3H*hd] projection gradient.
 """
 
 import mlx.core as mx
@@ -15,13 +18,48 @@ from .registry import FusedOp, register, use_fused
 
 THREADS = 256
 
-# One thread per (b, position, head of 3H, V columns j < hd/2): the pairs (j, j + hd/2) that rotate_half mixes, V
-# of them in 16-byte packs where hd/2 allows. The projection has S positions, the split layout SP >= S; a kernel
-# walks POSITIONS of them (the forward all SP, to zero the padding; the backward the S real ones).
-INDEXING = """
+# One thread per (b, position, head, V columns j < hd/2): the pairs (j, j + hd/2) that rotate_half mixes, V of them
+# in 16-byte packs where hd/2 allows. The forward walks the SP positions of the written layout and its HEADS heads
+# (2H or 3H); the backward the S real positions and all 3H heads, reading dq, dk, dv in [B, SP, H, hd] order.
+FORWARD = """
+const int B = qkv_shape[0];
 const int HALF = HD / 2;
 const int CHUNKS = HALF / V;
-const int64_t count = static_cast<int64_t>(B) * POSITIONS * (3 * H) * CHUNKS;
+const int64_t count = static_cast<int64_t>(B) * SP * HEADS * CHUNKS;
+const int64_t tid = $global_thread;
+if (tid >= count) {
+  return;
+}
+const int j = static_cast<int>(tid % CHUNKS) * V;
+const int64_t row = tid / CHUNKS;
+const int head3 = static_cast<int>(row % HEADS);
+const int64_t token = row / HEADS;
+const int s = static_cast<int>(token % SP);
+const int64_t b = token / SP;
+const int64_t written = row * HD + j;
+if (s >= S) {
+  trm_floats<V> zero;
+  for (int i = 0; i < V; ++i) {
+    zero.v[i] = 0.0f;
+  }
+  trm_store<T, V>(out + written, zero);
+  trm_store<T, V>(out + written + HALF, zero);
+  return;
+}
+const int64_t packed = ((b * S + s) * (3 * H) + head3) * HD + j;
+const int64_t table = static_cast<int64_t>(s) * HD + j;
+trm_floats<V> x1 = trm_load<T, V>(qkv + packed);
+trm_floats<V> x2 = trm_load<T, V>(qkv + packed + HALF);
+$rotate
+trm_store<T, V>(out + written, x1);
+trm_store<T, V>(out + written + HALF, x2);
+"""
+
+BACKWARD = """
+const int B = dq_shape[0];
+const int HALF = HD / 2;
+const int CHUNKS = HALF / V;
+const int64_t count = static_cast<int64_t>(B) * S * (3 * H) * CHUNKS;
 const int64_t tid = $global_thread;
 if (tid >= count) {
   return;
@@ -30,42 +68,23 @@ const int j = static_cast<int>(tid % CHUNKS) * V;
 const int64_t row = tid / CHUNKS;
 const int head3 = static_cast<int>(row % (3 * H));
 const int64_t token = row / (3 * H);
-const int s = static_cast<int>(token % POSITIONS);
-const int64_t b = token / POSITIONS;
+const int s = static_cast<int>(token % S);
+const int64_t b = token / S;
 const int which = head3 / H;
-const int64_t packed = ((b * S + s) * (3 * H) + head3) * HD + j;
-const int64_t split = ((b * H + (head3 - which * H)) * SP + s) * HD + j;
+const $device T* src = which == 0 ? dq : (which == 1 ? dk : dv);
+const int64_t split = ((b * SP + s) * H + (head3 - which * H)) * HD + j;
 const int64_t table = static_cast<int64_t>(s) * HD + j;
-"""
-
-FORWARD = (
-    """
-const int B = qkv_shape[0];
-const int POSITIONS = SP;
-"""
-    + INDEXING
-    + """
-$device T* dst = which == 0 ? q : (which == 1 ? k : v);
-if (s >= S) {
-  trm_floats<V> zero;
-  for (int i = 0; i < V; ++i) {
-    zero.v[i] = 0.0f;
-  }
-  trm_store<T, V>(dst + split, zero);
-  trm_store<T, V>(dst + split + HALF, zero);
-  return;
-}
-trm_floats<V> x1 = trm_load<T, V>(qkv + packed);
-trm_floats<V> x2 = trm_load<T, V>(qkv + packed + HALF);
+trm_floats<V> x1 = trm_load<T, V>(src + split);
+trm_floats<V> x2 = trm_load<T, V>(src + split + HALF);
 $rotate
-trm_store<T, V>(dst + split, x1);
-trm_store<T, V>(dst + split + HALF, x2);
+trm_store<T, V>(out + row * HD + j, x1);
+trm_store<T, V>(out + row * HD + j + HALF, x2);
 """
-)
 
-# (x1, x2) -> (x1 c1 - x2 s1, x2 c2 + x1 s2), c/s of columns j and j + hd/2 (equal in the standard tables).
+# (x1, x2) -> (x1 c1 - x2 s1, x2 c2 + x1 s2), c/s of columns j and j + hd/2 (equal in the standard tables); q and k
+# are the first 2H heads.
 ROTATE_FORWARD = """
-if (which < 2) {
+if (head3 < 2 * H) {
   const trm_floats<V> c1 = trm_load<float, V>(cos_table + table);
   const trm_floats<V> s1 = trm_load<float, V>(sin_table + table);
   const trm_floats<V> c2 = trm_load<float, V>(cos_table + table + HALF);
@@ -79,25 +98,9 @@ if (which < 2) {
 }
 """
 
-BACKWARD = (
-    """
-const int B = dq_shape[0];
-const int POSITIONS = S;
-"""
-    + INDEXING
-    + """
-const $device T* src = which == 0 ? dq : (which == 1 ? dk : dv);
-trm_floats<V> x1 = trm_load<T, V>(src + split);
-trm_floats<V> x2 = trm_load<T, V>(src + split + HALF);
-$rotate
-trm_store<T, V>(out + packed, x1);
-trm_store<T, V>(out + packed + HALF, x2);
-"""
-)
-
 # The transpose of the forward rotation: (d1, d2) -> (d1 c1 + d2 s2, d2 c2 - d1 s1).
 ROTATE_BACKWARD = """
-if (which < 2) {
+if (head3 < 2 * H) {
   const trm_floats<V> c1 = trm_load<float, V>(cos_table + table);
   const trm_floats<V> s1 = trm_load<float, V>(sin_table + table);
   const trm_floats<V> c2 = trm_load<float, V>(cos_table + table + HALF);
@@ -112,8 +115,14 @@ if (which < 2) {
 """
 
 
-def launch(backward: bool, arrays: list, tables: list, shape: tuple, num_heads: int, out_shapes: list):
-    """One launch over every (b, position, head, V pairs); shape is (B, S, SP, hd), SP the split layout's positions."""
+def written_heads(num_heads: int, seq: int, positions: int) -> int:
+    """Heads the forward writes: q and k, and v too when the layout is padded (else v is a view of the projection)."""
+    return (3 if positions > seq else 2) * num_heads
+
+
+def launch(backward: bool, arrays: list, tables: list, shape: tuple, num_heads: int) -> mx.array:
+    """One launch; shape is (B, S, SP, hd), SP the split layout's positions. The forward returns the written heads
+    [B, SP, heads, hd], the backward the projection gradient [B, S, 3H*hd] from dq, dk, dv in [B, SP, H, hd]."""
     batch, seq, positions, head_dim = shape
     names = ("dq", "dk", "dv") if backward else ("qkv",)
     rotate = ROTATE_BACKWARD if backward else ROTATE_FORWARD
@@ -122,21 +131,24 @@ def launch(backward: bool, arrays: list, tables: list, shape: tuple, num_heads: 
         device.backend(),
         BACKWARD if backward else FORWARD,
         names + (("cos_table", "sin_table") if tables else ()),
-        ("out",) if backward else ("q", "k", "v"),
+        ("out",),
         (("rotate", rotate if tables else ""),),
     )
+    heads = 3 * num_heads if backward else written_heads(num_heads, seq, positions)
     per_thread = codegen.vector_width(head_dim // 2, arrays[0].dtype)
-    count = batch * (seq if backward else positions) * 3 * num_heads * (head_dim // 2 // per_thread)
+    count = batch * (seq if backward else positions) * heads * (head_dim // 2 // per_thread)
+    out_shape = (batch, seq, 3 * num_heads * head_dim) if backward else (batch, positions, heads, head_dim)
     return kernel(
         inputs=arrays + tables,
         template=[
-            ("T", arrays[0].dtype), ("H", num_heads), ("HD", head_dim), ("S", seq), ("SP", positions), ("V", per_thread)
+            ("T", arrays[0].dtype), ("H", num_heads), ("HD", head_dim), ("S", seq), ("SP", positions),
+            ("V", per_thread), ("HEADS", heads),
         ],
         grid=(-(-count // THREADS) * THREADS, 1, 1),
         threadgroup=(THREADS, 1, 1),
-        output_shapes=out_shapes,
-        output_dtypes=[arrays[0].dtype] * len(out_shapes),
-    )
+        output_shapes=[out_shape],
+        output_dtypes=[arrays[0].dtype],
+    )[0]
 
 
 def apply_rotary(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
@@ -166,15 +178,20 @@ def fused(qkv: mx.array, rotary, num_heads: int, positions: int = 0):
     positions = max(positions, S)
     tables = list(rotary) if rotary is not None else []  # constants: no gradient flows to the tables
     shape = (B, S, positions, head_dim)
-    split_shape = (B, num_heads, positions, head_dim)
+    nh = num_heads
 
     @mx.custom_function
     def split(packed):
-        return tuple(launch(False, [packed], tables, shape, num_heads, [split_shape] * 3))
+        rows = launch(False, [packed], tables, shape, nh)  # [B, SP, 2H or 3H, hd]
+        source_of_v = rows if rows.shape[2] > 2 * nh else packed.reshape(B, S, 3 * nh, head_dim)
+        heads = (rows[:, :, :nh], rows[:, :, nh : 2 * nh], source_of_v[:, :, 2 * nh :])
+        return tuple(t.transpose(0, 2, 1, 3) for t in heads)
 
     @split.vjp
     def split_vjp(packed, cotangents, outputs):
-        return (launch(True, list(cotangents), tables, shape, num_heads, [qkv.shape])[0],)
+        # [B, SP, H, hd] order: row-contiguous as cuDNN's attention backward writes them (q's layout), so the kernel
+        # reads them without a copy.
+        return (launch(True, [c.transpose(0, 2, 1, 3) for c in cotangents], tables, shape, nh),)
 
     return split(qkv)
 
