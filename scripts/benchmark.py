@@ -179,7 +179,7 @@ def run_mlx(run: dict, progress: Progress) -> None:
 
     from trm_mlx.data.metadata import PuzzleDatasetMetadata
     from trm_mlx import device
-    from trm_mlx.evaluation.loop import compiled_eval_step
+    from trm_mlx.evaluation.loop import compiled_eval_step, eval_memory_cap
     from trm_mlx.training.config import PretrainConfig
     from trm_mlx.training.state import create_train_state
     from trm_mlx.training.trainer import (
@@ -228,7 +228,9 @@ def run_mlx(run: dict, progress: Progress) -> None:
                 mx.eval(carry, metrics, outputs)
             np.array(outputs["preds"])
 
-        timed_loop(eval_batch, lambda: None, 1, run["eval_batches"], "mlx eval", progress, prefix="eval_")
+        first = {key: mx.array(value) for key, value in batches[0].items()}
+        with eval_memory_cap(head.initial_carry(first)):
+            timed_loop(eval_batch, lambda: None, 1, run["eval_batches"], "mlx eval", progress, prefix="eval_")
         if not on_cpu:
             progress(eval_peak_memory_gib=mx.get_peak_memory() / GIB)
 

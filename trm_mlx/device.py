@@ -10,6 +10,7 @@ import ctypes
 import os
 import sys
 import warnings
+from contextlib import contextmanager
 
 # Debian/Ubuntu (libopenblas0-pthread, libopenblas0-openmp), Fedora/RHEL, and a plain OpenBLAS install.
 FAST_BLAS_CANDIDATES = (
@@ -208,6 +209,23 @@ def set_memory_limit(gib: float | None) -> None:
         if gib <= 0:
             raise ValueError(f"memory_limit must be a positive number of GiB, got {gib!r}")
         mx.set_memory_limit(int(gib * 2**30))
+
+
+@contextmanager
+def memory_headroom(extra_bytes: int):
+    """On a GPU, cap MLX's memory limit at the memory in use now plus `extra_bytes` for the duration (never raising
+    it): the dead inputs of queued work (`set_memory_limit`) then stay within that headroom. The CPU is left as is."""
+    import mlx.core as mx
+
+    if backend() == "cpu":
+        yield
+        return
+    previous = mx.get_memory_limit()
+    mx.set_memory_limit(min(previous, mx.get_active_memory() + int(extra_bytes)))
+    try:
+        yield
+    finally:
+        mx.set_memory_limit(previous)
 
 
 def recompute_share(setting) -> float:

@@ -4,12 +4,15 @@ their count, and evaluators see each batch with the last step's predictions."""
 
 import math
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
+from mlx.utils import tree_flatten
 from tqdm import tqdm
 
+from trm_mlx import device
 from trm_mlx.data.dataset import PuzzleDataset
 from trm_mlx.evaluation.gather import all_gather_objects
 from trm_mlx.evaluation.preds import save_predictions
@@ -17,6 +20,16 @@ from trm_mlx.lanes import Lanes, add, concatenate_rows
 
 STEP_OUTPUTS = ("preds", "q_halt_logits")
 SAVABLE = ("inputs", "labels", "puzzle_identifiers", *STEP_OUTPUTS)
+
+# On a GPU, evaluation runs with MLX's memory limit at most the memory in use plus this many carries (one batch's):
+# without a cap MLX holds the dead inputs of the queued ACT steps (H100, paper batches: 17-22 GiB, against 5-10 GiB
+# capped at the same speed; docs/BENCHMARKS.md).
+EVAL_HEADROOM_CARRIES = 24
+
+
+def eval_memory_cap(carry: dict):
+    """The memory cap of an evaluation whose batches have carries like `carry` (a context manager)."""
+    return device.memory_headroom(EVAL_HEADROOM_CARRIES * sum(v.nbytes for _, v in tree_flatten(carry)))
 
 
 def compiled_eval_step(head, lanes: int = 1):
@@ -79,12 +92,17 @@ def evaluate(
     saved: dict[str, list[np.ndarray]] = {key: [] for key in save_outputs}
     num_batches = sum(math.ceil(len(s.inputs) / dataset.global_batch_size) for s in dataset.sets.values())
     examples = 0
+    capped = False
 
     start = time.perf_counter()
-    with tqdm(total=num_batches, desc="eval", unit="batch", disable=not progress or rank != 0) as bar:
+    with tqdm(total=num_batches, desc="eval", unit="batch", disable=not progress or rank != 0) as bar, \
+            ExitStack() as memory:
         for set_name, batch, global_rows in dataset.iter_test():
             arrays = {key: mx.array(value) for key, value in batch.items()}
             carry = head.initial_carry(arrays)
+            if not capped:  # sized by the first batch
+                memory.enter_context(eval_memory_cap(carry))
+                capped = True
             for _ in range(model.config.halt_max_steps):
                 carry, metrics, outputs = eval_step(carry, arrays)
                 mx.eval(carry, metrics, outputs)
