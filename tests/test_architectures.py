@@ -1,11 +1,10 @@
 """The other four architectures end to end: trm-train equals the PyTorch reference for several steps, and a
 checkpoint it writes evaluates with trm-eval."""
 
-import mlx.core as mx
 import pytest
 
 from scripts.train_parity import run_parity
-from tiny_dataset import BATCH, TINY_ARCH, write_tiny_dataset
+from tiny_dataset import BATCH, TINY_ARCH
 from trm_mlx.evaluation.cli import EvalConfig, run
 from trm_mlx.training.config import compose, from_hydra
 from trm_mlx.training.trainer import train
@@ -24,18 +23,6 @@ def arch_overrides(arch: str) -> list[str]:
     tiny = [o for o in TINY_ARCH if not (arch == "transformers_baseline" and o.startswith("arch.L_"))]
     tiny = ["++" + o if o.startswith("arch.forward_dtype") else o for o in tiny]
     return [f"arch={arch}", *tiny, *ARCHS[arch]]
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    return write_tiny_dataset(tmp_path_factory.mktemp("data") / "tiny")
-
-
-@pytest.fixture(autouse=True)
-def cpu_device():
-    previous = mx.default_device()
-    yield
-    mx.set_default_device(previous)
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))

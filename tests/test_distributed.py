@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from tiny_dataset import BATCH, TINY_ARCH, write_tiny_dataset
+from tiny_dataset import BATCH, TINY_ARCH
 from trm_mlx.checkpoint import save_native
 from trm_mlx.data.metadata import PuzzleDatasetMetadata
 from trm_mlx.training.checkpointing import ARRAYS_FILE, STATE_FILE, find_train_state
@@ -28,11 +28,6 @@ WORKER = Path(__file__).with_name("distributed_worker.py")
 LAUNCHER = Path(sys.executable).with_name("mlx.launch")
 REPO = Path(__file__).resolve().parents[1]
 RUN_TIMEOUT_S = 180  # a hung run fails the test instead of stalling CI
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    return write_tiny_dataset(tmp_path_factory.mktemp("data") / "tiny")
 
 
 def run_overrides(data: Path, checkpoint_path: Path, *extra: str) -> list[str]:

@@ -13,7 +13,7 @@ import pytest
 import trm_mlx.training.cli as cli
 from readme_commands import README_COMMANDS, overrides
 from scripts.train_parity import run_parity
-from tiny_dataset import BATCH, TINY_ARCH, write_tiny_dataset
+from tiny_dataset import BATCH, TINY_ARCH
 from trm_mlx.checkpoint import save_native
 from trm_mlx.training.checkpointing import ARRAYS_FILE, STATE_FILE, find_train_state
 from trm_mlx.training.config import compose, from_hydra
@@ -21,18 +21,6 @@ from trm_mlx.training.state import create_train_state
 from trm_mlx.training.trainer import train
 
 TINY_RUN = [f"global_batch_size={BATCH}", "lr_warmup_steps=2", "evaluators=[]", *TINY_ARCH]
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    return write_tiny_dataset(tmp_path_factory.mktemp("data") / "tiny")
-
-
-@pytest.fixture(autouse=True)
-def cpu_device():
-    previous = mx.default_device()
-    yield
-    mx.set_default_device(previous)
 
 
 @pytest.mark.parametrize(

@@ -264,33 +264,29 @@ def reference_columns(x: mx.array, res: mx.array, eps: float) -> mx.array:
     return mx.fast.rms_norm((x + res).swapaxes(-1, -2), None, eps).swapaxes(-1, -2)
 
 
-def fused_rows(x: mx.array, res: mx.array, eps: float) -> mx.array:
-    shape = x.shape
+def residual_norm(forward, backward, eps: float):
+    """`(x, res) -> forward(x, res, eps)` as a custom function: x and res share one gradient, `backward`'s."""
 
     @mx.custom_function
-    def norm(x2, res2):
-        return rows_forward(x2, res2, eps)
+    def norm(x, res):
+        return forward(x, res, eps)
 
     @norm.vjp
     def norm_vjp(primals, cotangent, output):
-        grad = rows_backward(*primals, cotangent, eps)
+        grad = backward(*primals, cotangent, eps)
         return grad, grad
 
-    width = shape[-1]
-    return norm(x.reshape(-1, width), res.reshape(-1, width)).reshape(shape)
+    return norm
+
+
+def fused_rows(x: mx.array, res: mx.array, eps: float) -> mx.array:
+    width = x.shape[-1]
+    norm = residual_norm(rows_forward, rows_backward, eps)
+    return norm(x.reshape(-1, width), res.reshape(-1, width)).reshape(x.shape)
 
 
 def fused_columns(x: mx.array, res: mx.array, eps: float) -> mx.array:
-    @mx.custom_function
-    def norm(x3, res3):
-        return columns_forward(x3, res3, eps)
-
-    @norm.vjp
-    def norm_vjp(primals, cotangent, output):
-        grad = columns_backward(*primals, cotangent, eps)
-        return grad, grad
-
-    return norm(x, res)
+    return residual_norm(columns_forward, columns_backward, eps)(x, res)
 
 
 def sample(shape):

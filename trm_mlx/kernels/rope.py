@@ -81,38 +81,29 @@ trm_store<T, V>(out + row * HD + j, x1);
 trm_store<T, V>(out + row * HD + j + HALF, x2);
 """
 
-# (x1, x2) -> (x1 c1 - x2 s1, x2 c2 + x1 s2), c/s of columns j and j + hd/2 (equal in the standard tables); q and k
-# are the first 2H heads.
-ROTATE_FORWARD = """
-if (head3 < 2 * H) {
+
+def rotation(y1: str, y2: str) -> str:
+    """The rotation of the pair (x1, x2) of q's and k's heads (the first 2H) into (y1, y2), c/s being the tables'
+    columns j and j + hd/2 (equal in the standard tables)."""
+    return f"""
+if (head3 < 2 * H) {{
   const trm_floats<V> c1 = trm_load<float, V>(cos_table + table);
   const trm_floats<V> s1 = trm_load<float, V>(sin_table + table);
   const trm_floats<V> c2 = trm_load<float, V>(cos_table + table + HALF);
   const trm_floats<V> s2 = trm_load<float, V>(sin_table + table + HALF);
-  for (int i = 0; i < V; ++i) {
-    const float y1 = x1.v[i] * c1.v[i] - x2.v[i] * s1.v[i];
-    const float y2 = x2.v[i] * c2.v[i] + x1.v[i] * s2.v[i];
+  for (int i = 0; i < V; ++i) {{
+    const float y1 = {y1};
+    const float y2 = {y2};
     x1.v[i] = y1;
     x2.v[i] = y2;
-  }
-}
+  }}
+}}
 """
 
-# The transpose of the forward rotation: (d1, d2) -> (d1 c1 + d2 s2, d2 c2 - d1 s1).
-ROTATE_BACKWARD = """
-if (head3 < 2 * H) {
-  const trm_floats<V> c1 = trm_load<float, V>(cos_table + table);
-  const trm_floats<V> s1 = trm_load<float, V>(sin_table + table);
-  const trm_floats<V> c2 = trm_load<float, V>(cos_table + table + HALF);
-  const trm_floats<V> s2 = trm_load<float, V>(sin_table + table + HALF);
-  for (int i = 0; i < V; ++i) {
-    const float y1 = x1.v[i] * c1.v[i] + x2.v[i] * s2.v[i];
-    const float y2 = x2.v[i] * c2.v[i] - x1.v[i] * s1.v[i];
-    x1.v[i] = y1;
-    x2.v[i] = y2;
-  }
-}
-"""
+
+ROTATE_FORWARD = rotation("x1.v[i] * c1.v[i] - x2.v[i] * s1.v[i]", "x2.v[i] * c2.v[i] + x1.v[i] * s2.v[i]")
+# Its transpose: (d1, d2) -> (d1 c1 + d2 s2, d2 c2 - d1 s1).
+ROTATE_BACKWARD = rotation("x1.v[i] * c1.v[i] + x2.v[i] * s2.v[i]", "x2.v[i] * c2.v[i] - x1.v[i] * s1.v[i]")
 
 
 def written_heads(num_heads: int, seq: int, positions: int) -> int:
