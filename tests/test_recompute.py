@@ -141,3 +141,28 @@ def test_memory_headroom_caps_the_limit_on_a_gpu_and_restores_it(monkeypatch):
             assert mx.get_memory_limit() == in_use + 2**10
     finally:
         mx.set_memory_limit(default_limit)
+
+
+def test_evaluation_runs_under_one_cap_sized_by_a_batchs_carry(monkeypatch, tiny_data):
+    """`evaluate` enters the cap once, around all its batches, with 24 carries of headroom: the carry's two
+    [B, P + S, D] fp32 states and its small per-row fields."""
+    from tiny_dataset import SEQ_LEN, VOCAB
+    from trm_mlx.data.dataset import PuzzleDataset
+    from trm_mlx.evaluation import loop
+
+    batch, hidden, prefix = 2, 32, 16
+    dataset = PuzzleDataset([str(tiny_data)], "test", global_batch_size=batch)  # 4 test examples: 2 batches
+    model = create_model(tiny_arch(seq_len=SEQ_LEN, vocab_size=VOCAB, num_puzzle_identifiers=9, hidden_size=hidden,
+                                   puzzle_emb_ndim=hidden, puzzle_emb_len=prefix, halt_max_steps=2))
+    calls = []
+    real = device.memory_headroom
+
+    def recording(extra_bytes):
+        calls.append(extra_bytes)
+        return real(extra_bytes)
+
+    monkeypatch.setattr(loop.device, "memory_headroom", recording)
+    loop.evaluate(ACTLossHead(model), dataset, progress=False)
+    states = 2 * batch * (prefix + SEQ_LEN) * hidden * 4
+    assert len(calls) == 1
+    assert 24 * states <= calls[0] <= 24 * (states + 1024), calls

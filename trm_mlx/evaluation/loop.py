@@ -22,8 +22,8 @@ STEP_OUTPUTS = ("preds", "q_halt_logits")
 SAVABLE = ("inputs", "labels", "puzzle_identifiers", *STEP_OUTPUTS)
 
 # On a GPU, evaluation runs with MLX's memory limit at most the memory in use plus this many carries (one batch's):
-# without a cap MLX holds the dead inputs of the queued ACT steps (H100, paper batches: 17-22 GiB, against 5-10 GiB
-# capped at the same speed; docs/BENCHMARKS.md).
+# without a cap MLX holds the dead inputs of the queued ACT steps (H100, paper batches: peaks of 17-22 GiB, 4-11
+# GiB capped, at the same speed; docs/BENCHMARKS.md).
 EVAL_HEADROOM_CARRIES = 24
 
 
