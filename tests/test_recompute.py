@@ -122,9 +122,9 @@ def test_a_memory_limit_lowers_the_peak_not_the_numbers():
         device.set_memory_limit(0)
 
 
-def test_memory_headroom_caps_the_limit_on_a_gpu_and_restores_it(monkeypatch):
-    """Evaluation's cap (`device.memory_headroom`): on a GPU backend the limit becomes min(limit, in use + extra)
-    and comes back afterwards, never raised; on the CPU it is left alone."""
+def test_memory_headroom_caps_the_limit_on_cuda_and_restores_it(monkeypatch):
+    """Evaluation's cap (`device.memory_headroom`): on CUDA the limit becomes min(limit, in use + extra) and comes
+    back afterwards, never raised; on Metal and the CPU it is left alone."""
     default_limit = mx.get_memory_limit()
     monkeypatch.setattr(device, "backend", lambda: "cuda")
     try:
@@ -136,9 +136,10 @@ def test_memory_headroom_caps_the_limit_on_a_gpu_and_restores_it(monkeypatch):
         with device.memory_headroom(2**30):
             assert mx.get_memory_limit() == in_use + 2**10
         assert mx.get_memory_limit() == in_use + 2**10
-        monkeypatch.setattr(device, "backend", lambda: "cpu")
-        with device.memory_headroom(2**20):
-            assert mx.get_memory_limit() == in_use + 2**10
+        for other in ("metal", "cpu"):
+            monkeypatch.setattr(device, "backend", lambda: other)
+            with device.memory_headroom(2**20):
+                assert mx.get_memory_limit() == in_use + 2**10
     finally:
         mx.set_memory_limit(default_limit)
 
