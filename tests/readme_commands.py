@@ -52,6 +52,7 @@ DEFAULTS = {
     # trm-mlx additions
     "resume": None,
     "max_steps": None,
+    "max_minutes": None,
     "wandb_mode": None,
     "device": "auto",
     "kernels": "auto",

@@ -3,7 +3,6 @@ training, and the command line behaves as Hydra users expect."""
 
 import subprocess
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import mlx.core as mx
@@ -13,14 +12,13 @@ import pytest
 import trm_mlx.training.cli as cli
 from readme_commands import README_COMMANDS, overrides
 from scripts.train_parity import run_parity
-from tiny_dataset import BATCH, TINY_ARCH
+from tiny_dataset import BATCH
+from tiny_runs import TINY_RUN, saved_state, train_tiny
 from trm_mlx.checkpoint import save_native
-from trm_mlx.training.checkpointing import ARRAYS_FILE, STATE_FILE, find_train_state
+from trm_mlx.training.checkpointing import find_train_state
 from trm_mlx.training.config import compose, from_hydra
 from trm_mlx.training.state import create_train_state
 from trm_mlx.training.trainer import train
-
-TINY_RUN = [f"global_batch_size={BATCH}", "lr_warmup_steps=2", "evaluators=[]", *TINY_ARCH]
 
 
 @pytest.mark.parametrize(
@@ -58,35 +56,17 @@ def test_load_checkpoint_resizes_the_puzzle_table(tmp_path):
     np.testing.assert_array_equal(np.array(loaded.model.inner.lm_head.weight), np.array(source.model.inner.lm_head.weight))
 
 
-def _train(data: Path, checkpoint_path: Path, *extra: str) -> dict:
-    config = from_hydra(
-        compose(
-            [
-                f"data_paths=[{data}]", *TINY_RUN, "epochs=4", "eval_interval=2", "ema=True",
-                "arch.halt_exploration_prob=0.5", "device=cpu", f"+checkpoint_path={checkpoint_path}", "+run_name=r",
-                *extra,
-            ]
-        )
-    )
-    return train(config, show_progress=False)
-
-
-def _saved_state(checkpoint_path: Path) -> tuple[dict, str]:
-    state_dir = find_train_state(checkpoint_path)
-    return mx.load(str(state_dir / ARRAYS_FILE)), (state_dir / STATE_FILE).read_text()
-
-
 @pytest.mark.parametrize("lanes", ["cpu_lanes=1", "cpu_lanes=2"], ids=["one_graph", "cpu_lanes"])
 def test_resume_continues_bit_exactly(lanes, tiny_data, tmp_path):
     # 16 steps in all, evaluation + checkpoint after steps 8 and 16; stop at 5 (mid-iteration), resume to 11.
-    straight = _train(tiny_data, tmp_path / "straight", "max_steps=11", lanes)
-    _train(tiny_data, tmp_path / "resumed", "max_steps=5", lanes)
+    straight = train_tiny(tiny_data, tmp_path / "straight", "max_steps=11", lanes)
+    train_tiny(tiny_data, tmp_path / "resumed", "max_steps=5", lanes)
     assert find_train_state(tmp_path / "resumed").name == "train_state_step_5"
-    resumed = _train(tiny_data, tmp_path / "resumed", "max_steps=11", f"resume={tmp_path / 'resumed'}", lanes)
+    resumed = train_tiny(tiny_data, tmp_path / "resumed", "max_steps=11", f"resume={tmp_path / 'resumed'}", lanes)
     assert straight["step"] == resumed["step"] == 11
 
-    expected, expected_meta = _saved_state(tmp_path / "straight")
-    actual, actual_meta = _saved_state(tmp_path / "resumed")
+    expected, expected_meta = saved_state(tmp_path / "straight")
+    actual, actual_meta = saved_state(tmp_path / "resumed")
     assert set(actual) == set(expected)
     assert {key.split(".")[0] for key in expected} == {"model", "optimizer", "ema", "carry", "rng"}
     for key in expected:
@@ -108,10 +88,10 @@ def test_cpu_lanes_train_as_one_graph(arch, tiny_data, tmp_path):
     """`cpu_lanes=2` (the batch split over two CPU streams, each its own compiled graph) trains as the one-graph
     step: the same exploration draws, halting and random state, the weights equal up to the order of the gradient
     sums."""
-    one = _train(tiny_data, tmp_path / "one", "max_steps=3", "cpu_lanes=1", *arch)
-    two = _train(tiny_data, tmp_path / "two", "max_steps=3", "cpu_lanes=2", *arch)
-    expected, _ = _saved_state(tmp_path / "one")
-    actual, _ = _saved_state(tmp_path / "two")
+    one = train_tiny(tiny_data, tmp_path / "one", "max_steps=3", "cpu_lanes=1", *arch)
+    two = train_tiny(tiny_data, tmp_path / "two", "max_steps=3", "cpu_lanes=2", *arch)
+    expected, _ = saved_state(tmp_path / "one")
+    actual, _ = saved_state(tmp_path / "two")
     assert set(actual) == set(expected)
     for key, value in expected.items():
         if value.dtype in (mx.float32, mx.float64, mx.bfloat16):
@@ -123,7 +103,7 @@ def test_cpu_lanes_train_as_one_graph(arch, tiny_data, tmp_path):
     for name, value in one["train"].items():
         assert two["train"][name] == pytest.approx(value, rel=1e-4), name
     with pytest.raises(ValueError, match="cpu_lanes=3 must divide global_batch_size=4"):
-        _train(tiny_data, tmp_path / "three", "max_steps=1", "cpu_lanes=3")
+        train_tiny(tiny_data, tmp_path / "three", "max_steps=1", "cpu_lanes=3")
 
 
 def test_auto_lanes_are_two_where_the_cores_and_the_batch_allow(monkeypatch):

@@ -4,9 +4,11 @@ Batches are dicts of int32 NumPy arrays `inputs [B, S]`, `labels [B, S]` (ignore
 `puzzle_identifiers [B]`; iteration yields `(set_name, batch, global_effective_batch_size)` like the original.
 """
 
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -195,6 +197,27 @@ class PuzzleDataset:
                 if item is None:
                     return
                 yield item
+
+    @property
+    def between_iterations(self) -> bool:
+        """Whether the last batch taken ended an iteration (or none was taken): the next batch starts a new one."""
+        return self._state.set_index is None
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A digest of the data: the metadata, each set's index arrays, and the shapes, dtypes and 64 evenly spaced
+        rows of its inputs and labels. Two builds that differ (another augmentation seed, another subsample) differ
+        here with near certainty; it costs milliseconds, not a read of the memory-mapped arrays."""
+        digest = hashlib.sha256(self.metadata.model_dump_json().encode())
+        for name, arrays in self.sets.items():
+            digest.update(name.encode())
+            for field in ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices"):
+                array = getattr(arrays, field)
+                digest.update(f"{field}{array.dtype}{array.shape}".encode())
+                if field in ("inputs", "labels"):
+                    array = array[np.linspace(0, len(array) - 1, num=min(64, len(array)), dtype=np.int64)]
+                digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()
 
     def state_dict(self) -> dict:
         """Training position (plain JSON-able values); `load_state_dict` of it makes iteration resume exactly."""

@@ -4,7 +4,7 @@
 
 The training state is a folder ``train_state_step_N`` holding ``arrays.safetensors`` (model incl. puzzle table,
 optimizer moments and step counts, EMA, the ACT carry of the whole global batch, RNG key) and ``state.json`` (step
-counters, sampler position, config). It is written to a temporary folder and renamed into place; older training
+counters, sampler position, a fingerprint of the training data, config). It is written to a temporary folder and renamed into place; older training
 states are then removed. Rank 0 writes it; a run resumes from it on any number of ranks.
 """
 
@@ -58,8 +58,10 @@ def _section(arrays: dict, prefix: str) -> dict:
     return {key[start:]: value for key, value in arrays.items() if key.startswith(prefix + ".")}
 
 
-def save_train_state(config: PretrainConfig, state: TrainState, dataset_state: dict, carry: dict | None) -> Path:
+def save_train_state(config: PretrainConfig, state: TrainState, dataset, carry: dict | None) -> Path:
     """Write ``train_state_step_<step>`` under ``checkpoint_path`` and remove the older ones.
+
+    ``dataset`` is the train split: its sampler position, and its fingerprint, which resuming checks.
 
     ``carry`` is the carry of the whole global batch (all ranks' rows, see :func:`global_carry`), so that a run
     resumes on any number of ranks.
@@ -80,7 +82,8 @@ def save_train_state(config: PretrainConfig, state: TrainState, dataset_state: d
         "step": state.step,
         "total_steps": state.total_steps,
         "next_iter": state.next_iter,
-        "dataset": dataset_state,
+        "dataset": dataset.state_dict(),
+        "dataset_fingerprint": dataset.fingerprint,
         "config": config.model_dump(),
     }
 
@@ -142,6 +145,10 @@ def load_train_state(path: Path, state: TrainState, dataset, group: mx.distribut
     Every rank reads the folder and takes its own rows of the saved global-batch carry.
     """
     meta = read_train_state_meta(path)
+    saved_fingerprint = meta.get("dataset_fingerprint")
+    if saved_fingerprint is not None and saved_fingerprint != dataset.fingerprint:
+        raise ValueError(f"{path}: the training data at {', '.join(dataset.paths)} is not the data this run trained "
+                         "on (rebuilt with another seed or options?); rebuild it with the run's builder command")
     arrays = mx.load(str(path / ARRAYS_FILE))
     load_weights_into(state.model, _section(arrays, "model"), path / ARRAYS_FILE)
 

@@ -114,6 +114,7 @@ class PretrainConfig(BaseModel):
     # trm-mlx additions
     resume: Optional[str] = None
     max_steps: Optional[int] = None
+    max_minutes: Optional[Annotated[float, Field(gt=0)]] = None
     wandb_mode: Optional[Literal["online", "offline", "disabled"]] = None
     device: Literal["auto", "cpu", "gpu"] = "auto"
     kernels: Literal["auto", "fused", "reference"] = "auto"

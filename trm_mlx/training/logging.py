@@ -1,7 +1,11 @@
-"""Progress bar, wandb (optional, with the original's project and run names) and printed summaries."""
+"""Progress bar, wandb (optional, with the original's project and run names), ``metrics.jsonl`` beside the
+checkpoints, and printed summaries."""
 
+import json
 import math
 import os
+import time
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -27,6 +31,7 @@ class RunLogger:
         initial_step: int = 0,
         show_progress: bool = True,
         primary: bool = True,
+        metrics_every: int = 100,
     ):
         self.run = None
         self.primary = primary
@@ -51,6 +56,9 @@ class RunLogger:
         self.last_halted: dict[str, float] = {}
         self.last_eval: dict[str, Any] = {}
         self.peak_memory_gib = 0.0
+        self.metrics_file = None
+        if primary and config.checkpoint_path is not None:
+            self.metrics_file = MetricsFile(Path(config.checkpoint_path) / METRICS_FILE, initial_step, metrics_every)
 
     def log(self, metrics: dict, step: int) -> None:
         if self.run is not None:
@@ -63,6 +71,8 @@ class RunLogger:
         if metrics["train/count"] > 0:
             self.last_halted = metrics
         self.log({**metrics, "memory/peak_gib": peak_memory_gib}, step)
+        if self.metrics_file is not None:
+            self.metrics_file.train_step(metrics, step)
         self.bar.update(step - self.bar.n)
         postfix = {"loss": f"{metrics['train/lm_loss']:.3f}"}
         if self.last_halted:
@@ -74,6 +84,8 @@ class RunLogger:
     def evaluation(self, metrics: dict, step: int) -> None:
         self.last_eval = metrics
         self.log(metrics, step)
+        if self.metrics_file is not None:
+            self.metrics_file.evaluation(metrics, step)
         self.write(f"step {step}: " + describe(self.last_train, self.last_halted, metrics))
 
     def write(self, line: str) -> None:
@@ -90,6 +102,59 @@ class RunLogger:
             print(f"checkpoints: {checkpoint_path}")
         if self.run is not None:
             self.run.finish()
+
+
+METRICS_FILE = "metrics.jsonl"
+# Metrics over a step's halted rows (``train/count`` is 1 in a step with some, else 0 and these are 0 too).
+PER_HALTED_ROW = ("train/accuracy", "train/exact_accuracy", "train/q_halt_accuracy", "train/steps")
+
+
+class MetricsFile:
+    """``metrics.jsonl``: one line per ``every`` training steps (each ``train/*`` metric averaged over them, those
+    of halted rows over the steps that had some, and the steps per second) and one per evaluation, each with its
+    step and the seconds since the run (or its resumption) started. A resumed run first drops the lines past the
+    step it resumes from, so that the file reads as one run, and marks where it resumed.
+    """
+
+    def __init__(self, path: Path, initial_step: int = 0, every: int = 100):
+        self.path, self.every = path, every
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if initial_step and path.exists():
+            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= initial_step]
+            path.write_text("".join(line + "\n" for line in kept))
+        elif not initial_step:
+            path.write_text("")
+        self.start = self.window_start = time.monotonic()
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        if initial_step:
+            self._write({"step": initial_step, "kind": "resume"})
+
+    def train_step(self, metrics: dict[str, float], step: int) -> None:
+        halted = metrics["train/count"]
+        for key, value in metrics.items():
+            weight = halted if key in PER_HALTED_ROW else 1.0
+            self.sums[key] = self.sums.get(key, 0.0) + weight * value
+        self.count += 1
+        if step % self.every == 0:
+            now = time.monotonic()
+            halted_rows = self.sums["train/count"]
+            means = {}
+            for key, total in self.sums.items():
+                if key not in PER_HALTED_ROW:
+                    means[key] = total / self.count
+                else:
+                    means[key] = total / halted_rows if halted_rows else None
+            self._write({"step": step, "kind": "train", **means, "steps_per_s": self.count / (now - self.window_start)})
+            self.sums, self.count, self.window_start = {}, 0, now
+
+    def evaluation(self, metrics: dict, step: int) -> None:
+        self._write({"step": step, "kind": "eval", **metrics})
+
+    def _write(self, record: dict) -> None:
+        record["wall_s"] = round(time.monotonic() - self.start, 3)
+        with self.path.open("a") as f:
+            f.write(json.dumps(record, default=float) + "\n")
 
 
 def describe(train: dict, halted: dict, evaluation: dict) -> str:

@@ -2,6 +2,7 @@
 across batches, AdamATan2 on the weights and sign-SGD on the puzzle-embedding rows of the batch, evaluation and
 checkpoints every ``eval_interval`` epochs, exact resume, and data parallelism over ``mx.distributed``."""
 
+import time
 from pathlib import Path
 
 import mlx.core as mx
@@ -105,6 +106,17 @@ def make_ema_update(rate: float):
     return apply
 
 
+def past_deadline(deadline: float, step: int, group: mx.distributed.Group, every: int = 32) -> bool:
+    """Whether ``max_minutes`` has run out. Ranks' clocks differ, so with several ranks they agree on it, every
+    ``every`` steps (a host sync), and all stop at the same step."""
+    if group.size() == 1:
+        return time.monotonic() >= deadline
+    if step % every:
+        return False
+    late = mx.distributed.all_sum(mx.array(int(time.monotonic() >= deadline)), group=group)
+    return late.item() > 0
+
+
 def learning_rates(config: PretrainConfig, state: TrainState) -> tuple[float, float]:
     """(weights, puzzle embedding) rates of the current step, from the original schedule."""
     shape = dict(warmup_steps=round(config.lr_warmup_steps), total_steps=state.total_steps, min_ratio=config.lr_min_ratio)
@@ -188,13 +200,14 @@ def save_training_state(config: PretrainConfig, state: TrainState, train_data, g
     """Rank 0 writes the full training state, with the carry of every rank (collective: every rank calls it)."""
     carry = global_carry(state, group)
     if group.rank() == 0:
-        save_train_state(config, state, train_data.state_dict(), carry)
+        save_train_state(config, state, train_data, carry)
 
 
 def evaluate_and_checkpoint(
     config, state, eval_data, evaluators, logger, is_last_iter: bool, train_data, group, watchdog
-) -> None:
-    """Evaluate (the EMA weights when ``ema``), write ``step_N`` of those weights, then the full training state.
+) -> bool:
+    """Evaluate (the EMA weights when ``ema``), write ``step_N`` of those weights, then the full training state;
+    returns whether the training state was written.
 
     Every rank evaluates its slice of each test batch; rank 0 writes the checkpoints.
     """
@@ -219,6 +232,7 @@ def evaluate_and_checkpoint(
         state.model.train()
     if save:
         save_training_state(config, state, train_data, group)
+    return save
 
 
 def resolve_names(config: PretrainConfig) -> PretrainConfig:
@@ -246,22 +260,23 @@ def execution_summary(model, config: PretrainConfig, group: mx.distributed.Group
             + (f"; CPU lanes: {cpu_lanes(config, group)}" if device.backend() == "cpu" else ""))
 
 
-def train(config: PretrainConfig, show_progress: bool = True) -> dict:
+def train(config: PretrainConfig, show_progress: bool = True, metrics_every: int = 100) -> dict:
     """Run training as ``pretrain.py`` does; returns the step reached and the last train and eval metrics.
+    ``metrics.jsonl`` gets a line of training metrics every ``metrics_every`` steps.
 
     Under ``mlx.launch`` every process is one rank of a data-parallel run (see docs/DISTRIBUTED.md); rank 0 alone
     logs and writes checkpoints, and the returned metrics are the same on every rank.
     """
     group = mx.distributed.init()
     try:
-        return _train(config, show_progress, group)
+        return _train(config, show_progress, metrics_every, group)
     except RuntimeError as e:
         if group.size() > 1 and is_backend_error(e):
             raise peer_lost(group, e) from e
         raise
 
 
-def _train(config: PretrainConfig, show_progress: bool, group: mx.distributed.Group) -> dict:
+def _train(config: PretrainConfig, show_progress: bool, metrics_every: int, group: mx.distributed.Group) -> dict:
     primary = group.rank() == 0
     timeout_s = watchdog_timeout()
     config = resolve_names(config)
@@ -286,7 +301,7 @@ def _train(config: PretrainConfig, show_progress: bool, group: mx.distributed.Gr
     update_ema = make_ema_update(config.ema_rate)
 
     logger = RunLogger(config, state.total_steps, initial_step=min(state.step, state.total_steps),
-                       show_progress=show_progress, primary=primary)  # fmt: skip
+                       show_progress=show_progress, primary=primary, metrics_every=metrics_every)  # fmt: skip
     logger.log({"num_params": num_params(state.head)}, step=0)
     if config.checkpoint_path is not None and primary:
         write_all_config(config)
@@ -294,8 +309,17 @@ def _train(config: PretrainConfig, show_progress: bool, group: mx.distributed.Gr
         logger.write(f"data-parallel over {group.size()} ranks: {train_data.local_batch_size} rows of each global "
                      f"batch of {config.global_batch_size} per rank")  # fmt: skip
 
+    deadline = None if config.max_minutes is None else time.monotonic() + 60 * config.max_minutes
+    out_of_time = False
+
     def stop_requested() -> bool:
-        return config.max_steps is not None and state.step >= config.max_steps
+        return out_of_time or (config.max_steps is not None and state.step >= config.max_steps)
+
+    def stop_and_save() -> None:
+        if config.checkpoint_path is not None:
+            limit = f"max_minutes={config.max_minutes}" if out_of_time else f"max_steps={config.max_steps}"
+            logger.write(f"stopped at step {state.step} ({limit}); resume={config.checkpoint_path} continues")
+            save_training_state(config, state, train_data, group)
 
     def report(pending) -> None:
         metrics = reduce_train_metrics(pending[0], config.global_batch_size, pending[1])
@@ -316,23 +340,30 @@ def _train(config: PretrainConfig, show_progress: bool, group: mx.distributed.Gr
                 pending = None if queued is None else (*queued, state.step)
                 if state.ema is not None:
                     update_ema(state)
+                if deadline is not None and not out_of_time:
+                    out_of_time = past_deadline(deadline, state.step, group)
                 if stop_requested():
                     break
             if pending is not None:
                 report(pending)
                 pending = None
-            if stop_requested():
-                if config.checkpoint_path is not None:
-                    logger.write(f"stopped at max_steps={config.max_steps}; resume={config.checkpoint_path} continues")
-                    save_training_state(config, state, train_data, group)
+            # A stop on an iteration's last batch still evaluates, as the run straight through does: the sampler
+            # already stands at the next iteration, so the saved state must too.
+            if stop_requested() and not train_data.between_iterations:
+                stop_and_save()
                 break
             state.next_iter = iter_id + 1
+            saved = False
             if iter_id >= config.min_eval_interval:
                 is_last = iter_id == total_iters - 1
-                evaluate_and_checkpoint(
+                saved = evaluate_and_checkpoint(
                     config, state, eval_data, evaluators, logger, is_last, train_data, group, watchdog
                 )
                 watchdog.beat()
+            if stop_requested():
+                if not saved:
+                    stop_and_save()
+                break
 
     logger.close(state.step, config.checkpoint_path)
     return {"step": state.step, "train": logger.last_train, "eval": logger.last_eval, "config": config}

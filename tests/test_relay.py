@@ -1,0 +1,151 @@
+"""trm-relay: a run stopped on one machine, packed into checksummed parts, joined on another and resumed trains on
+exactly as if it had not stopped (with the carry), or restarts the rows in flight (without it); bad parts are
+refused before anything is written. Also ``max_minutes`` and ``metrics.jsonl``, which relays rely on."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from tiny_runs import saved_state, train_tiny
+from trm_mlx.training.logging import METRICS_FILE, MetricsFile
+from trm_mlx.training.relay import MANIFEST, RelayError, main, pack, parse_size, unpack
+
+PART = 4096  # bytes: a tiny state still makes many parts
+
+
+def _stop_and_relay(data, tmp_path, stop: int, end: int, carry: bool):
+    """``stop`` steps on "machine A", packed; joined on "machine B" and resumed to step ``end``."""
+    train_tiny(data, tmp_path / "a", f"max_steps={stop}")
+    manifest = pack(tmp_path / "a", tmp_path / "parts", part_size=PART, carry=carry)
+    state_dir = unpack(tmp_path / "parts", tmp_path / "b")
+    assert state_dir == tmp_path / "b" / f"train_state_step_{stop}"
+    return manifest, train_tiny(data, tmp_path / "b", f"max_steps={end}", f"resume={tmp_path / 'b'}")
+
+
+def _timeless(path):
+    """metrics.jsonl without the fields that measure time."""
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("wall_s", "steps_per_s", "examples_per_second")} for r in records
+            if r["kind"] != "resume"]
+
+
+@pytest.mark.parametrize("stop, end", [(5, 11), (8, 16)], ids=["mid_iteration", "at_an_evaluation"])
+def test_relayed_run_with_the_carry_equals_the_run_straight_through(stop, end, tiny_data, tmp_path):
+    """Iterations of 8 steps, each ending in an evaluation and a checkpoint; a stop on an iteration's last step
+    still evaluates there, and the resumed run starts the next iteration."""
+    straight = train_tiny(tiny_data, tmp_path / "straight", f"max_steps={end}")
+    manifest, relayed = _stop_and_relay(tiny_data, tmp_path, stop, end, carry=True)
+
+    assert manifest["carry"] and len(manifest["parts"]) == -(-manifest["size"] // PART) > 2
+    assert all(part["size"] <= PART for part in manifest["parts"])
+    assert relayed["step"] == straight["step"] == end
+    expected, expected_meta = saved_state(tmp_path / "straight")
+    actual, actual_meta = saved_state(tmp_path / "b")
+    assert set(actual) == set(expected) and any(key.startswith("carry.") for key in expected)
+    for key, value in expected.items():
+        assert value.dtype == actual[key].dtype and np.array_equal(np.array(value), np.array(actual[key])), key
+    assert expected_meta.split('"config"')[0] == actual_meta.split('"config"')[0]
+    assert relayed["train"] == straight["train"]
+    # Both evaluated at step 8 with the same result, and the relayed log reads as one run, marked where it resumed.
+    records = [json.loads(line) for line in (tmp_path / "b" / METRICS_FILE).read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "resume"] == [stop]
+    assert _timeless(tmp_path / "b" / METRICS_FILE) == _timeless(tmp_path / "straight" / METRICS_FILE)
+    checkpoint = f"step_{end // 8 * 8}"  # the last evaluation's EMA weights, written after the relay
+    assert (tmp_path / "b" / checkpoint).read_bytes() == (tmp_path / "straight" / checkpoint).read_bytes()
+
+
+def test_relayed_run_without_the_carry_restarts_the_rows_in_flight(tiny_data, tmp_path):
+    train_tiny(tiny_data, tmp_path / "straight", "max_steps=6")
+    train_tiny(tiny_data, tmp_path / "a", "max_steps=5")
+    pack(tmp_path / "a", tmp_path / "parts", part_size=PART, carry=False)
+    unpack(tmp_path / "parts", tmp_path / "b")
+    packed, _ = saved_state(tmp_path / "b")
+    assert packed and not any(key.startswith("carry.") for key in packed)
+    with_carry, _ = saved_state(tmp_path / "a")
+    for key, value in packed.items():  # everything but the carry travels unchanged
+        assert np.array_equal(np.array(value), np.array(with_carry[key])), key
+
+    train_tiny(tiny_data, tmp_path / "b", "max_steps=6", f"resume={tmp_path / 'b'}")
+    straight, straight_meta = saved_state(tmp_path / "straight")
+    relayed, relayed_meta = saved_state(tmp_path / "b")
+    # The documented difference: every row of the first batch after the relay starts afresh (ACT step 1), where
+    # the straight run continues the rows it had in flight; the sampler position and step counters still agree.
+    assert np.all(np.array(relayed["carry.steps"]) == 1)
+    assert not np.all(np.array(straight["carry.steps"]) == 1)
+    assert not np.array_equal(np.array(relayed["model.inner.lm_head.weight"]),
+                              np.array(straight["model.inner.lm_head.weight"]))
+    assert json.loads(relayed_meta)["dataset"] == json.loads(straight_meta)["dataset"]
+
+
+def test_unpack_refuses_damaged_or_missing_parts_and_writes_nothing(tiny_data, tmp_path):
+    train_tiny(tiny_data, tmp_path / "a", "max_steps=2")
+    manifest = pack(tmp_path / "a", tmp_path / "parts", part_size=PART)
+    parts = [tmp_path / "parts" / part["name"] for part in manifest["parts"]]
+
+    damaged = bytearray(parts[1].read_bytes())
+    damaged[100] ^= 1
+    parts[1].write_bytes(bytes(damaged))
+    with pytest.raises(RelayError, match="part-001 checksum differs"):
+        unpack(tmp_path / "parts", tmp_path / "b")
+    parts[2].unlink()
+    parts[3].write_bytes(parts[3].read_bytes()[:-1])
+    with pytest.raises(RelayError, match="part-002 missing; part-003 has"):
+        unpack(tmp_path / "parts", tmp_path / "b")
+    assert not (tmp_path / "b").exists()  # nothing written
+
+    (tmp_path / "parts" / MANIFEST).write_text("{")
+    with pytest.raises(SystemExit, match="trm-relay: .*relay.json: not valid JSON"):
+        main(["unpack", str(tmp_path / "parts"), str(tmp_path / "b")])
+    with pytest.raises(SystemExit, match="trm-relay: .*no training state"):
+        main(["pack", str(tmp_path / "parts"), str(tmp_path / "out")])
+
+
+def test_resume_refuses_training_data_other_than_the_runs(tiny_data, tmp_path):
+    """A relay rebuilds the data on each machine: a rebuild that differs (another seed) must not train on silently."""
+    train_tiny(tiny_data, tmp_path / "a", "max_steps=2")
+    other = tmp_path / "other"
+    shutil.copytree(tiny_data, other)
+    inputs_file = other / "train" / "all__inputs.npy"
+    inputs = np.load(inputs_file)
+    inputs[0, 0] = inputs[0, 0] % 4 + 1  # another valid token
+    np.save(inputs_file, inputs)
+    with pytest.raises(ValueError, match="is not the data this run trained on"):
+        train_tiny(other, tmp_path / "a", "max_steps=4", f"resume={tmp_path / 'a'}")
+    assert train_tiny(tiny_data, tmp_path / "a", "max_steps=4", f"resume={tmp_path / 'a'}")["step"] == 4
+
+
+def test_part_sizes_parse_with_units():
+    assert parse_size("15MiB") == 15 * 2**20 and parse_size("16MB") == 16 * 10**6 and parse_size("512") == 512
+    for bad in ("", "0", "1.5MiB", "12 parsecs"):
+        with pytest.raises(ValueError, match="size"):
+            parse_size(bad)
+
+
+def test_max_minutes_stops_and_saves_the_state(tiny_data, tmp_path):
+    result = train_tiny(tiny_data, tmp_path / "run", "max_minutes=1e-9")
+    assert result["step"] == 1  # the deadline has passed when the first step ends
+    _, meta = saved_state(tmp_path / "run")
+    assert json.loads(meta)["step"] == 1
+
+
+def test_metrics_file_averages_over_halted_rows_and_drops_lines_past_a_resume(tmp_path):
+    path = tmp_path / METRICS_FILE
+    log = MetricsFile(path, every=2)
+    log.train_step({"train/lm_loss": 1.0, "train/count": 0.0, "train/accuracy": 0.0}, step=1)
+    log.train_step({"train/lm_loss": 3.0, "train/count": 1.0, "train/accuracy": 0.5}, step=2)
+    log.evaluation({"all": {"accuracy": 0.25}}, step=2)
+    log.train_step({"train/lm_loss": 2.0, "train/count": 0.0, "train/accuracy": 0.0}, step=3)
+    log.train_step({"train/lm_loss": 2.0, "train/count": 0.0, "train/accuracy": 0.0}, step=4)
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["step"], r["kind"]) for r in records] == [(2, "train"), (2, "eval"), (4, "train")]
+    assert records[0]["train/lm_loss"] == 2.0 and records[0]["train/accuracy"] == 0.5
+    assert records[2]["train/accuracy"] is None  # no step in the window had halted rows
+    assert records[1]["all"] == {"accuracy": 0.25}
+
+    MetricsFile(path, initial_step=3)  # resumed from step 3: the line for step 4 belongs to the abandoned future
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["step"], r["kind"]) for r in records] == [(2, "train"), (2, "eval"), (3, "resume")]
+    MetricsFile(path)  # a fresh run starts a fresh file
+    assert path.read_text() == ""
