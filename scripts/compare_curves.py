@@ -1,0 +1,149 @@
+"""Train trm_mlx (`trm-train`) and the PyTorch reference (`legacy/pretrain.py`) on the same data with the same recipe
+from the same initial weights, and compare their training curves.
+
+Both sides run their own unmodified training loops with the same config (`cfg_pretrain` + overrides), so they
+sample the same batches and evaluate at the same steps (every `eval_interval` epochs). The reference draws the
+initial weights (seeded), which both load. Each side's metrics go to `<out>/<side>/metrics.jsonl` in one format
+(a line per `--log-every` steps with the training metrics averaged over them, a line per evaluation, wall time);
+`<out>/curves.png` draws both, `<out>/summary.json` lists every common evaluation side by side.
+
+    python -m scripts.compare_curves --data data/sudoku-extreme-1k-aug-1000 --out outputs/curves/sudoku \\
+        preset=sudoku_mlp epochs=7500 eval_interval=1500
+
+The reference runs under torch.compile on CUDA and eagerly elsewhere. Extra arguments are Hydra overrides, as for
+trm-train; `epochs` fixes the steps (the reference has no `max_steps`). ACT exploration draws different random
+numbers in the two frameworks, so with it on the curves agree statistically, not step for step.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import mlx.core as mx
+import torch
+
+import legacy.pretrain as lp
+from legacy.dataset.common import PuzzleDatasetMetadata as LegacyMetadata
+from scripts.plot_metrics import plot, read_metrics, series
+from trm_mlx.data import PuzzleDataset
+from trm_mlx.training.config import compose, from_hydra
+from trm_mlx.training.logging import METRICS_FILE, MetricsFile
+from trm_mlx.training.trainer import train
+
+SIDES = {"mlx": "trm-mlx", "legacy": "PyTorch reference"}
+EVAL_KEYS = ("accuracy", "exact_accuracy", "q_halt_accuracy", "steps", "lm_loss")
+
+
+def initial_weights(overrides: list[str], path: Path) -> Path:
+    """The reference model's seeded initial weights, as an original-format checkpoint both sides load."""
+    config = from_hydra(compose(overrides))
+    metadata = LegacyMetadata(**PuzzleDataset(config.data_paths, "train", config.global_batch_size).metadata.model_dump())
+    torch.manual_seed(config.seed)
+    state = lp.init_train_state(lp.PretrainConfig(**config.model_dump()), metadata, rank=0, world_size=1,
+                                device=torch.device("cpu"))  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(lp.checkpoint_state_dict(state.model), path)
+    return path
+
+
+class _MetricsRun:
+    """Stands in for the reference's wandb run: every logged step goes to a ``MetricsFile``."""
+
+    def __init__(self, path: Path, every: int):
+        self.file = MetricsFile(path, every=every)
+
+    def log(self, metrics: dict, step: int) -> None:
+        values = {key: _plain(value) for key, value in metrics.items()}
+        if "train/lm_loss" in values:
+            self.file.train_step(values, step)
+        elif any(isinstance(value, dict) for value in values.values()):
+            self.file.evaluation(values, step)
+
+    def log_code(self, *args, **kwargs) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+def _plain(value):
+    return {k: _plain(v) for k, v in value.items()} if isinstance(value, dict) else float(value)
+
+
+def run_legacy(overrides: list[str], out: Path, every: int) -> Path:
+    """``legacy/pretrain.py``'s loop as its command line runs it, its logged metrics written to ``metrics.jsonl``."""
+    if torch.cuda.is_available():
+        os.environ["TRM_LEGACY_COMPILE"] = "1"
+    run = _MetricsRun(out / METRICS_FILE, every)
+    wandb_init, lp._wandb_init = lp._wandb_init, lambda config: run
+    try:
+        lp.launch.__wrapped__(compose([*overrides, f"+checkpoint_path={out}"]))
+    finally:
+        lp._wandb_init = wandb_init
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return out / METRICS_FILE
+
+
+def run_mlx(overrides: list[str], out: Path, every: int) -> Path:
+    train(from_hydra(compose([*overrides, f"+checkpoint_path={out}"])), show_progress=False, metrics_every=every)
+    mx.clear_cache()
+    return out / METRICS_FILE
+
+
+def summarize(runs: dict[str, list[dict]]) -> dict:
+    """Every evaluation step both sides have, their test metrics, and the largest test-accuracy difference."""
+    mlx, legacy = runs[SIDES["mlx"]], runs[SIDES["legacy"]]
+    evals = {}
+    for key in EVAL_KEYS:
+        for side, records in (("mlx", mlx), ("legacy", legacy)):
+            for step, value in zip(*series(records, "eval", key)):
+                evals.setdefault(step, {}).setdefault(side, {})[key] = value
+    common = {step: sides for step, sides in sorted(evals.items()) if len(sides) == 2}
+    differences = [abs(s["mlx"]["accuracy"] - s["legacy"]["accuracy"]) for s in common.values()]
+    walls = {side: max((r["wall_s"] for r in records), default=None) for side, records in (("mlx", mlx), ("legacy", legacy))}
+    return {
+        "evaluations": [{"step": step, **sides} for step, sides in common.items()],
+        "max_test_accuracy_difference": max(differences, default=None),
+        "wall_s": walls,
+    }
+
+
+def compare(data: str, out: Path, overrides: list[str], every: int = 100) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    base = [f"data_paths=[{data}]", *overrides]
+    start = initial_weights(base, out / "initial_weights.pt")
+    common = [*base, f"+load_checkpoint={start}"]
+    timings = {}
+    for side, runner in (("legacy", run_legacy), ("mlx", run_mlx)):
+        began = time.perf_counter()
+        runner(common, out / side, every)
+        timings[side] = time.perf_counter() - began
+    runs = {SIDES[side]: read_metrics(out / side / METRICS_FILE) for side in SIDES}
+    summary = {**summarize(runs), "overrides": overrides, "data": data, "run_s": timings}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    plot(runs, out / "curves.png", title=f"{data}: {' '.join(overrides)}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="a built dataset folder")
+    parser.add_argument("--out", required=True, help="folder for both runs, summary.json and curves.png")
+    parser.add_argument("--log-every", type=int, default=100, help="steps per line of training metrics")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of cfg_pretrain, e.g. preset=sudoku_mlp")
+    args = parser.parse_args(argv)
+    summary = compare(args.data, Path(args.out), args.overrides, args.log_every)
+    for row in summary["evaluations"]:
+        mine, theirs = row["mlx"], row["legacy"]
+        print(f"step {row['step']}: test accuracy {mine['accuracy']:.4f} vs {theirs['accuracy']:.4f}, "
+              f"exact {mine['exact_accuracy']:.4f} vs {theirs['exact_accuracy']:.4f}")
+    print(f"{Path(args.out) / 'curves.png'}; max test accuracy difference {summary['max_test_accuracy_difference']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""scripts/compare_curves.py: trm_mlx and the PyTorch reference trained side by side from the same weights give
+the same curves (tiny run, fp32, no exploration), with the figure and the summary written."""
+
+import json
+
+import matplotlib.image
+import pytest
+
+from scripts.compare_curves import main
+from tiny_runs import TINY_RUN
+
+
+def test_both_trainers_give_the_same_curves(tiny_data, tmp_path, capsys):
+    overrides = [*TINY_RUN, "epochs=8", "eval_interval=4", "arch.halt_exploration_prob=0.0", "device=cpu"]
+    assert main(["--data", str(tiny_data), "--out", str(tmp_path), "--log-every", "4", *overrides]) == 0
+
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [row["step"] for row in summary["evaluations"]] == [16, 32]  # 4 steps an epoch, an evaluation every 4
+    for row in summary["evaluations"]:
+        for key in ("accuracy", "exact_accuracy", "q_halt_accuracy", "steps"):
+            assert row["mlx"][key] == pytest.approx(row["legacy"][key], abs=1e-6), key
+        assert row["mlx"]["lm_loss"] == pytest.approx(row["legacy"]["lm_loss"], rel=1e-4)
+    sides = [[json.loads(line) for line in (tmp_path / side / "metrics.jsonl").read_text().splitlines()]
+             for side in ("mlx", "legacy")]  # fmt: skip
+    train_lines = [[r for r in records if r["kind"] == "train"] for records in sides]
+    assert [r["step"] for r in train_lines[0]] == [r["step"] for r in train_lines[1]] == list(range(4, 33, 4))
+    for ours, theirs in zip(*train_lines):
+        assert ours["train/lm_loss"] == pytest.approx(theirs["train/lm_loss"], rel=1e-4)
+    assert train_lines[0][-1]["train/lm_loss"] < train_lines[0][0]["train/lm_loss"]  # it trained
+
+    assert matplotlib.image.imread(tmp_path / "curves.png").shape[1] > 800
+    assert "max test accuracy difference" in capsys.readouterr().out

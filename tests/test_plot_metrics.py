@@ -1,0 +1,31 @@
+"""scripts/plot_metrics.py draws a run's metrics.jsonl: one panel per metric, readable as a PNG."""
+
+import json
+
+import matplotlib.image
+import pytest
+
+from scripts.plot_metrics import main, read_metrics, series
+
+
+def test_a_relayed_runs_curves_are_drawn(tmp_path):
+    lines = [
+        {"step": 100, "kind": "train", "train/lm_loss": 2.0, "train/accuracy": 0.3, "train/steps": 16.0},
+        {"step": 100, "kind": "eval", "all": {"accuracy": 0.4, "exact_accuracy": 0.0}},
+        {"step": 150, "kind": "resume"},
+        {"step": 200, "kind": "train", "train/lm_loss": 1.5, "train/accuracy": None, "train/steps": 15.0},
+        {"step": 200, "kind": "eval", "all": {"accuracy": 0.5, "exact_accuracy": 0.1}},
+    ]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    records = read_metrics(path)
+    assert series(records, "train", "train/accuracy") == ([100], [0.3])  # a window with no halted rows is a gap
+    assert series(records, "eval", "exact_accuracy") == ([100, 200], [0.0, 0.1])
+
+    main([f"ours={path}", f"theirs={path}", "--out", str(tmp_path / "curve.png")])
+    image = matplotlib.image.imread(tmp_path / "curve.png")
+    assert image.shape[0] > 400 and image.shape[1] > 800
+
+    path.write_text("{not json\n")
+    with pytest.raises(ValueError, match="metrics.jsonl:1: not a JSON line"):
+        read_metrics(path)
