@@ -10,6 +10,7 @@ import pytest
 
 from tiny_runs import saved_state, train_tiny
 from trm_mlx.training.logging import METRICS_FILE, MetricsFile
+from trm_mlx.checkpoint import read_weights
 from trm_mlx.training.relay import MANIFEST, RelayError, main, pack, parse_size, unpack
 
 PART = 4096  # bytes: a tiny state still makes many parts
@@ -114,6 +115,28 @@ def test_resume_refuses_training_data_other_than_the_runs(tiny_data, tmp_path):
     with pytest.raises(ValueError, match="is not the data this run trained on"):
         train_tiny(other, tmp_path / "a", "max_steps=4", f"resume={tmp_path / 'a'}")
     assert train_tiny(tiny_data, tmp_path / "a", "max_steps=4", f"resume={tmp_path / 'a'}")["step"] == 4
+
+
+def test_export_writes_the_checkpoint_the_trainer_writes(tiny_data, tmp_path):
+    """At an evaluation the trainer writes step_N (EMA weights, live puzzle table) and the training state: the
+    model exported from the state is that checkpoint; older states without the arch config infer it."""
+    train_tiny(tiny_data, tmp_path / "run", "max_steps=8")
+    main(["export", str(tmp_path / "run"), str(tmp_path / "exported")])
+    expected, expected_arch = read_weights(tmp_path / "run" / "step_8")
+    actual, actual_arch = read_weights(tmp_path / "exported")
+    assert actual_arch == expected_arch and set(actual) == set(expected)
+    for key, value in expected.items():
+        assert np.array_equal(np.array(value), np.array(actual[key])), key
+    live, _ = saved_state(tmp_path / "run")
+    assert not np.array_equal(np.array(live["model.inner.lm_head.weight"]), np.array(actual["inner.lm_head.weight"]))
+
+    state_file = tmp_path / "run" / "train_state_step_8" / "state.json"
+    meta = json.loads(state_file.read_text())
+    del meta["arch"]
+    state_file.write_text(json.dumps(meta))
+    main(["export", str(tmp_path / "run"), str(tmp_path / "inferred")])
+    inferred = read_weights(tmp_path / "inferred")[1]
+    assert inferred == {k: v for k, v in expected_arch.items() if k != "batch_size"}  # no batch size in the weights
 
 
 def test_part_sizes_parse_with_units():

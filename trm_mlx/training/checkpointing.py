@@ -4,7 +4,7 @@
 
 The training state is a folder ``train_state_step_N`` holding ``arrays.safetensors`` (model incl. puzzle table,
 optimizer moments and step counts, EMA, the ACT carry of the whole global batch, RNG key) and ``state.json`` (step
-counters, sampler position, a fingerprint of the training data, config). It is written to a temporary folder and renamed into place; older training
+counters, sampler position, a fingerprint of the training data, the model's arch config, the run's config). It is written to a temporary folder and renamed into place; older training
 states are then removed. Rank 0 writes it; a run resumes from it on any number of ranks.
 """
 
@@ -19,6 +19,8 @@ import yaml
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from trm_mlx.checkpoint import load_weights_into, model_arrays, save_native
+from trm_mlx.checkpoint.original import arch_from_original
+from trm_mlx.model import create_model
 from trm_mlx.training.config import PretrainConfig
 from trm_mlx.training.distributed import all_gather, rank_rows
 from trm_mlx.training.state import TrainState
@@ -82,6 +84,7 @@ def save_train_state(config: PretrainConfig, state: TrainState, dataset, carry: 
         "step": state.step,
         "total_steps": state.total_steps,
         "next_iter": state.next_iter,
+        "arch": state.model.arch_config(),
         "dataset": dataset.state_dict(),
         "dataset_fingerprint": dataset.fingerprint,
         "config": config.model_dump(),
@@ -137,6 +140,21 @@ def global_carry(state: TrainState, group: mx.distributed.Group) -> dict | None:
     carry = tree_map(lambda value: all_gather(value, group), state.carry)
     mx.eval(carry)
     return carry
+
+
+def export_model(source: str | Path, path: str | Path) -> Path:
+    """The model of the newest training state under ``source`` as a native checkpoint at ``path``: the EMA weights
+    where the run keeps an EMA, with the live puzzle table (what the trainer's ``step_N`` holds), else the live
+    weights."""
+    state_dir = find_train_state(source)
+    meta = read_train_state_meta(state_dir)
+    arrays = mx.load(str(state_dir / ARRAYS_FILE))
+    weights = _section(arrays, "model")
+    weights.update({name.removeprefix("model."): value for name, value in _section(arrays, "ema").items()})
+    arch = meta.get("arch") or arch_from_original(meta["config"], weights, state_dir)
+    model = create_model(arch)
+    load_weights_into(model, weights, state_dir / ARRAYS_FILE)
+    return save_native(path, model)
 
 
 def load_train_state(path: Path, state: TrainState, dataset, group: mx.distributed.Group | None = None) -> None:

@@ -22,7 +22,13 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from trm_mlx.training.checkpointing import ARRAYS_FILE, STATE_FILE, find_train_state, read_train_state_meta
+from trm_mlx.training.checkpointing import (
+    ARRAYS_FILE,
+    STATE_FILE,
+    export_model,
+    find_train_state,
+    read_train_state_meta,
+)
 from trm_mlx.training.logging import METRICS_FILE
 
 MANIFEST = "relay.json"
@@ -217,7 +223,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``trm-relay pack CHECKPOINT_PATH OUT_DIR`` / ``trm-relay unpack RELAY_DIR CHECKPOINT_PATH``."""
+    """``trm-relay pack CHECKPOINT_PATH OUT_DIR`` / ``unpack RELAY_DIR CHECKPOINT_PATH`` / ``export SOURCE OUT``."""
     import argparse
     import sys
 
@@ -232,6 +238,10 @@ def main(argv: list[str] | None = None) -> None:
     unpacking = commands.add_parser("unpack", help="check and join parts into a checkpoint folder to resume from")
     unpacking.add_argument("relay_dir", help="folder holding relay.json and every part")
     unpacking.add_argument("checkpoint_path", help="checkpoint folder to write the run into")
+    exporting = commands.add_parser("export", help="a training state's model (its EMA weights when it has them) "
+                                                   "as a native checkpoint for trm-eval and trm_mlx.load")
+    exporting.add_argument("source", help="checkpoint folder of the run (or one train_state_step_N folder)")
+    exporting.add_argument("out", help="checkpoint file to write")
     args = parser.parse_args(argv)
     try:
         if args.command == "pack":
@@ -239,9 +249,11 @@ def main(argv: list[str] | None = None) -> None:
             count = len(manifest["parts"])
             print(f"step {manifest['step']}: {manifest['size'] / 2**20:.1f} MiB in {count} part{'s' * (count != 1)} "
                   f"under {args.out_dir} ({'with' if manifest['carry'] else 'without'} the carry)")
-        else:
+        elif args.command == "unpack":
             state_dir = unpack(args.relay_dir, args.checkpoint_path)
             print(f"checked and joined: continue with resume={state_dir}")
+        else:
+            print(f"wrote {export_model(args.source, args.out)}")
     except (OSError, ValueError) as e:
         sys.exit(f"trm-relay: {e}")
 
