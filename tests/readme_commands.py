@@ -53,6 +53,7 @@ DEFAULTS = {
     "resume": None,
     "max_steps": None,
     "max_minutes": None,
+    "on_nan_loss": "stop",
     "wandb_mode": None,
     "device": "auto",
     "kernels": "auto",

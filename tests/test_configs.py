@@ -137,7 +137,8 @@ def test_naming_defaults():
     class_name, slug = config.run_name.split(" ")
     assert class_name == "TinyRecursiveReasoningModel_ACTV1"
     assert len(slug.split("-")) >= 2 and slug == slug.lower()
-    assert config.checkpoint_path == os.path.join("checkpoints", config.project_name, config.run_name)
+    # the folder takes an underscore for the run name's space
+    assert config.checkpoint_path == os.path.join("checkpoints", config.project_name, f"{class_name}_{slug}")
 
     hrm = with_naming_defaults(_config(arch="hrm"))
     assert hrm.project_name == "Arc-aug-1000-ACT-torch"

@@ -242,3 +242,14 @@ def test_kernels_recompute_and_memory_keys_reach_the_model(monkeypatch):
         from_hydra(compose(["data_paths=[unused]", "memory_limit=0"]))
     with pytest.raises(Exception, match="kernels"):
         from_hydra(compose(["data_paths=[unused]", "kernels=fastest"]))
+
+
+def test_progress_counts_to_max_steps_and_shows_the_evaluation(tiny_data, tmp_path, capsys):
+    """The bar's total is the steps that will run (max_steps, not the epochs' 16), and the evaluation inside the run
+    has a bar of its own that moves per ACT step."""
+    config = from_hydra(compose([f"data_paths=[{tiny_data}]", *TINY_RUN, "epochs=4", "eval_interval=1",
+                                 "device=cpu", "max_steps=6", f"+checkpoint_path={tmp_path}"]))  # fmt: skip
+    train(config, show_progress=True)
+    err = capsys.readouterr().err
+    assert "6/6" in err and "/16" not in err
+    assert "eval: 100%" in err and "3/3 [" in err and "ACT step" in err  # 1 test batch x 3 ACT steps

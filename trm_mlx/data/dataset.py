@@ -52,6 +52,24 @@ def _check_index(path: Path, index: np.ndarray, last: int, what: str) -> None:
         )
 
 
+def _check_tokens(path: Path, tokens: np.ndarray, vocab_size: int, ignore: int | None = None) -> None:
+    """Integer token ids in [0, vocab_size) (or ``ignore``), read in chunks of the memory-mapped array."""
+    if not np.issubdtype(tokens.dtype, np.integer):
+        raise DatasetFormatError(f"{path}: token ids must be integers, got {tokens.dtype}")
+    rows = max(1, 2**24 // max(1, tokens.shape[1]))
+    for start in range(0, len(tokens), rows):
+        chunk = np.asarray(tokens[start : start + rows])
+        if chunk.size == 0 or (chunk.min() >= 0 and chunk.max() < vocab_size):
+            continue
+        bad = (chunk < 0) | (chunk >= vocab_size)
+        if ignore is not None:
+            bad &= chunk != ignore
+        if bad.any():
+            row, column = np.argwhere(bad)[0]
+            raise DatasetFormatError(f"{path}: row {start + row}, position {column}: token id {chunk[row, column]} "
+                                     f"outside [0, vocab_size={vocab_size})")
+
+
 def load_set(dataset_path: str | Path, split: str, set_name: str, metadata: PuzzleDatasetMetadata) -> SetArrays:
     folder = Path(dataset_path) / split
 
@@ -69,6 +87,8 @@ def load_set(dataset_path: str | Path, split: str, set_name: str, metadata: Puzz
         shape = getattr(arrays, field).shape
         if len(shape) != 2 or shape[1] != metadata.seq_len:
             raise DatasetFormatError(f"{path(field)}: expected shape [N, seq_len={metadata.seq_len}], got {shape}")
+    _check_tokens(path("inputs"), arrays.inputs, metadata.vocab_size)
+    _check_tokens(path("labels"), arrays.labels, metadata.vocab_size, metadata.ignore_label_id)
     if arrays.labels.shape != arrays.inputs.shape:
         raise DatasetFormatError(
             f"{path('labels')}: shape {arrays.labels.shape} differs from inputs {arrays.inputs.shape}"

@@ -27,8 +27,9 @@ from trm_mlx.evaluation.loop import evaluate
 from trm_mlx.evaluation.preds import load_predictions
 from trm_mlx.lanes import count_here
 from trm_mlx.model import ACTLossHead, create_model
-from trm_mlx.training.checkpointing import ARRAYS_FILE, find_train_state, read_train_state_meta
+from trm_mlx.training.checkpointing import read_state_weights
 from trm_mlx.training.config import hydra_config_path
+from trm_mlx.user_errors import one_line_errors
 
 DEFAULT_LOSS_TYPE = "stablemax_cross_entropy"
 
@@ -79,10 +80,6 @@ def _read_config_file(path: str) -> dict:
     return config
 
 
-def _section(arrays: dict, prefix: str) -> dict:
-    return {key.removeprefix(prefix): value for key, value in arrays.items() if key.startswith(prefix)}
-
-
 def _load_model(cfg: EvalConfig):
     """The model to evaluate and its loss type.
 
@@ -93,15 +90,8 @@ def _load_model(cfg: EvalConfig):
     path = Path(cfg.checkpoint)
     config = _read_config_file(cfg.config) if cfg.config is not None else None
     if path.is_dir():
-        state_dir = find_train_state(path)
-        arrays = mx.load(str(state_dir / ARRAYS_FILE))
-        weights = _section(arrays, "model.")
-        if cfg.ema:
-            ema = _section(arrays, "ema.")
-            if not ema:
-                raise ValueError(f"{state_dir}: no EMA weights in this training state (the run had ema=False)")
-            weights.update(ema)
-        config = config or read_train_state_meta(state_dir)["config"]
+        _, weights, meta = read_state_weights(path, ema=cfg.ema)
+        config = config or meta["config"]
     else:
         if cfg.ema:
             raise ValueError(
@@ -194,22 +184,11 @@ def run(cfg: EvalConfig) -> dict:
     return metrics
 
 
-def _describe(error: dict) -> str:
-    message = error["msg"].removeprefix("Value error, ")
-    where = ".".join(map(str, error["loc"]))
-    return f"{where}: {message}" if where else message
-
-
 @hydra.main(config_path=hydra_config_path(), config_name="eval", version_base=None)
 def _hydra_main(hydra_cfg: DictConfig) -> None:
-    try:
+    with one_line_errors("trm-eval"):
         cfg = EvalConfig.model_validate(OmegaConf.to_container(hydra_cfg, resolve=True))
         metrics = run(cfg)
-    except pydantic.ValidationError as e:
-        problems = "; ".join(_describe(err) for err in e.errors())
-        sys.exit(f"trm-eval: {problems}")
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"trm-eval: {e}")
     if mx.distributed.init().rank() == 0:
         print(json.dumps(metrics), flush=True)
 

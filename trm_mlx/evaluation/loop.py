@@ -95,17 +95,20 @@ def evaluate(
     capped = False
 
     start = time.perf_counter()
-    with tqdm(total=num_batches, desc="eval", unit="batch", disable=not progress or rank != 0) as bar, \
-            ExitStack() as memory:
+    steps = model.config.halt_max_steps
+    # Ticks per ACT step, so that a long evaluation moves and has an ETA; beside a training bar it is removed after.
+    with tqdm(total=num_batches * steps, desc="eval", unit="ACT step", leave=None,
+              disable=not progress or rank != 0) as bar, ExitStack() as memory:  # fmt: skip
         for set_name, batch, global_rows in dataset.iter_test():
             arrays = {key: mx.array(value) for key, value in batch.items()}
             carry = head.initial_carry(arrays)
             if not capped:  # sized by the first batch
                 memory.enter_context(eval_memory_cap(carry))
                 capped = True
-            for _ in range(model.config.halt_max_steps):
+            for _ in range(steps):
                 carry, metrics, outputs = eval_step(carry, arrays)
                 mx.eval(carry, metrics, outputs)
+                bar.update(1)
             if not bool(carry["halted"].all()):
                 raise RuntimeError("rows still running after halt_max_steps ACT steps (is the model in eval mode?)")
             host_outputs = {key: np.array(value) for key, value in outputs.items()}
@@ -116,7 +119,6 @@ def evaluate(
             for key in save_outputs:
                 saved[key].append(batch[key] if key in batch else host_outputs[key])
             examples += global_rows
-            bar.update(1)
             bar.set_postfix(examples_per_s=f"{examples / (time.perf_counter() - start):.1f}")
     elapsed = time.perf_counter() - start
 

@@ -142,15 +142,26 @@ def global_carry(state: TrainState, group: mx.distributed.Group) -> dict | None:
     return carry
 
 
-def export_model(source: str | Path, path: str | Path) -> Path:
-    """The model of the newest training state under ``source`` as a native checkpoint at ``path``: the EMA weights
-    where the run keeps an EMA, with the live puzzle table (what the trainer's ``step_N`` holds), else the live
-    weights."""
+def read_state_weights(source: str | Path, ema: bool | None = None) -> tuple[Path, dict, dict]:
+    """(folder, model weights, ``state.json``) of the newest training state under ``source``. ``ema=True`` takes
+    the EMA weights with the live puzzle table (what the trainer's ``step_N`` holds; an error where the run kept no
+    EMA), ``False`` the live weights, ``None`` the EMA weights where there are some."""
     state_dir = find_train_state(source)
     meta = read_train_state_meta(state_dir)
     arrays = mx.load(str(state_dir / ARRAYS_FILE))
     weights = _section(arrays, "model")
-    weights.update({name.removeprefix("model."): value for name, value in _section(arrays, "ema").items()})
+    averaged = {name.removeprefix("model."): value for name, value in _section(arrays, "ema").items()}
+    if ema and not averaged:
+        raise ValueError(f"{state_dir}: no EMA weights in this training state (the run had ema=False)")
+    if ema is not False:
+        weights.update(averaged)
+    return state_dir, weights, meta
+
+
+def export_model(source: str | Path, path: str | Path) -> Path:
+    """The model of the newest training state under ``source`` as a native checkpoint at ``path``: the EMA weights
+    where the run keeps an EMA (as the trainer's ``step_N``), else the live weights."""
+    state_dir, weights, meta = read_state_weights(source)
     arch = meta.get("arch") or arch_from_original(meta["config"], weights, state_dir)
     model = create_model(arch)
     load_weights_into(model, weights, state_dir / ARRAYS_FILE)

@@ -1,6 +1,8 @@
 """``trm-train``: the original ``python pretrain.py`` command line (Hydra, same keys, same ``+key=`` rules).
 
 With no arguments it trains the small built-in Sudoku demo (``preset=demo``), generating the data on first use.
+A mistake in the input (a config value, a missing or malformed file) ends in one line naming it
+(``TRM_MLX_FULL_ERROR=1``: the traceback).
 Under ``mlx.launch -n N`` it trains data-parallel on N ranks (docs/DISTRIBUTED.md).
 """
 
@@ -19,9 +21,11 @@ def launch(hydra_config: DictConfig) -> None:
     # MLX and the model load after parsing: --help stays instant.
     from trm_mlx.training.distributed import DistributedError
     from trm_mlx.training.trainer import train
+    from trm_mlx.user_errors import one_line_errors
 
     try:
-        train(from_hydra(hydra_config))
+        with one_line_errors("trm-train"):
+            train(from_hydra(hydra_config))
     except DistributedError as e:  # a rank stopped: say so in one line rather than with a traceback from MLX
         sys.exit(f"trm-train: {e}")
 

@@ -5,6 +5,7 @@ Hydra composes ``configs/cfg_pretrain.yaml``; :func:`from_hydra` turns the resul
 
 import importlib.util
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Sequence, Union
@@ -115,6 +116,7 @@ class PretrainConfig(BaseModel):
     resume: Optional[str] = None
     max_steps: Optional[int] = None
     max_minutes: Optional[Annotated[float, Field(gt=0)]] = None
+    on_nan_loss: Literal["stop", "continue"] = "stop"
     wandb_mode: Optional[Literal["online", "offline", "disabled"]] = None
     device: Literal["auto", "cpu", "gpu"] = "auto"
     kernels: Literal["auto", "fused", "reference"] = "auto"
@@ -124,20 +126,25 @@ class PretrainConfig(BaseModel):
 
 
 def from_hydra(hydra_config: DictConfig) -> PretrainConfig:
-    """Resolve interpolations (``${.hidden_size}``) and validate; unknown top-level keys are ignored, as in the
-    original, but named in a warning so that a misspelt ``+key`` does not go unnoticed."""
+    """Resolve interpolations (``${.hidden_size}``) and validate; unknown keys (top-level, or under ``arch``) are
+    ignored, as in the original, but named in a warning so that a misspelt ``+key`` does not go unnoticed."""
     values: dict[str, Any] = OmegaConf.to_container(hydra_config, resolve=True)  # type: ignore[assignment]
     unknown = sorted(set(values) - set(PretrainConfig.model_fields))
+    config = PretrainConfig(**values)
+    from trm_mlx.model import TRMConfig  # the model package loads MLX: not before the command line is parsed
+
+    unknown += [f"arch.{key}" for key in sorted(set(config.arch.model_extra) - set(TRMConfig.model_fields))]
     if unknown:
         warnings.warn(f"config keys not used by trm-train (ignored): {', '.join(unknown)}", stacklevel=2)
-    return PretrainConfig(**values)
+    return config
 
 
 def with_naming_defaults(config: PretrainConfig) -> PretrainConfig:
     """Fill ``project_name``, ``run_name`` and ``checkpoint_path`` the way the original does.
 
     ``project_name`` = basename of the first data path, ``str.capitalize``d (rest lower-cased), + ``-ACT-torch``;
-    ``run_name`` = model class name + a random two-word slug; ``checkpoint_path`` = checkpoints/<project>/<run>.
+    ``run_name`` = model class name + a random two-word slug; ``checkpoint_path`` = checkpoints/<project>/<run>,
+    where the original keeps the run name's space and we put an underscore.
     The ``-ACT-torch`` suffix is kept so that runs land in the same wandb project as the original's.
     """
     project_name = config.project_name
@@ -147,8 +154,8 @@ def with_naming_defaults(config: PretrainConfig) -> PretrainConfig:
     if run_name is None:
         run_name = f"{config.arch.name.split('@')[-1]} {coolname.generate_slug(2)}"
     checkpoint_path = config.checkpoint_path
-    if checkpoint_path is None:
-        checkpoint_path = os.path.join("checkpoints", project_name, run_name)
+    if checkpoint_path is None:  # the folder's name without spaces (the default run name has one)
+        checkpoint_path = os.path.join("checkpoints", project_name, re.sub(r"\s+", "_", run_name))
     return config.model_copy(
         update={"project_name": project_name, "run_name": run_name, "checkpoint_path": checkpoint_path}
     )

@@ -2,6 +2,7 @@
 across batches, AdamATan2 on the weights and sign-SGD on the puzzle-embedding rows of the batch, evaluation and
 checkpoints every ``eval_interval`` epochs, exact resume, and data parallelism over ``mx.distributed``."""
 
+import math
 import time
 from pathlib import Path
 
@@ -117,6 +118,18 @@ def past_deadline(deadline: float, step: int, group: mx.distributed.Group, every
     return late.item() > 0
 
 
+class NonFiniteLoss(ValueError):
+    """A training loss became NaN or infinite (``on_nan_loss=stop``)."""
+
+
+def check_finite_losses(metrics: dict[str, float], step: int, checkpoint_path: str | None) -> None:
+    """Stop on a NaN or infinite training loss: the weights it updated are no use, and nothing is saved past it."""
+    bad = [f"{key} = {value}" for key, value in metrics.items() if key.endswith("loss") and not math.isfinite(value)]
+    if bad:
+        kept = f"; the training state saved last under {checkpoint_path} is kept" if checkpoint_path else ""
+        raise NonFiniteLoss(f"step {step}: {', '.join(bad)}: training stopped{kept} (on_nan_loss=continue goes on)")
+
+
 def learning_rates(config: PretrainConfig, state: TrainState) -> tuple[float, float]:
     """(weights, puzzle embedding) rates of the current step, from the original schedule."""
     shape = dict(warmup_steps=round(config.lr_warmup_steps), total_steps=state.total_steps, min_ratio=config.lr_min_ratio)
@@ -220,7 +233,7 @@ def evaluate_and_checkpoint(
         if eval_data is not None:
             metrics = evaluate(
                 state.head, HeartbeatDataset(eval_data, watchdog), evaluators, save_outputs=config.eval_save_outputs,
-                save_dir=config.checkpoint_path, step=state.step, group=group, progress=False,
+                save_dir=config.checkpoint_path, step=state.step, group=group, progress=not logger.bar.disable,
                 lanes=cpu_lanes(config, group),
             )
             logger.evaluation(metrics, state.step)
@@ -300,7 +313,8 @@ def _train(config: PretrainConfig, show_progress: bool, metrics_every: int, grou
     step_fn, compiled_state = make_train_step(state, config, group)
     update_ema = make_ema_update(config.ema_rate)
 
-    logger = RunLogger(config, state.total_steps, initial_step=min(state.step, state.total_steps),
+    last_step = state.total_steps if config.max_steps is None else min(state.total_steps, config.max_steps)
+    logger = RunLogger(config, last_step, initial_step=min(state.step, last_step),
                        show_progress=show_progress, primary=primary, metrics_every=metrics_every)  # fmt: skip
     logger.log({"num_params": num_params(state.head)}, step=0)
     if config.checkpoint_path is not None and primary:
@@ -325,6 +339,8 @@ def _train(config: PretrainConfig, show_progress: bool, metrics_every: int, grou
         metrics = reduce_train_metrics(pending[0], config.global_batch_size, pending[1])
         logger.train_step(metrics, pending[2], mx.get_peak_memory() / 2**30)
         watchdog.beat()
+        if config.on_nan_loss == "stop":
+            check_finite_losses(metrics, pending[2], config.checkpoint_path)
 
     with Watchdog(timeout_s, group) as watchdog:
         pending = None  # the previous step's metrics, read while the next step runs
@@ -333,7 +349,9 @@ def _train(config: PretrainConfig, show_progress: bool, metrics_every: int, grou
                 break
             state.next_iter = iter_id
             state.model.train()
+            batches = 0
             for _set_name, batch, _global_batch in train_data.iter_train():
+                batches += 1
                 queued = train_batch(config, state, step_fn, compiled_state, batch)
                 if pending is not None:
                     report(pending)
@@ -347,6 +365,11 @@ def _train(config: PretrainConfig, show_progress: bool, metrics_every: int, grou
             if pending is not None:
                 report(pending)
                 pending = None
+            if batches == 0:
+                raise ValueError(f"global_batch_size={config.global_batch_size} is more than one iteration of the "
+                                 f"training data holds (eval_interval={epochs_per_iter} epochs of "
+                                 f"{train_data.metadata.total_groups} groups): no step can run; lower the batch size "
+                                 "or raise eval_interval")
             # A stop on an iteration's last batch still evaluates, as the run straight through does: the sampler
             # already stands at the next iteration, so the saved state must too.
             if stop_requested() and not train_data.between_iterations:
