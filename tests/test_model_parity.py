@@ -1,7 +1,11 @@
 """trm_mlx against the legacy PyTorch reference, from the same (original-format) checkpoint."""
 
+import importlib.util
 import json
+import shutil
+import sys
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,7 +88,8 @@ def write_original_checkpoint(tmp_path, arch: dict, seed: int = 0):
     with torch.no_grad():
         inner.q_head.weight.normal_(0, 0.2)
         inner.q_head.bias.normal_(0, 0.5)
-        inner.puzzle_emb.weights.normal_(0, 0.5)
+        if hasattr(inner, "puzzle_emb"):
+            inner.puzzle_emb.weights.normal_(0, 0.5)
     state = OrderedDict(("_orig_mod." + k, v) for k, v in head.state_dict().items())
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -204,3 +209,55 @@ def test_bad_checkpoints_name_the_file(tmp_path):
     (checkpoint.parent / "all_config.yaml").unlink()
     with pytest.raises(ValueError, match="all_config.yaml"):
         load(checkpoint)
+
+
+def test_fp32_is_judged_against_fp64_by_default(tmp_path, capsys):
+    """Random weights make the recursion chaotic: by ACT step 4 two correct fp32 programs differ by more than the
+    fixed tolerance, and about as much as each differs from fp64. The default verdict uses that reference; the
+    fixed tolerances stay an option, and a FAIL names the check and its numbers."""
+    checkpoint, _ = write_original_checkpoint(tmp_path, {**TINY, **VARIANTS["mlp_t"], "halt_max_steps": 4})
+    fixed = parity.run(checkpoint, batch_size=4, seed=1, floor=False)
+    assert not fixed["pass"] and not fixed["fp64_reference"]
+    assert fixed["failures"][0].startswith("logits at ACT step 4: trm_mlx - legacy ")
+    judged = parity.run(checkpoint, batch_size=4, seed=1)
+    assert judged["pass"] and judged["fp64_reference"]
+    assert judged["forward"][3]["logits"]["max_abs"] > parity.TOLERANCES["float32"]["logits_abs"]
+
+    assert parity.main(["--checkpoint", str(checkpoint), "--seed", "1", "--fixed-tolerances"]) == 1
+    assert "FAIL (fixed tolerances): logits at ACT step 4: trm_mlx - legacy" in capsys.readouterr().out
+    assert parity.main(["--checkpoint", str(checkpoint), "--seed", "1"]) == 0
+    assert "PASS (fixed tolerances, or the fp64 noise floor)" in capsys.readouterr().out
+
+
+def test_sequence_length_from_the_data_path_or_the_command_line(tmp_path, capsys):
+    """A RoPE checkpoint whose all_config.yaml names a dataset that is not on this machine."""
+    checkpoint, _ = write_original_checkpoint(tmp_path, TINY)
+    shutil.rmtree(tmp_path / "data")
+    with pytest.raises(SystemExit, match="sequence length unknown: pass --seq-len or --data-path"):
+        parity.main(["--checkpoint", str(checkpoint)])
+    assert parity.main(["--checkpoint", str(checkpoint), "--seq-len", str(SIZES["seq_len"])]) == 0
+
+    data = tmp_path / "here"
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        (data / split).mkdir(parents=True)
+        (data / split / "dataset.json").write_text(json.dumps({"seq_len": SIZES["seq_len"], "ignore_label_id": 0}))
+    tokens = rng.integers(1, SIZES["vocab_size"], size=(4, SIZES["seq_len"]))
+    np.save(data / "test" / "all__inputs.npy", tokens)
+    np.save(data / "test" / "all__labels.npy", tokens)
+    assert parity.main(["--checkpoint", str(checkpoint), "--data-path", str(data), "--grads"]) == 0
+    assert "PASS" in capsys.readouterr().out
+
+
+def test_gradients_of_a_model_without_puzzle_embedding(tmp_path):
+    checkpoint, _ = write_original_checkpoint(tmp_path, {**TINY, "puzzle_emb_ndim": 0, "puzzle_emb_len": 0})
+    result = parity.run(checkpoint, batch_size=4, seed=1, grads=True)
+    assert result["pass"] and "puzzle_rows" not in result["gradients"]["grads"]
+    assert set(result["gradients"]["grads"]) == {k for k, _ in tree_flatten(load(checkpoint).trainable_parameters())}
+
+
+def test_without_torch_one_line_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch then fails as on a machine without it
+    spec = importlib.util.spec_from_file_location("parity_without_torch", Path(parity.__file__))
+    with pytest.raises(SystemExit, match=r'the PyTorch reference needs torch: pip install -e "\.\[legacy\]"'):
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
