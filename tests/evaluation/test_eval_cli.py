@@ -149,7 +149,8 @@ def test_arc_original_checkpoint_end_to_end(arc_build, tmp_path):
     }
     assert submission == json.loads((legacy_dir / "submission.json").read_text())  # every pair has votes here
     page = (out_dir / "report" / "index.html").read_text()
-    assert page.count("<img") == sum(4 * len(p["test"]) for p in list(test_puzzles.values())[:3])
+    assert page.count("<svg") == sum(4 * len(p["test"]) for p in list(test_puzzles.values())[:3])
+    assert "ARC/pass@2" in page and "all · accuracy" in page  # the metrics at the top
 
 
 def test_maze_with_arch_override(maze_build, tmp_path):
@@ -245,3 +246,9 @@ def test_training_state_live_or_ema_weights(sudoku_build, tmp_path):
     assert from_state["live"] != from_state["ema"]
     with pytest.raises(ValueError, match="ema=true needs a trm-train training-state folder"):
         evaluate_set(references["live"], ema=True)
+
+
+def test_default_output_folders_of_two_runs_differ():
+    first = EvalConfig(checkpoint="checkpoints/p/run_a/step_400", data_paths=["d"]).default_output_dir()
+    second = EvalConfig(checkpoint="checkpoints/p/run_b/step_400", data_paths=["d"]).default_output_dir()
+    assert first == Path("outputs/eval/run_a/step_400") and second == Path("outputs/eval/run_b/step_400")

@@ -1,16 +1,17 @@
-"""The HTML report, rendered by a real headless browser and checked on the screenshot's pixels."""
+"""The HTML report: which examples it shows, and what a real headless browser draws of it (checked on the
+screenshot's pixels)."""
 
 import shutil
 import subprocess
-import zlib
 
+import matplotlib.image
 import numpy as np
 import pytest
-from png_reader import decode_png
 from test_eval_boards import MAZE, SOLUTION, maze_tokens, sudoku_cases, tokens
 
 from trm_mlx.evaluation import render
 from trm_mlx.evaluation.arc import ARCEvaluator
+from trm_mlx.evaluation.sudoku import SudokuEvaluator
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
@@ -27,32 +28,29 @@ def screenshot(page, out_png, size=(1000, 1400)) -> np.ndarray:
         f"--screenshot={out_png}",
     ]  # fmt: skip
     subprocess.run([browser, *flags, page.as_uri()], check=True, capture_output=True, timeout=120)
-    return decode_png(out_png.read_bytes())[..., :3]
+    return np.round(matplotlib.image.imread(out_png)[..., :3] * 255).astype(np.int16)
 
 
-def colour_pixels(image: np.ndarray, colour) -> int:
-    return int((image == np.asarray(colour, dtype=np.uint8)).all(axis=-1).sum())
+def rgb(colour: str) -> np.ndarray:
+    return np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)], dtype=np.int16)
 
 
-def test_png_encoder_round_trip():
-    image = np.random.default_rng(0).integers(0, 256, size=(7, 5, 3), dtype=np.uint8)
-    png = render.encode_png(image)
-    assert (decode_png(png) == image).all()
-    # The pixel data is one zlib stream of rows, each prefixed by filter type 0.
-    idat = png[png.index(b"IDAT") + 4 : png.index(b"IEND") - 8]
-    assert zlib.decompress(idat) == b"".join(b"\x00" + row.tobytes() for row in image)
+def colour_pixels(image: np.ndarray, colour: str, tolerance: int = 0) -> int:
+    return int((np.abs(image - rgb(colour)) <= tolerance).all(axis=-1).sum())
 
 
 def test_arc_report_in_headless_chromium(arc_eval_fixture, tmp_path):
     evaluator = ARCEvaluator(arc_eval_fixture.data_dir)
     for batch, outputs in arc_eval_fixture.batches:
         evaluator.update_batch(batch, outputs)
-    evaluator.result()
+    metrics = evaluator.result()
     rows = render.arc_rows(arc_eval_fixture.test_puzzles, evaluator.submission, limit=4)
-    assert [caption for caption, _ in rows[0][1]][:2] == ["input", "true output"]
-    assert all(len(panels) == 4 for _, panels in rows)  # input, true output, attempt 1, attempt 2
-    page = render.write_report(tmp_path / "report", "ARC check", {"ARC": rows})
-    assert len(list((tmp_path / "report" / "img").glob("*.png"))) == sum(len(p) for _, p in rows)
+    assert [board.caption for board in rows[0].boards][:2] == ["input", "true output"]
+    assert all(len(row.boards) == 4 for row in rows)  # input, true output, attempt 1, attempt 2
+    page = render.write_report(tmp_path / "report", "ARC check", [render.Section("ARC", rows)], metrics)
+    text = page.read_text()
+    assert text.count("<svg") == sum(len(row.boards) for row in rows)
+    assert "ARC/pass@2" in text and f"{metrics['ARC/pass@2']:.4g}" in text  # the metrics at the top
 
     shot = screenshot(page, tmp_path / "arc.png")
     # The first puzzles' grids use most of the palette; every colour shown must be an exact palette colour.
@@ -67,20 +65,50 @@ def test_board_report_marks_wrong_cells_in_headless_chromium(tmp_path):
     puzzle, swapped = sudoku_cases()[1][:2]
     shortest = [(0, 1), (1, 1), (2, 1), (2, 2), (2, 3), (1, 3), (0, 3)]
     maze_pred = maze_tokens(MAZE, shortest[:3] + [(2, 4), (1, 4)])  # wrong: cells (2,4), (1,4) and missing ones
-    sections = {
-        "Sudoku": render.board_rows("Sudoku", [(puzzle, swapped, tokens(SOLUTION))], limit=1),
-        "Maze": render.board_rows("Maze", [(maze_tokens(MAZE), maze_pred, maze_tokens(MAZE, shortest))], limit=1),
-    }
-    assert sections["Sudoku"][0][0].endswith("2 wrong cells")
-    page = render.write_report(tmp_path / "report", "boards", sections)
+    sections = [
+        render.Section("Sudoku", render.board_rows("Sudoku", [(0, puzzle, swapped, tokens(SOLUTION))])),
+        render.Section("Maze", render.board_rows("Maze", [(0, maze_tokens(MAZE), maze_pred, maze_tokens(MAZE, shortest))])),
+    ]  # fmt: skip
+    assert sections[0].rows[0].heading == "Sudoku example 0 · 2 wrong cells"
+    metrics = {"all": {"accuracy": 0.5, "exact_accuracy": 0.25, "steps": 16.0}}
+    page = render.write_report(tmp_path / "report", "boards", sections, metrics, selection="Showing the first 1.")
+    text = page.read_text()
+    for words in ("all · accuracy", "0.25", "clue", "filled in", "wrong", "blank", "wall", "goal", "Showing the first"):
+        assert words in text, words
 
     shot = screenshot(page, tmp_path / "boards.png")
-    # Sudoku: two wrong cells filled light red; clue digits in black ink, predicted digits in blue.
-    cell = 27
+    cell = 26
+    # Sudoku: two wrong cells filled light red; clue digits in black ink, filled-in digits in blue, as text.
     assert colour_pixels(shot, render.WRONG_FILL) > 2 * 0.5 * cell * cell
-    assert colour_pixels(shot, render.PREDICTED_INK) > 50 and colour_pixels(shot, render.INK) > 500
+    assert colour_pixels(shot, render.PREDICTED_INK, tolerance=40) > 60
+    assert colour_pixels(shot, render.INK, tolerance=40) > 500
     # Maze: walls, start, goal and path in their colours; wrong cells outlined in red.
     for token in (1, 3, 4, 5):
-        assert colour_pixels(shot, render.MAZE_COLOURS[token]) > 9 * 9 // 2, token
+        assert colour_pixels(shot, render.MAZE_COLOURS[token]) > 10 * 10 // 2, token
     wrong = int((maze_pred != maze_tokens(MAZE, shortest)).sum())
-    assert colour_pixels(shot, render.WRONG) >= wrong * 4 * 2 * (9 - 2)
+    assert colour_pixels(shot, render.WRONG) >= wrong * 4 * 2 * (10 - 4)
+
+
+def test_the_report_shows_the_first_the_wrong_or_a_random_sample():
+    cases = sudoku_cases()  # exact, then four boards that are not
+    batch = {"inputs": np.stack([c[0] for c in cases] * 4), "labels": np.stack([c[2] for c in cases] * 4)}
+    outputs = {"preds": np.stack([c[1] for c in cases] * 4)}
+
+    def kept(keep, seed=0):
+        evaluator = SudokuEvaluator(keep_examples=3, keep=keep, seed=seed)
+        evaluator.update_batch(batch, outputs)
+        return [number for number, *_ in evaluator.examples]
+
+    assert kept("first") == [0, 1, 2]
+    assert kept("wrong") == [1, 2, 3]  # board 0 (and 5, 10, 15) is solved
+    samples = [kept("random", seed) for seed in range(40)]
+    assert all(len(s) == 3 and s == sorted(s) and len(set(s)) == 3 for s in samples)
+    assert len({n for s in samples for n in s}) > 15  # every board can be drawn, not only the first ones
+    with pytest.raises(ValueError, match="keep='worst'"):
+        SudokuEvaluator(keep="worst")
+
+    rows = render.board_rows("Sudoku", [(n, c[0], c[1], c[2]) for n, c in enumerate(cases)])
+    assert [row.wrong for row in rows] == [False, True, True, True, True]
+    assert render.select_items(rows, "wrong", 2, is_wrong=lambda row: row.wrong) == rows[1:3]
+    with pytest.raises(ValueError, match="render_select='all'"):
+        render.select_items(rows, "all", 2, is_wrong=lambda row: row.wrong)

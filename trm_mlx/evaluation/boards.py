@@ -13,15 +13,22 @@ def real_rows(inputs: np.ndarray, pad_id: int) -> np.ndarray:
 
 class BoardEvaluator:
     """Counts per-board checks (`checks` returns one boolean per board for each name in `check_names`) and exact
-    matches with the labels when the batch has them. Keeps the first `keep_examples` boards for the report."""
+    matches with the labels when the batch has them. Keeps `keep_examples` boards for the report, chosen by
+    `keep`: the first ones, the first wrong ones (not exact, or failing a check where there are no labels), or a
+    uniform sample of all boards (reservoir sampling, seeded); each as (number among all boards, inputs, preds,
+    labels or None)."""
 
     name: str
     check_names: tuple[str, ...]
     required_outputs = frozenset({"inputs", "preds"})
 
-    def __init__(self, pad_id: int = 0, keep_examples: int = 0):
+    def __init__(self, pad_id: int = 0, keep_examples: int = 0, keep: str = "first", seed: int = 0):
+        if keep not in ("first", "wrong", "random"):
+            raise ValueError(f"keep={keep!r}: expected first, wrong or random")
         self.pad_id = pad_id
         self.keep_examples = keep_examples
+        self.keep = keep
+        self.seed = seed
         self.begin_eval()
 
     def checks(self, inputs: np.ndarray, preds: np.ndarray) -> dict[str, np.ndarray]:
@@ -29,22 +36,41 @@ class BoardEvaluator:
 
     def begin_eval(self) -> None:
         self.counts = dict.fromkeys(("count", "labelled", "exact", *self.check_names), 0)
-        self.examples: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
+        self.examples: list[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]] = []
+        self._sampler = np.random.default_rng(self.seed)
 
     def update_batch(self, batch: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
         keep = real_rows(batch["inputs"], self.pad_id)
         inputs, preds = np.asarray(batch["inputs"])[keep], np.asarray(outputs["preds"])[keep]
         labels = np.asarray(batch["labels"])[keep] if "labels" in batch else None
+        first_number = self.counts["count"]
         self.counts["count"] += len(inputs)
-        for key, passed in self.checks(inputs, preds).items():
+        checks = self.checks(inputs, preds)
+        for key, passed in checks.items():
             self.counts[key] += int(passed.sum())
         if labels is not None:
-            scored = labels != -100
+            exact = ((preds == labels) | (labels == -100)).all(axis=1)
             self.counts["labelled"] += len(labels)
-            self.counts["exact"] += int(((preds == labels) | ~scored).all(axis=1).sum())
-        room = self.keep_examples - len(self.examples)
-        for i in range(min(room, len(inputs))):
-            self.examples.append((inputs[i], preds[i], None if labels is None else labels[i]))
+            self.counts["exact"] += int(exact.sum())
+            correct = exact
+        else:
+            correct = np.logical_and.reduce(list(checks.values())) if checks else np.ones(len(inputs), bool)
+        for i in range(len(inputs)):
+            self._offer((first_number + i, inputs[i], preds[i], None if labels is None else labels[i]), correct[i])
+
+    def _offer(self, example: tuple, correct: bool) -> None:
+        room = len(self.examples) < self.keep_examples
+        if self.keep == "first" or (self.keep == "wrong" and not correct):
+            if room:
+                self.examples.append(example)
+        elif self.keep == "random" and self.keep_examples:
+            if room:
+                self.examples.append(example)
+            else:  # reservoir sampling: the n-th board replaces a kept one with probability keep_examples / n
+                slot = int(self._sampler.integers(example[0] + 1))
+                if slot < self.keep_examples:
+                    self.examples[slot] = example
+                    self.examples.sort(key=lambda kept: kept[0])
 
     def result(self, save_dir=None, group: mx.distributed.Group | None = None) -> dict:
         """Fractions of boards passing each check, and `exact_accuracy` when labels were seen."""

@@ -51,6 +51,7 @@ class EvalConfig(pydantic.BaseModel):
     save_outputs: list[str] = []
     render: bool = False
     render_limit: int = pydantic.Field(20, ge=0)
+    render_select: Literal["first", "wrong", "random"] = "first"
     device: Literal["auto", "cpu", "gpu"] = "auto"
     cpu_lanes: Union[Literal["auto"], Annotated[int, pydantic.Field(ge=1)]] = "auto"
     progress: bool = True
@@ -68,8 +69,9 @@ class EvalConfig(pydantic.BaseModel):
         return [self.preds] if isinstance(self.preds, str) else list(self.preds or [])
 
     def default_output_dir(self) -> Path:
-        source = self.checkpoint or self.preds_files[0]
-        return Path("outputs") / "eval" / Path(source).name
+        """outputs/eval/<run folder>/<checkpoint>: the step_N of two runs do not overwrite each other."""
+        source = Path(self.checkpoint or self.preds_files[0]).resolve()
+        return Path("outputs") / "eval" / source.parent.name / source.name
 
 
 def _read_config_file(path: str) -> dict:
@@ -116,7 +118,8 @@ def _load_model(cfg: EvalConfig):
 def _make_evaluators(cfg: EvalConfig, metadata):
     names = cfg.evaluators if cfg.evaluators is not None else default_evaluator_names(cfg.data_paths[0], metadata)
     keep = cfg.render_limit if cfg.render else 0
-    return [create_evaluator(spec, cfg.data_paths, metadata, keep_examples=keep) for spec in names]
+    return [create_evaluator(spec, cfg.data_paths, metadata, keep_examples=keep, keep=cfg.render_select)
+            for spec in names]  # fmt: skip
 
 
 def _evaluate_checkpoint(cfg: EvalConfig, output_dir: Path, group: mx.distributed.Group):
@@ -156,15 +159,18 @@ def _rescore(cfg: EvalConfig, output_dir: Path):
     return metrics, evaluators
 
 
-def _write_report(cfg: EvalConfig, output_dir: Path, evaluators) -> Path:
-    sections = {}
+def _write_report(cfg: EvalConfig, output_dir: Path, evaluators, metrics: dict) -> Path:
+    sections = []
     for evaluator in evaluators:
         if isinstance(evaluator, ARCEvaluator):
-            sections["ARC"] = render.arc_rows(evaluator.test_puzzles, evaluator.submission, cfg.render_limit)
+            rows = render.arc_rows(evaluator.test_puzzles, evaluator.submission, cfg.render_limit, cfg.render_select)
+            sections.append(render.Section("ARC", rows))
         else:
-            sections[evaluator.name] = render.board_rows(evaluator.name, evaluator.examples, cfg.render_limit)
+            sections.append(render.Section(evaluator.name, render.board_rows(evaluator.name, evaluator.examples)))
     title = f"trm-eval · {cfg.checkpoint or ', '.join(cfg.preds_files)} · {', '.join(cfg.data_paths)}"
-    return render.write_report(output_dir / "report", title, sections)
+    what = {"first": "the first", "wrong": "the first wrong", "random": "a random sample of"}[cfg.render_select]
+    return render.write_report(output_dir / "report", title, sections, metrics,
+                               selection=f"Showing {what} {cfg.render_limit} (render_select, render_limit).")
 
 
 def run(cfg: EvalConfig) -> dict:
@@ -179,7 +185,7 @@ def run(cfg: EvalConfig) -> dict:
     if group.rank() == 0:
         write_json_atomic(output_dir / "metrics.json", metrics)
         if cfg.render:
-            report = _write_report(cfg, output_dir, evaluators)
+            report = _write_report(cfg, output_dir, evaluators, metrics)
             print(f"report: {report}", file=sys.stderr)
     return metrics
 

@@ -26,9 +26,11 @@ def default_evaluator_names(data_path: str | Path, metadata: PuzzleDatasetMetada
 
 
 def create_evaluator(
-    spec: str | dict, data_paths: list[str], metadata: PuzzleDatasetMetadata, keep_examples: int = 0
+    spec: str | dict, data_paths: list[str], metadata: PuzzleDatasetMetadata, keep_examples: int = 0,
+    keep: str = "first",
 ):
-    """One evaluator from `name` or `{name: ..., **kwargs}`; names are locators (`arc@ARC`) or short (`ARC`)."""
+    """One evaluator from `name` or `{name: ..., **kwargs}`; names are locators (`arc@ARC`) or short (`ARC`).
+    Board evaluators keep `keep_examples` boards for the report, chosen by `keep` (first, wrong or random)."""
     spec = {"name": spec} if isinstance(spec, str) else dict(spec)
     name = spec.pop("name", None)
     locator = SHORT_NAMES.get(name, name)
@@ -40,7 +42,8 @@ def create_evaluator(
         if not arc_paths:
             raise ValueError(f"the ARC evaluator needs an ARC build with test_puzzles.json; none in {data_paths}")
         return _construct(ARCEvaluator, name, arc_paths[0], blank_identifier_id=metadata.blank_identifier_id, **kwargs)
-    return _construct(EVALUATORS[locator], name, pad_id=metadata.pad_id, keep_examples=keep_examples, **spec)
+    return _construct(EVALUATORS[locator], name, pad_id=metadata.pad_id, keep_examples=keep_examples, keep=keep,
+                      **spec)  # fmt: skip
 
 
 def _construct(cls, name, *args, **kwargs):

@@ -1,233 +1,183 @@
-"""A browsable HTML report of evaluated puzzles, with boards drawn as PNG files (pure NumPy + zlib).
+"""A browsable HTML report of an evaluation: the run's metrics, a legend, and the puzzles drawn as inline SVG.
 
-ARC: each test input beside its true output and the two submitted attempts, in the ARC palette. Sudoku and Maze:
-input, prediction and label boards, with wrong cells marked in red.
+ARC: each test input beside its true output and the submitted attempts, in the ARC palette. Sudoku: input,
+prediction and label boards, digits as text (clues black, filled-in digits blue, wrong cells red). Maze: the same
+boards in colours, wrong cells outlined in red. Which examples appear is chosen by ``select``: the first ones, the
+wrong ones, or a random sample (seeded).
 """
 
-import html
 import os
-import struct
+import random
 import tempfile
-import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import jinja2
 import numpy as np
 
 from trm_mlx.evaluation.maze import GOAL, OPEN, PATH, START, WALL, maze_wrong_cells
 from trm_mlx.evaluation.sudoku import sudoku_wrong_cells
 
+SELECTIONS = ("first", "wrong", "random")
+
 # The ARC viewer's colours for 0..9: black, blue, red, green, yellow, grey, magenta, orange, azure, maroon.
-ARC_PALETTE = np.array(
-    [
-        [0x00, 0x00, 0x00],
-        [0x00, 0x74, 0xD9],
-        [0xFF, 0x41, 0x36],
-        [0x2E, 0xCC, 0x40],
-        [0xFF, 0xDC, 0x00],
-        [0xAA, 0xAA, 0xAA],
-        [0xF0, 0x12, 0xBE],
-        [0xFF, 0x85, 0x1B],
-        [0x7F, 0xDB, 0xFF],
-        [0x87, 0x0C, 0x25],
-    ],
-    dtype=np.uint8,
-)
-GRID_LINE = np.array([0x55, 0x55, 0x55], dtype=np.uint8)
-WRONG = np.array([0xFF, 0x00, 0x00], dtype=np.uint8)
-WRONG_FILL = np.array([0xFF, 0xC8, 0xC8], dtype=np.uint8)
-INK = np.array([0x10, 0x10, 0x10], dtype=np.uint8)
-PREDICTED_INK = np.array([0x1F, 0x4F, 0xD0], dtype=np.uint8)
-WHITE = np.array([0xFF, 0xFF, 0xFF], dtype=np.uint8)
-MAZE_COLOURS = {
-    WALL: [0x30, 0x30, 0x30],
-    OPEN: [0xFF, 0xFF, 0xFF],
-    START: [0x2E, 0xCC, 0x40],
-    GOAL: [0x00, 0x74, 0xD9],
-    PATH: [0xFF, 0x85, 0x1B],
-}
-
-# 3x5 bitmaps of the digits 1..9 for Sudoku boards.
-_DIGIT_GLYPHS = {
-    1: (".#.", "##.", ".#.", ".#.", "###"),
-    2: ("##.", "..#", ".#.", "#..", "###"),
-    3: ("##.", "..#", ".#.", "..#", "##."),
-    4: ("#.#", "#.#", "###", "..#", "..#"),
-    5: ("###", "#..", "##.", "..#", "##."),
-    6: (".##", "#..", "###", "#.#", "###"),
-    7: ("###", "..#", ".#.", ".#.", ".#."),
-    8: ("###", "#.#", "###", "#.#", "###"),
-    9: ("###", "#.#", "###", "..#", "##."),
-}
+ARC_PALETTE = ("#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00", "#AAAAAA", "#F012BE", "#FF851B", "#7FDBFF",
+               "#870C25")  # fmt: skip
+WHITE = "#FFFFFF"
+WRONG = "#FF0000"
+WRONG_FILL = "#FFC8C8"
+INK = "#101010"
+PREDICTED_INK = "#1F4FD0"
+MAZE_COLOURS = {WALL: "#303030", OPEN: "#FFFFFF", START: "#2ECC40", GOAL: "#0074D9", PATH: "#FF851B"}
+LEGENDS = {
+    "Sudoku": [(WHITE, INK, "clue"), (WHITE, PREDICTED_INK, "filled in"), (WRONG_FILL, PREDICTED_INK, "wrong"),
+               (WHITE, None, "blank")],  # fmt: skip
+    "Maze": [(MAZE_COLOURS[WALL], None, "wall"), (MAZE_COLOURS[OPEN], None, "open"), (MAZE_COLOURS[START], None, "start"),
+             (MAZE_COLOURS[GOAL], None, "goal"), (MAZE_COLOURS[PATH], None, "path"), (WRONG, None, "wrong (outlined)")],
+    "ARC": [(colour, None, str(i)) for i, colour in enumerate(ARC_PALETTE)],
+}  # fmt: skip
 
 
-def encode_png(rgb: np.ndarray) -> bytes:
-    """An 8-bit RGB PNG of an `[H, W, 3]` uint8 image (no row filters, zlib-compressed)."""
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"encode_png needs an [H, W, 3] uint8 image, got {rgb.shape} {rgb.dtype}")
-    height, width = rgb.shape[:2]
-    raw = np.concatenate([np.zeros((height, 1), dtype=np.uint8), rgb.reshape(height, width * 3)], axis=1)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(raw.tobytes(), 6))
-        + chunk(b"IEND", b"")
-    )
+@dataclass
+class Cell:
+    fill: str
+    text: str = ""
+    ink: str = INK
+    outlined: bool = False  # wrong cell of a colour board: a red outline
 
 
-def _cells_image(colours: np.ndarray, cell: int, line: np.ndarray = GRID_LINE) -> np.ndarray:
-    """`[h, w, 3]` cell colours drawn as `cell`-pixel squares separated by 1-pixel lines."""
-    h, w = colours.shape[:2]
-    image = np.empty((h * (cell + 1) + 1, w * (cell + 1) + 1, 3), dtype=np.uint8)
-    image[:] = line
-    for r in range(h):
-        for c in range(w):
-            y, x = r * (cell + 1) + 1, c * (cell + 1) + 1
-            image[y : y + cell, x : x + cell] = colours[r, c]
-    return image
+@dataclass
+class Board:
+    caption: str
+    cells: list[list[Cell]]
+    cell_px: int
+    box: int = 0  # thick lines every `box` cells (Sudoku's 3x3 boxes)
 
 
-def _outline_cells(image: np.ndarray, mask: np.ndarray, cell: int, width: int) -> None:
-    for r, c in zip(*np.nonzero(mask)):
-        y, x = r * (cell + 1) + 1, c * (cell + 1) + 1
-        image[y : y + width, x : x + cell] = WRONG
-        image[y + cell - width : y + cell, x : x + cell] = WRONG
-        image[y : y + cell, x : x + width] = WRONG
-        image[y : y + cell, x + cell - width : x + cell] = WRONG
+@dataclass
+class Row:
+    heading: str
+    boards: list[Board]
+    wrong: bool  # not solved: what `select=wrong` keeps
 
 
-def arc_image(grid, cell: int = 14) -> np.ndarray:
-    grid = np.asarray(grid, dtype=np.uint8)
-    if grid.size == 0:
-        return np.full((cell, cell, 3), GRID_LINE, dtype=np.uint8)
-    return _cells_image(ARC_PALETTE[grid], cell)
+@dataclass
+class Section:
+    name: str
+    rows: list[Row] = field(default_factory=list)
 
 
-def sudoku_image(inputs: np.ndarray, board: np.ndarray, wrong: np.ndarray | None = None, cell: int = 27) -> np.ndarray:
-    """A 9x9 board of tokens (1 blank, 2..10 digits); clues in black, other digits in blue, wrong cells red."""
-    wrong = np.zeros((9, 9), dtype=bool) if wrong is None else wrong
-    fill = np.where(wrong[..., None], WRONG_FILL, WHITE)
-    image = _cells_image(fill, cell, line=np.array([0xB0, 0xB0, 0xB0], dtype=np.uint8))
-    scale = cell // 7
-    tokens, clues = board.reshape(9, 9), inputs.reshape(9, 9) >= 2
-    for r in range(9):
-        for c in range(9):
-            digit = int(tokens[r, c]) - 1
-            if digit not in _DIGIT_GLYPHS:
-                continue
-            glyph = np.array([[ch == "#" for ch in row] for row in _DIGIT_GLYPHS[digit]])
-            pixels = np.kron(glyph, np.ones((scale, scale), dtype=bool))
-            y = r * (cell + 1) + 1 + (cell - pixels.shape[0]) // 2
-            x = c * (cell + 1) + 1 + (cell - pixels.shape[1]) // 2
-            patch = image[y : y + pixels.shape[0], x : x + pixels.shape[1]]
-            patch[pixels] = INK if clues[r, c] else PREDICTED_INK
-    for k in (0, 3, 6, 9):  # thick box borders
-        p = k * (cell + 1)
-        image[max(p - 1, 0) : p + 2, :] = INK
-        image[:, max(p - 1, 0) : p + 2] = INK
-    return image
+def arc_board(caption: str, grid, cell_px: int = 14) -> Board:
+    grid = np.asarray(grid, dtype=np.int64).reshape(len(grid), -1) if len(grid) else np.zeros((0, 0), np.int64)
+    return Board(caption, [[Cell(ARC_PALETTE[v]) for v in row] for row in grid.tolist()], cell_px)
 
 
-def maze_image(board: np.ndarray, wrong: np.ndarray | None = None, cell: int = 9) -> np.ndarray:
-    side = int(round(board.size**0.5))
-    tokens = board.reshape(side, side)
-    colours = np.zeros((side, side, 3), dtype=np.uint8)
-    for token, colour in MAZE_COLOURS.items():
-        colours[tokens == token] = colour
-    image = _cells_image(colours, cell, line=np.array([0xD0, 0xD0, 0xD0], dtype=np.uint8))
-    if wrong is not None:
-        _outline_cells(image, wrong, cell, width=max(cell // 4, 1))
-    return image
+def sudoku_board(caption: str, inputs: np.ndarray, board: np.ndarray, wrong: np.ndarray | None = None) -> Board:
+    """A 9x9 board of tokens (1 blank, 2..10 digits 1..9)."""
+    tokens, clues = np.asarray(board).reshape(9, 9), np.asarray(inputs).reshape(9, 9) >= 2
+    wrong = np.zeros((9, 9), bool) if wrong is None else wrong
+    cells = [[Cell(WRONG_FILL if wrong[r, c] else WHITE, str(int(tokens[r, c]) - 1) if tokens[r, c] >= 2 else "",
+                   INK if clues[r, c] else PREDICTED_INK) for c in range(9)] for r in range(9)]  # fmt: skip
+    return Board(caption, cells, 26, box=3)
 
 
-Panel = tuple[str, np.ndarray]  # caption, image
-Row = tuple[str, list[Panel]]  # heading, panels side by side
+def maze_board(caption: str, board: np.ndarray, wrong: np.ndarray | None = None) -> Board:
+    side = int(round(np.asarray(board).size ** 0.5))
+    tokens = np.asarray(board).reshape(side, side)
+    wrong = np.zeros((side, side), bool) if wrong is None else wrong
+    cells = [[Cell(MAZE_COLOURS.get(int(tokens[r, c]), WHITE), outlined=bool(wrong[r, c])) for c in range(side)]
+             for r in range(side)]  # fmt: skip
+    return Board(caption, cells, 10)
 
 
-def arc_rows(test_puzzles: dict, submission: dict, limit: int) -> list[Row]:
-    """One row per test input of the first `limit` puzzles: input, true output, attempts (marked right/wrong)."""
-    rows = []
-    for name in list(test_puzzles)[:limit]:
-        entries = submission.get(name, [])
+def select_items(items: list, select: str, limit: int, is_wrong, seed: int = 0) -> list:
+    """The first ``limit`` items, the first ``limit`` wrong ones, or ``limit`` at random (seeded, in order)."""
+    if select not in SELECTIONS:
+        raise ValueError(f"render_select={select!r}: expected one of {', '.join(SELECTIONS)}")
+    if select == "wrong":
+        items = [item for item in items if is_wrong(item)]
+    elif select == "random" and len(items) > limit:
+        items = [items[i] for i in sorted(random.Random(seed).sample(range(len(items)), limit))]
+    return items[:limit]
+
+
+def arc_rows(test_puzzles: dict, submission: dict, limit: int, select: str = "first") -> list[Row]:
+    """One row per test input: input, true output, attempts (marked right or wrong); ``limit`` puzzles chosen by
+    ``select`` (a puzzle counts as wrong when one of its test inputs is not solved)."""
+    puzzles = []  # the rows of each puzzle
+    for name in test_puzzles:
+        entries, rows = submission.get(name, []), []
         for i, pair in enumerate(test_puzzles[name]["test"]):
             entry = entries[i] if i < len(entries) else {}
-            panels = [("input", arc_image(pair["input"])), ("true output", arc_image(pair["output"]))]
+            boards = [arc_board("input", pair["input"]), arc_board("true output", pair["output"])]
             solved = False
             for key in sorted(entry):
                 correct = entry[key] == pair["output"]
                 solved |= correct
-                panels.append((f"{key.replace('_', ' ')} {'✓' if correct else '✗'}", arc_image(entry[key])))
-            rows.append((f"{name} · test {i} · {'solved' if solved else 'not solved'}", panels))
-    return rows
+                boards.append(arc_board(f"{key.replace('_', ' ')} {'✓' if correct else '✗'}", entry[key]))
+            rows.append(Row(f"{name} · test {i} · {'solved' if solved else 'not solved'}", boards, not solved))
+        puzzles.append(rows)
+    chosen = select_items(puzzles, select, limit, is_wrong=lambda rows: any(row.wrong for row in rows))
+    return [row for rows in chosen for row in rows]
 
 
-def board_rows(kind: str, examples: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]], limit: int) -> list[Row]:
-    """One row per kept Sudoku or Maze example: input, prediction with wrong cells marked, label when known."""
+def board_rows(kind: str, examples: list[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]]) -> list[Row]:
+    """One row per kept Sudoku or Maze example (the evaluator chose them): input, prediction with its wrong cells
+    marked, and the label when known."""
     rows = []
-    for n, (inputs, preds, labels) in enumerate(examples[:limit]):
+    for number, inputs, preds, labels in examples:
         if kind == "Sudoku":
             wrong = sudoku_wrong_cells(inputs, preds, labels)
-            panels = [("input", sudoku_image(inputs, inputs)), ("prediction", sudoku_image(inputs, preds, wrong))]
+            boards = [sudoku_board("input", inputs, inputs), sudoku_board("prediction", inputs, preds, wrong)]
             if labels is not None:
-                panels.append(("label", sudoku_image(inputs, labels)))
+                boards.append(sudoku_board("label", inputs, labels))
         elif kind == "Maze":
             wrong = maze_wrong_cells(inputs, preds, labels)
-            panels = [("input", maze_image(inputs)), ("prediction", maze_image(preds, wrong))]
+            boards = [maze_board("input", inputs), maze_board("prediction", preds, wrong)]
             if labels is not None:
-                panels.append(("label", maze_image(labels)))
+                boards.append(maze_board("label", labels))
         else:
             raise ValueError(f"no board pictures for {kind!r} (Sudoku or Maze)")
-        rows.append((f"{kind} example {n} · {int(wrong.sum())} wrong cells", panels))
+        count = int(wrong.sum())
+        rows.append(Row(f"{kind} example {number} · {count} wrong cell{'s' * (count != 1)}", boards, count > 0))
     return rows
 
 
-_STYLE = """
-body { font-family: sans-serif; background: #f4f4f4; margin: 16px; }
-section { margin-bottom: 32px; }
-.row { background: #fff; border: 1px solid #ddd; padding: 8px; margin: 8px 0; }
-.panels { display: flex; gap: 16px; align-items: flex-start; flex-wrap: wrap; }
-figure { margin: 0; text-align: center; font-size: 12px; }
-img { image-rendering: pixelated; display: block; }
-"""
+def metric_rows(metrics: dict) -> list[tuple[str, str]]:
+    """(name, value) lines of the run's metrics: each set's accuracies and ACT steps, then the evaluators'."""
+    lines = []
+    for name, value in metrics.items():
+        if isinstance(value, dict):
+            for key in ("accuracy", "exact_accuracy", "steps", "q_halt_accuracy"):
+                if key in value:
+                    lines.append((f"{name} · {key.replace('_', ' ')}", f"{value[key]:.4g}"))
+        elif isinstance(value, float):
+            lines.append((name, f"{value:.4g}"))
+        elif isinstance(value, int):
+            lines.append((name, str(value)))
+    return lines
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("trm_mlx.evaluation", "templates"),
+    autoescape=jinja2.select_autoescape(["html", "j2"]),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
 
 
-def write_report(report_dir: str | Path, title: str, sections: dict[str, list[Row]]) -> Path:
-    """Write `report_dir/index.html` and its PNGs under `report_dir/img/`; returns the HTML path."""
+def write_report(report_dir: str | Path, title: str, sections: list[Section], metrics: dict | None = None,
+                 selection: str = "") -> Path:  # fmt: skip
+    """Write ``report_dir/index.html`` (one self-contained file) atomically; returns its path."""
     report_dir = Path(report_dir)
-    (report_dir / "img").mkdir(parents=True, exist_ok=True)
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"]
-    parts.append(f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>")
-    image_number = 0
-    for section, rows in sections.items():
-        parts.append(f"<section><h2>{html.escape(section)}</h2>")
-        for heading, panels in rows:
-            parts.append(f"<div class='row'><h3>{html.escape(heading)}</h3><div class='panels'>")
-            for caption, image in panels:
-                file_name = f"img/{image_number:05d}.png"
-                _write_atomic(report_dir / file_name, encode_png(image))
-                image_number += 1
-                parts.append(
-                    f"<figure><img src='{file_name}' width='{image.shape[1]}' height='{image.shape[0]}' "
-                    f"alt='{html.escape(caption)}'><figcaption>{html.escape(caption)}</figcaption></figure>"
-                )
-            parts.append("</div></div>")
-        parts.append("</section>")
-    parts.append("</body></html>")
+    report_dir.mkdir(parents=True, exist_ok=True)
+    page = _TEMPLATES.get_template("report.html.j2").render(
+        title=title, sections=sections, metrics=metric_rows(metrics or {}), legends=LEGENDS, selection=selection
+    )
     path = report_dir / "index.html"
-    _write_atomic(path, "".join(parts).encode())
+    fd, tmp = tempfile.mkstemp(dir=report_dir, prefix=".index.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(page)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
     return path
