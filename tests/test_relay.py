@@ -3,12 +3,16 @@ exactly as if it had not stopped (with the carry), or restarts the rows in fligh
 refused before anything is written. Also ``max_minutes`` and ``metrics.jsonl``, which relays rely on."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tiny_runs import saved_state, train_tiny
+from tiny_runs import TINY_RUN, saved_state, train_tiny
 from trm_mlx.training.logging import METRICS_FILE, MetricsFile
 from trm_mlx.checkpoint import read_weights
 from trm_mlx.training.relay import MANIFEST, RelayError, main, pack, parse_size, unpack
@@ -172,3 +176,21 @@ def test_metrics_file_averages_over_halted_rows_and_drops_lines_past_a_resume(tm
     assert [(r["step"], r["kind"]) for r in records] == [(2, "train"), (2, "eval"), (3, "resume")]
     MetricsFile(path)  # a fresh run starts a fresh file
     assert path.read_text() == ""
+
+
+def test_the_lease_script_relays_a_run_between_machines(tiny_data, tmp_path):
+    """scripts/relay_lease.sh as two machines run it: a fresh start packed, then unpacked elsewhere and resumed."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "relay_lease.sh"
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(script.parents[1]), "RELAY_PART_SIZE": "64KiB"}
+    run = [f"data_paths=[{tiny_data}]", *TINY_RUN, "device=cpu", "epochs=4", "eval_interval=2", "+run_name=r"]
+
+    first = subprocess.run(["bash", script, "1e-9", tmp_path / "machine_a", *run], capture_output=True, text=True,
+                           env={**env, "RELAY_OUT": str(tmp_path / "parts")}, timeout=300)  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    assert json.loads((tmp_path / "parts" / MANIFEST).read_text())["step"] == 1
+    second = subprocess.run(["bash", script, "1e-9", tmp_path / "machine_b", *run], capture_output=True, text=True,
+                            env={**env, "RELAY_IN": str(tmp_path / "parts")}, timeout=300)  # fmt: skip
+    assert second.returncode == 0, second.stderr
+    assert "checked and joined" in second.stdout and "stopped at step 2" in second.stdout
+    _, meta = saved_state(tmp_path / "machine_b")
+    assert json.loads(meta)["step"] == 2
