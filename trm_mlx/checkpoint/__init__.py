@@ -7,8 +7,6 @@ config as JSON (class locator `name` plus every field, injected sizes included).
 """
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import mlx.core as mx
@@ -16,17 +14,11 @@ import numpy as np
 import yaml
 from mlx.utils import tree_flatten
 
+from ..atomic import atomic_file
 from . import torch_file
 from .original import arch_from_original, native_to_original_keys, original_to_native_keys
 
 FORMAT = "trm-mlx"
-
-
-def _atomic_target(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return tmp
 
 
 def model_arrays(model) -> dict:
@@ -36,15 +28,9 @@ def model_arrays(model) -> dict:
 def save_native(path, model) -> Path:
     """Write the model's weights and arch config; the file appears complete or not at all."""
     path = Path(path)
-    tmp = _atomic_target(path)
     metadata = {"format": FORMAT, "arch": json.dumps(model.arch_config())}
-    try:
-        mx.save_safetensors(tmp + ".safetensors", model_arrays(model), metadata=metadata)
-        os.replace(tmp + ".safetensors", path)
-    finally:
-        for leftover in (tmp, tmp + ".safetensors"):
-            if os.path.exists(leftover):
-                os.remove(leftover)
+    with atomic_file(path, suffix=".safetensors") as tmp:  # MLX adds .safetensors to a name without it
+        mx.save_safetensors(str(tmp), model_arrays(model), metadata=metadata)
     return path
 
 
@@ -152,11 +138,6 @@ def save_original(path, model, compiled_prefix: bool = True) -> Path:
         else:
             state[key] = torch.from_numpy(np.array(value))
     path = Path(path)
-    tmp = _atomic_target(path)
-    try:
+    with atomic_file(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path

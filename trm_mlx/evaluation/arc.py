@@ -8,13 +8,12 @@ predictions from earlier evaluations are only kept when `accumulate=True`.
 """
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 
+from trm_mlx.atomic import write_atomically
 from trm_mlx.data.grids import crop, grid_hash, inverse_aug
 from trm_mlx.evaluation.gather import all_gather_objects
 
@@ -34,15 +33,7 @@ def read_json(path: Path):
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_atomically(path, json.dumps(obj))
 
 
 def _answer_grid(grid: list, where: str) -> np.ndarray:

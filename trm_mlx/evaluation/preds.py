@@ -5,13 +5,12 @@ in `eval_save_outputs`, concatenated over its eval batches, padding rows include
 with the same keys. Several rank files concatenate in rank order, which reproduces the original's vote order.
 """
 
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from trm_mlx.atomic import atomic_file
 from trm_mlx.checkpoint import torch_file
 
 _RANK_SUFFIX = re.compile(r"\.(\d+)(\.npz)?$")
@@ -55,13 +54,6 @@ def load_predictions(paths: list[str | Path], required: set[str] = frozenset()) 
 def save_predictions(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
     """Write the arrays as an `.npz` file that appears complete or not at all."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    os.close(fd)
-    try:
+    with atomic_file(path, suffix=".npz") as tmp:  # NumPy adds .npz to a name without it
         np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path

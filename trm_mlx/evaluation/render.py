@@ -6,15 +6,14 @@ boards in colours, wrong cells outlined in red. Which examples appear is chosen 
 wrong ones, or a random sample (seeded).
 """
 
-import os
 import random
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
 import numpy as np
 
+from trm_mlx.atomic import write_atomically
 from trm_mlx.evaluation.maze import GOAL, OPEN, PATH, START, WALL, maze_wrong_cells
 from trm_mlx.evaluation.sudoku import sudoku_wrong_cells
 
@@ -174,10 +173,4 @@ def write_report(report_dir: str | Path, title: str, sections: list[Section], me
     page = _TEMPLATES.get_template("report.html.j2").render(
         title=title, sections=sections, metrics=metric_rows(metrics or {}), legends=LEGENDS, selection=selection
     )
-    path = report_dir / "index.html"
-    fd, tmp = tempfile.mkstemp(dir=report_dir, prefix=".index.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(page)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-    return path
+    return write_atomically(report_dir / "index.html", page)

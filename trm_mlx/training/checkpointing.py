@@ -9,15 +9,14 @@ states are then removed. Rank 0 writes it; a run resumes from it on any number o
 """
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import mlx.core as mx
 import yaml
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
+from trm_mlx.atomic import atomic_folder, write_atomically
 from trm_mlx.checkpoint import load_weights_into, model_arrays, save_native
 from trm_mlx.checkpoint.original import arch_from_original
 from trm_mlx.model import create_model
@@ -43,12 +42,7 @@ def save_model_checkpoint(config: PretrainConfig, model, step: int) -> Path:
 def write_all_config(config: PretrainConfig) -> Path:
     """``all_config.yaml``: the resolved run config, as the original writes it (``trm_mlx.load`` reads it)."""
     path = Path(config.checkpoint_path) / "all_config.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".all_config.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(config.model_dump(), f, sort_keys=False)
-    os.replace(tmp, path)
-    return path
+    return write_atomically(path, yaml.safe_dump(config.model_dump(), sort_keys=False))
 
 
 def _prefixed(prefix: str, arrays: dict) -> dict:
@@ -91,16 +85,9 @@ def save_train_state(config: PretrainConfig, state: TrainState, dataset, carry: 
     }
 
     target = root / f"{STATE_PREFIX}{state.step}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
-    try:
+    with atomic_folder(target) as tmp:
         mx.save_safetensors(str(tmp / ARRAYS_FILE), arrays)
         (tmp / STATE_FILE).write_text(json.dumps(meta, indent=1))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     for old in root.glob(f"{STATE_PREFIX}*"):
         if old != target and old.is_dir():
             shutil.rmtree(old)

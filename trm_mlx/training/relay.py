@@ -22,6 +22,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from trm_mlx.atomic import write_atomically
 from trm_mlx.training.checkpointing import (
     ARRAYS_FILE,
     STATE_FILE,
@@ -127,7 +128,7 @@ def pack(source: str | Path, out_dir: str | Path, part_size: int = PART_SIZE, ca
         "files": entries,
         "parts": parts,
     }
-    _write_atomically(out / MANIFEST, json.dumps(manifest, indent=1).encode())
+    write_atomically(out / MANIFEST, json.dumps(manifest, indent=1))
     return manifest
 
 
@@ -212,14 +213,6 @@ def unpack(relay_dir: str | Path, checkpoint_path: str | Path) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return state_dir
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> None:

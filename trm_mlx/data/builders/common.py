@@ -3,14 +3,12 @@
 import contextlib
 import csv
 import json
-import os
-import secrets
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from trm_mlx.atomic import atomic_folder
 from trm_mlx.data.metadata import DatasetFormatError, PuzzleDatasetMetadata
 
 INDEX_FIELDS = ("puzzle_identifiers", "puzzle_indices", "group_indices")
@@ -19,17 +17,6 @@ INDEX_FIELDS = ("puzzle_identifiers", "puzzle_indices", "group_indices")
 def _looks_like_dataset(path: Path) -> bool:
     markers = [path / "identifiers.json", path / "train" / "dataset.json", path / "test" / "dataset.json"]
     return any(m.is_file() for m in markers)
-
-
-def _fresh_sibling(path: Path, tag: str) -> Path:
-    """A new hidden folder beside `path` (created with the user's umask, unlike tempfile.mkdtemp's 0700)."""
-    while True:
-        sibling = path.with_name(f".{path.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}")
-        try:
-            sibling.mkdir()
-            return sibling
-        except FileExistsError:
-            continue
 
 
 @contextlib.contextmanager
@@ -43,20 +30,8 @@ def atomic_output_dir(output_dir: str | Path) -> Iterator[Path]:
     replaceable = output_dir.is_dir() and (not any(output_dir.iterdir()) or _looks_like_dataset(output_dir))
     if output_dir.exists() and not replaceable:
         raise FileExistsError(f"{output_dir}: exists and is not a dataset folder; refusing to replace it")
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _fresh_sibling(output_dir, "partial")
-    try:
+    with atomic_folder(output_dir) as tmp:
         yield tmp
-        if output_dir.exists():
-            old = _fresh_sibling(output_dir, "old")
-            os.replace(output_dir, old)
-            os.replace(tmp, output_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def write_json(path: Path, obj) -> None:
