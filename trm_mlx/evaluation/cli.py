@@ -52,6 +52,8 @@ class EvalConfig(pydantic.BaseModel):
     render: bool = False
     render_limit: int = pydantic.Field(20, ge=0)
     render_select: Literal["first", "wrong", "random"] = "first"
+    halt: Literal["max", "q"] = "max"
+    halt_threshold: float = pydantic.Field(0.5, gt=0, lt=1)
     device: Literal["auto", "cpu", "gpu"] = "auto"
     cpu_lanes: Union[Literal["auto"], Annotated[int, pydantic.Field(ge=1)]] = "auto"
     progress: bool = True
@@ -139,7 +141,7 @@ def _evaluate_checkpoint(cfg: EvalConfig, output_dir: Path, group: mx.distribute
     evaluators = _make_evaluators(cfg, dataset.metadata)
     metrics = evaluate(
         head, dataset, evaluators, cfg.save_outputs, save_dir=output_dir, group=group, progress=cfg.progress,
-        lanes=count_here(cfg.cpu_lanes, group),
+        lanes=count_here(cfg.cpu_lanes, group), halt_threshold=cfg.halt_threshold if cfg.halt == "q" else None,
     )
     return metrics, evaluators
 

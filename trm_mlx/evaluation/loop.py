@@ -13,7 +13,7 @@ from mlx.utils import tree_flatten
 from tqdm import tqdm
 
 from trm_mlx import device
-from trm_mlx.data.dataset import PuzzleDataset
+from trm_mlx.data.dataset import IGNORE_LABEL_ID, PuzzleDataset
 from trm_mlx.evaluation.gather import all_gather_objects
 from trm_mlx.evaluation.preds import save_predictions
 from trm_mlx.lanes import Lanes, add, concatenate_rows
@@ -71,17 +71,22 @@ def evaluate(
     group: mx.distributed.Group | None = None,
     progress: bool = True,
     lanes: int = 1,
+    halt_threshold: float | None = None,
 ) -> dict:
     """Metrics `{set: {accuracy, exact_accuracy, lm_loss, q_halt_accuracy, q_halt_loss, steps}, evaluator keys...,
     examples, examples_per_second}` (the same on every rank).
 
     With `save_dir`: the `save_outputs` arrays go to `predictions_file_name(rank, step)` and each evaluator saves
     into `save_dir` (or `save_dir/evaluator_<name>_step_<step>` when a training `step` is given, as the original).
-    `lanes`: see `compiled_eval_step`.
+    `lanes`: see `compiled_eval_step`. `halt_threshold`: None runs every row for all ACT steps (the original);
+    a probability halts each row where its Q head says so (`evaluate_halting`).
     """
     unknown = sorted(set(save_outputs) - set(SAVABLE))
     if unknown:
         raise ValueError(f"cannot save outputs {unknown}; choose from {list(SAVABLE)}")
+    if halt_threshold is not None:
+        return evaluate_halting(head, dataset, halt_threshold, evaluators, save_outputs, save_dir, step, group,
+                                progress, lanes)  # fmt: skip
     model = head.model
     model.eval()
     rank = group.rank() if group is not None else 0
@@ -121,7 +126,12 @@ def evaluate(
             examples += global_rows
             bar.set_postfix(examples_per_s=f"{examples / (time.perf_counter() - start):.1f}")
     elapsed = time.perf_counter() - start
+    return _results(sums, saved, evaluators, examples, elapsed, save_dir, step, group)
 
+
+def _results(sums, saved, evaluators, examples, elapsed, save_dir, step, group) -> dict:
+    """Per-set means over all ranks, the saved outputs and the evaluators' results."""
+    rank = group.rank() if group is not None else 0
     if group is not None and group.size() > 1:
         per_rank = all_gather_objects(sums, group)
         sums = {name: {key: sum(r[name].get(key, 0.0) for r in per_rank) for key in sums[name]} for name in sums}
@@ -131,7 +141,7 @@ def evaluate(
         results[set_name] = {key: totals[key] / count if count else math.nan for key in sorted(totals)}
 
     save_dir = Path(save_dir) if save_dir is not None else None
-    if save_dir is not None and save_outputs:
+    if save_dir is not None and saved:
         save_predictions(
             save_dir / predictions_file_name(rank, step), {key: np.concatenate(parts) for key, parts in saved.items()}
         )
@@ -143,3 +153,120 @@ def evaluate(
     results["examples"] = examples
     results["examples_per_second"] = examples / elapsed
     return results
+
+
+def evaluate_halting(head, dataset: PuzzleDataset, threshold: float, evaluators=(), save_outputs=(), save_dir=None,
+                     step=None, group=None, progress: bool = True, lanes: int = 1) -> dict:  # fmt: skip
+    """Evaluation where each row stops at its first ACT step whose Q head says halt (sigmoid(q_halt) > threshold,
+    or over q_continue), its answer and metrics being that step's; at halt_max_steps every row stops.
+
+    The batch stays full: a slot whose row halted takes the next example of the set on the next step (the model's
+    `begin_step` resets exactly the halted rows, as in training), so that examples/s grows with the share of rows
+    that halt early; only the last steps of a set run with empty slots. Each example is scored once, at its halting
+    step, so the per-set metrics are those of its answer; evaluators (ARC voting with each answer's sigmoid(q_halt))
+    see every example once, in the order they finish. Saved outputs are in that order too, with their inputs.
+    `act_steps` counts the examples by the ACT steps they used.
+    """
+    model = head.model
+    model.eval()
+    rank = group.rank() if group is not None else 0
+    for evaluator in evaluators:
+        evaluator.begin_eval()
+    max_steps = model.config.halt_max_steps
+    sums: dict[str, dict[str, float]] = {name: {} for name in dataset.sets}
+    saved: dict[str, list[np.ndarray]] = {key: [] for key in save_outputs}
+    used_steps = np.zeros(max_steps + 1, np.int64)
+    total = sum(len(s.inputs) for s in dataset.sets.values())
+    examples = 0
+
+    model.inference_halt = threshold
+    try:
+        eval_step = compiled_eval_step(head, lanes)  # traced with the halting rule
+        start = time.perf_counter()
+        with tqdm(total=total, desc="eval", unit="example", leave=None, disable=not progress or rank != 0) as bar, \
+                ExitStack() as memory:  # fmt: skip
+            for set_name, rows in _examples_by_set(dataset):
+                slots = _Slots(rows, dataset.local_batch_size, dataset.metadata)
+                arrays = slots.feed()
+                carry = head.initial_carry(arrays)
+                if not examples:
+                    memory.enter_context(eval_memory_cap(carry))
+                while slots.busy():
+                    carry, metrics, outputs = eval_step(carry, arrays)
+                    mx.eval(carry, metrics, outputs)
+                    halted = np.array(carry["halted"])
+                    finished = halted & slots.real
+                    for key, value in metrics.items():
+                        sums[set_name][key] = sums[set_name].get(key, 0.0) + value.item()
+                    if finished.any():
+                        batch = {key: value[finished] for key, value in slots.data.items()}
+                        host = {key: np.array(value)[finished] for key, value in outputs.items()}
+                        for evaluator in evaluators:
+                            evaluator.update_batch(batch, host)
+                        for key in save_outputs:
+                            saved[key].append(batch[key] if key in batch else host[key])
+                        used_steps += np.bincount(np.array(carry["steps"])[finished], minlength=max_steps + 1)
+                        examples += int(finished.sum())
+                        bar.update(int(finished.sum()))
+                        bar.set_postfix(examples_per_s=f"{examples / (time.perf_counter() - start):.1f}")
+                    arrays = slots.refill(halted)
+        elapsed = time.perf_counter() - start
+    finally:
+        model.inference_halt = None
+    if group is not None and group.size() > 1:
+        used_steps = np.sum(all_gather_objects(used_steps, group), axis=0)
+        examples = int(np.sum(all_gather_objects(examples, group)))
+    results = _results(sums, saved, evaluators, examples, elapsed, save_dir, step, group)
+    results["act_steps"] = {str(n): int(c) for n, c in enumerate(used_steps) if c}
+    return results
+
+
+def _examples_by_set(dataset: PuzzleDataset):
+    """(set name, this rank's real rows of that set as arrays), in the test iteration's order."""
+    current, parts = None, []
+    for set_name, batch, _ in dataset.iter_test():
+        if set_name != current and parts:
+            yield current, {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+            parts = []
+        current = set_name
+        real = ~(batch["inputs"] == dataset.metadata.pad_id).all(axis=1)
+        parts.append({key: value[real] for key, value in batch.items()})
+    if parts:
+        yield current, {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
+class _Slots:
+    """The rows of a fixed-size batch during a halting evaluation: which example each slot holds, and the next
+    examples to put into slots whose rows halted (padding once the set's examples run out)."""
+
+    def __init__(self, rows: dict[str, np.ndarray], size: int, metadata):
+        self.rows, self.next = rows, 0
+        self.count = len(rows["inputs"])
+        self.fill = {"inputs": metadata.pad_id, "labels": IGNORE_LABEL_ID,
+                     "puzzle_identifiers": metadata.blank_identifier_id}  # fmt: skip
+        self.data = {key: np.full((size, *value.shape[1:]), self.fill[key], value.dtype) for key, value in rows.items()}
+        self.real = np.zeros(size, bool)
+        self._place(np.ones(size, bool))
+
+    def busy(self) -> bool:
+        return bool(self.real.any())
+
+    def feed(self) -> dict[str, mx.array]:
+        return {key: mx.array(value) for key, value in self.data.items()}
+
+    def refill(self, halted: np.ndarray) -> dict[str, mx.array]:
+        """Next examples into the halted slots (their rows restart from them on the next step)."""
+        self.real &= ~halted
+        self._place(halted)
+        return self.feed()
+
+    def _place(self, free: np.ndarray) -> None:
+        """The next examples into the free slots; padding (no labels: never scored) into those left over."""
+        free = np.flatnonzero(free)
+        slots, left = free[: self.count - self.next], free[self.count - self.next :]
+        taken = slice(self.next, self.next + len(slots))
+        for key, value in self.rows.items():
+            self.data[key][slots] = value[taken]
+            self.data[key][left] = self.fill[key]
+        self.real[slots] = True
+        self.next += len(slots)

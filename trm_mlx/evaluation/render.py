@@ -146,7 +146,9 @@ def metric_rows(metrics: dict) -> list[tuple[str, str]]:
     """(name, value) lines of the run's metrics: each set's accuracies and ACT steps, then the evaluators'."""
     lines = []
     for name, value in metrics.items():
-        if isinstance(value, dict):
+        if name == "act_steps":
+            lines.append(("examples by ACT steps used", ", ".join(f"{steps}: {count}" for steps, count in value.items())))
+        elif isinstance(value, dict):
             for key in ("accuracy", "exact_accuracy", "steps", "q_halt_accuracy"):
                 if key in value:
                     lines.append((f"{name} · {key.replace('_', ' ')}", f"{value[key]:.4g}"))

@@ -103,6 +103,9 @@ class ACTModel(nn.Module):
         # Which slice of the global batch this process trains (data parallelism, see `shard_batch`).
         self.shard_index = 0
         self.shard_count = 1
+        # Evaluation: None runs every row for halt_max_steps (the original); a probability p halts a row at the
+        # first step where sigmoid(q_halt) > p (sigmoid(q_halt - q_continue) with the Q-continue head).
+        self.inference_halt: float | None = None
 
     def shard_batch(self, index: int, count: int) -> None:
         """Train as rank ``index`` of ``count`` data-parallel ranks, on rows ``[index·B, (index+1)·B)`` of each
@@ -148,10 +151,12 @@ class ACTModel(nn.Module):
     def adaptive_halting(self) -> bool:
         return self.training and self.config.halt_max_steps > 1
 
-    def halt_by_q(self, q_halt: mx.array, q_continue: mx.array) -> mx.array:
+    def halt_by_q(self, q_halt: mx.array, q_continue: mx.array, threshold: float = 0.5) -> mx.array:
+        """Whether the Q head says halt: sigmoid(q) > threshold, i.e. q > logit(threshold) (q_halt > 0 at 0.5)."""
+        margin = math.log(threshold / (1 - threshold))
         if self.config.no_ACT_continue:
-            return q_halt > 0
-        return q_halt > q_continue
+            return q_halt > margin
+        return q_halt - q_continue > margin
 
     def computes_target_q(self) -> bool:
         return not self.config.no_ACT_continue
@@ -171,6 +176,8 @@ class ACTModel(nn.Module):
         halted = is_last
         if self.adaptive_halting():
             halted = halted | mx.stop_gradient(self.halt_by_q(q_halt, q_continue))
+        elif not self.training and self.inference_halt is not None:
+            halted = halted | self.halt_by_q(q_halt, q_continue, self.inference_halt)
         if self.draws_exploration():
             uniform, min_steps = draws if draws is not None else self.exploration_draws(steps.shape[0])
             halted = halted & (steps >= (uniform < cfg.halt_exploration_prob) * min_steps)
@@ -198,8 +205,19 @@ class ACTModel(nn.Module):
         carry, data = self.begin_step(carry, batch)
         return self.step(carry, data, self.gather_puzzle_rows(data))
 
-    def predict(self, batch: dict) -> dict:
-        """Full evaluation ACT loop on a dict of NumPy int arrays; returns NumPy arrays."""
+    def predict(self, batch: dict, halt: str = "max", halt_threshold: float = 0.5) -> dict:
+        """The evaluation ACT loop on a dict of NumPy int arrays; returns NumPy arrays.
+
+        ``halt="max"`` runs every row for ``halt_max_steps`` steps (the original); ``halt="q"`` gives each row the
+        outputs of its first step whose Q head says halt (``sigmoid(q_halt) > halt_threshold``), and ``steps`` the
+        steps it used.
+        """
+        if halt not in ("max", "q"):
+            raise ValueError(f"halt={halt!r}: expected 'max' or 'q'")
+        if not 0 < halt_threshold < 1:
+            raise ValueError(f"halt_threshold={halt_threshold}: expected a probability in (0, 1)")
+        if halt == "q":
+            return self._predict_halting(batch, halt_threshold)
         was_training = self.training
         self.eval()
         try:
@@ -226,4 +244,33 @@ class ACTModel(nn.Module):
                 "steps": np.array(carry["steps"]),
             }
         finally:
+            self.train(was_training)
+
+    def _predict_halting(self, batch: dict, threshold: float) -> dict:
+        """``predict(halt="q")``: each row's outputs at its first halting step (a halted row restarts on the next
+        step, as in training; its later outputs are not used), until every row has halted once."""
+        was_training = self.training
+        self.eval()
+        self.inference_halt = threshold
+        try:
+            arrays = {k: mx.array(np.asarray(batch[k]).astype(np.int32)) for k in ("inputs", "puzzle_identifiers")}
+            arrays["labels"] = mx.full(arrays["inputs"].shape, IGNORE_LABEL_ID, dtype=mx.int32)
+            step = mx.compile(self.__call__, inputs=self.state)  # traced with the halting rule
+            carry = self.initial_carry(arrays)
+            answers, done = {}, np.zeros(arrays["inputs"].shape[0], bool)
+            for _ in range(self.config.halt_max_steps):
+                carry, outputs = step(carry, arrays)
+                mx.eval(carry, outputs)
+                host = {"logits": np.array(outputs["logits"].astype(mx.float32)),
+                        "q_halt_logits": np.array(outputs["q_halt_logits"]), "steps": np.array(carry["steps"])}
+                first = np.array(carry["halted"]) & ~done
+                for key, value in host.items():
+                    answers.setdefault(key, value.copy())[first] = value[first]
+                done |= first
+                if done.all():
+                    break
+            answers["preds"] = answers["logits"].argmax(-1).astype(np.int32)
+            return answers
+        finally:
+            self.inference_halt = None
             self.train(was_training)

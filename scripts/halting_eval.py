@@ -1,0 +1,88 @@
+"""Evaluation with every row running all ACT steps (`halt=max`, the original's protocol) against evaluation that
+stops each row where its Q head says halt (`halt=q`, at one or more thresholds), on one machine in one run:
+examples per second, accuracies and the ACT steps used. Writes JSON lines and a figure of exact accuracy against
+mean ACT steps.
+
+    python -m scripts.halting_eval --checkpoint step_N --data data/sudoku-extreme-1k-aug-1000 --out outputs/halting \\
+        --thresholds 0.5 0.9 [--batch-size 768] [--limit 2000]
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+import trm_mlx  # noqa: E402
+from trm_mlx import device  # noqa: E402
+from trm_mlx.data import PuzzleDataset  # noqa: E402
+from trm_mlx.evaluation.loop import evaluate  # noqa: E402
+from trm_mlx.model import ACTLossHead  # noqa: E402
+
+
+def limited(dataset: PuzzleDataset, limit: int | None) -> PuzzleDataset:
+    """The dataset's first ``limit`` test examples of each set (all with None)."""
+    if limit is not None:
+        for arrays in dataset.sets.values():
+            for field in ("inputs", "labels"):
+                setattr(arrays, field, getattr(arrays, field)[:limit])
+    return dataset
+
+
+def run(checkpoint: str, data: str, thresholds: list[float], batch_size: int, limit: int | None,
+        forward_dtype: str | None) -> list[dict]:  # fmt: skip
+    head = ACTLossHead(trm_mlx.load(checkpoint, forward_dtype=forward_dtype))
+    records = []
+    for threshold in [None, *thresholds]:
+        dataset = limited(PuzzleDataset([data], "test", global_batch_size=batch_size), limit)
+        began = time.perf_counter()
+        metrics = evaluate(head, dataset, progress=False, halt_threshold=threshold)
+        records.append({
+            "halt": "max" if threshold is None else f"q>{threshold:g}", "backend": device.describe(),
+            "examples": metrics["examples"], "examples_per_s": metrics["examples_per_second"],
+            "wall_s": time.perf_counter() - began, "accuracy": metrics["all"]["accuracy"],
+            "exact_accuracy": metrics["all"]["exact_accuracy"], "mean_act_steps": metrics["all"]["steps"],
+            "act_steps": metrics.get("act_steps"),
+        })  # fmt: skip
+        print(json.dumps(records[-1]), flush=True)
+    return records
+
+
+def figure(records: list[dict], path: Path, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    for record in records:
+        ax.scatter(record["mean_act_steps"], record["exact_accuracy"])
+        ax.annotate(f"{record['halt']}: {record['examples_per_s']:.3g} ex/s", (record["mean_act_steps"],
+                    record["exact_accuracy"]), textcoords="offset points", xytext=(5, 5), fontsize=8)  # fmt: skip
+    ax.set_xlabel("mean ACT steps per example")
+    ax.set_ylabel("exact accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--data", required=True, help="a built dataset; its test split is evaluated")
+    parser.add_argument("--out", required=True, help="folder for halting.jsonl and halting.png")
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.5])
+    parser.add_argument("--batch-size", type=int, default=768)
+    parser.add_argument("--limit", type=int, help="only the first N test examples")
+    parser.add_argument("--forward-dtype", help="e.g. float32 on a CPU")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = run(args.checkpoint, args.data, args.thresholds, args.batch_size, args.limit, args.forward_dtype)
+    (out / "halting.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    title = f"{Path(args.checkpoint).name} on {Path(args.data).name} ({records[0]['examples']} test examples)"
+    figure(records, out / "halting.png", title)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Evaluation that stops each row where its Q head says halt (`halt=q`): a row's answer is that of its first
+halting step, the kept-full batch gives the answers of rows run one by one, and bad settings get one line."""
+
+import sys
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from tiny_dataset import _write_split
+from trm_mlx.data import PuzzleDataset
+from trm_mlx.evaluation import cli
+from trm_mlx.evaluation.loop import evaluate
+from trm_mlx.model import ACTLossHead, create_model
+
+TRM = "recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1"
+STEPS = 6
+ARCH = dict(name=TRM, puzzle_emb_ndim=16, H_cycles=1, L_cycles=1, L_layers=1, hidden_size=16, expansion=2,
+            num_heads=2, pos_encodings="rope", halt_max_steps=STEPS, halt_exploration_prob=0.1, forward_dtype="float32",
+            seq_len=6,
+            vocab_size=5, num_puzzle_identifiers=3)  # fmt: skip
+
+
+def halting_model():
+    """Random weights with a q_head that makes rows halt at different steps (the original starts it at -5)."""
+    mx.random.seed(3)
+    model = create_model(ARCH)
+    model.inner.q_head.weight = 2.0 * mx.random.normal(model.inner.q_head.weight.shape)
+    model.inner.q_head.bias = mx.array([0.3, 0.0])
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A test split of 11 distinct examples (more than a batch of 4 holds)."""
+    root = tmp_path_factory.mktemp("halting")
+    rng = np.random.default_rng(1)
+    inputs = rng.integers(1, 5, (11, 6)).astype(np.uint8)
+    ids = rng.integers(1, 3, 11)
+    for split in ("train", "test"):
+        _write_split(root, split, inputs, inputs[:, ::-1].copy(), ids, np.arange(12), [0, 11], num_ids=3)
+    return root
+
+
+def steps_of_every_row(model, inputs, ids) -> tuple[np.ndarray, np.ndarray]:
+    """q_halt and argmax logits of every row at every ACT step, running all steps (no row halts before the last)."""
+    arrays = {"inputs": mx.array(inputs.astype(np.int32)), "puzzle_identifiers": mx.array(ids.astype(np.int32)),
+              "labels": mx.full(inputs.shape, -100, dtype=mx.int32)}  # fmt: skip
+    carry, q, preds = model.initial_carry(arrays), [], []
+    for _ in range(STEPS):
+        carry, outputs = model(carry, arrays)
+        q.append(np.array(outputs["q_halt_logits"]))
+        preds.append(np.array(mx.argmax(outputs["logits"], axis=-1)))
+    return np.stack(q, 1), np.stack(preds, 1)
+
+
+def test_a_row_stops_at_its_first_halting_step(data):
+    model = halting_model()
+    dataset = PuzzleDataset([str(data)], "test", global_batch_size=11)
+    _, batch, _ = next(dataset.iter_test())
+    q, preds = steps_of_every_row(model, batch["inputs"], batch["puzzle_identifiers"])
+    halts = q > 0
+    halts[:, -1] = True
+    first = halts.argmax(1)  # index of the first halting step
+    assert 1 < len(set(first.tolist())) and first.min() < STEPS - 1  # rows halt early, at different steps
+
+    out = model.predict(batch, halt="q")
+    np.testing.assert_array_equal(out["steps"], first + 1)
+    np.testing.assert_array_equal(out["preds"], preds[np.arange(11), first])
+    np.testing.assert_allclose(out["q_halt_logits"], q[np.arange(11), first], rtol=1e-6)
+    assert model.inference_halt is None  # evaluation afterwards is the original's again
+    strict = model.predict(batch, halt="q", halt_threshold=0.9)  # a later stop: q_halt > logit(0.9)
+    assert (strict["steps"] >= out["steps"]).all() and (strict["steps"] > out["steps"]).any()
+
+
+def _by_input(metrics_dir):
+    saved = np.load(metrics_dir / "all_preds.0.npz")
+    return {row.tobytes(): (p.tolist(), float(q)) for row, p, q in zip(saved["inputs"], saved["preds"],
+                                                                        saved["q_halt_logits"])}  # fmt: skip
+
+
+def test_a_full_batch_refilled_as_rows_halt_answers_as_rows_one_by_one(data, tmp_path):
+    head = ACTLossHead(halting_model())
+    outputs = ["inputs", "preds", "q_halt_logits"]
+    runs = {}
+    for size in (4, 1):
+        dataset = PuzzleDataset([str(data)], "test", global_batch_size=size)
+        runs[size] = evaluate(head, dataset, save_outputs=outputs, save_dir=tmp_path / str(size), progress=False,
+                              halt_threshold=0.5)  # fmt: skip
+    batched, single = runs[4], runs[1]
+    assert batched["examples"] == single["examples"] == 11
+    assert batched["act_steps"] == single["act_steps"] and len(batched["act_steps"]) > 1
+    assert sum(batched["act_steps"].values()) == 11
+    for key in ("accuracy", "exact_accuracy", "steps", "q_halt_accuracy"):
+        assert batched["all"][key] == pytest.approx(single["all"][key], rel=1e-6), key
+    mean_steps = sum(int(n) * c for n, c in batched["act_steps"].items()) / 11
+    assert batched["all"]["steps"] == pytest.approx(mean_steps)
+    one_by_one = _by_input(tmp_path / "1")
+    for key, (preds, q) in _by_input(tmp_path / "4").items():
+        # the same answers; Q values up to fp32 rounding, which the batch size changes (matrix blocking)
+        assert one_by_one[key][0] == preds and one_by_one[key][1] == pytest.approx(q, rel=1e-4)
+
+    full = evaluate(head, PuzzleDataset([str(data)], "test", global_batch_size=4), progress=False)
+    assert full["all"]["steps"] == STEPS and "act_steps" not in full  # halt=max: the original's protocol
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("halt=sometimes", "trm-eval: halt: Input should be 'max' or 'q'"),
+    ("halt_threshold=1.5", "trm-eval: halt_threshold: Input should be less than 1"),
+])  # fmt: skip
+def test_bad_halting_settings_get_one_line(override, expected, monkeypatch, data, tmp_path):
+    monkeypatch.setattr(sys, "argv", ["trm-eval", f"checkpoint={tmp_path / 'none'}", f"data_paths=[{data}]", override])
+    with pytest.raises(SystemExit) as stopped:
+        cli.main()
+    assert str(stopped.value.code) == expected
+    with pytest.raises(ValueError, match="halt='sometimes'"):
+        halting_model().predict({"inputs": np.ones((1, 6)), "puzzle_identifiers": np.zeros(1)}, halt="sometimes")
