@@ -5,7 +5,6 @@ from pathlib import Path
 
 COMPILED_PREFIX = "_orig_mod."
 MODEL_PREFIX = "model."
-INJECTED_KEYS = ("batch_size", "seq_len", "vocab_size", "num_puzzle_identifiers", "causal")
 
 
 def original_to_native_keys(arrays: dict, path) -> dict:

@@ -3,7 +3,7 @@
 import mlx.core as mx
 import mlx.nn as nn
 
-from .recursive import IGNORE_LABEL_ID
+from ..data.dataset import IGNORE_LABEL_ID
 
 
 def loss_dtype():

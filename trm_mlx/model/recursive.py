@@ -7,11 +7,10 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from ..data.dataset import IGNORE_LABEL_ID
 from .config import TRMConfig
 from .init import truncated_normal
 from .layers import CastedEmbedding, CastedLinear, PuzzleEmbedding, ReasoningModule, RotaryTables, undifferentiated
-
-IGNORE_LABEL_ID = -100
 
 
 class RecursiveInner(nn.Module):

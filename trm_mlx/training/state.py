@@ -36,10 +36,6 @@ class TrainState:
     def trains_weights(self) -> bool:
         return self.optimizer is not None
 
-    @property
-    def trains_puzzle_embeddings(self) -> bool:
-        return self.model.puzzle_emb is not None
-
 
 def total_steps(config: PretrainConfig, metadata) -> int:
     """The original's estimate of the number of optimizer steps (batches past it are skipped but counted)."""
