@@ -10,7 +10,8 @@ initial weights (seeded), which both load. Each side's metrics go to `<out>/<sid
     python -m scripts.compare_curves --data data/sudoku-extreme-1k-aug-1000 --out outputs/curves/sudoku \\
         preset=sudoku_mlp epochs=7500 eval_interval=1500
 
-The reference runs under torch.compile on CUDA and eagerly elsewhere. Extra arguments are Hydra overrides, as for
+`--only legacy` (or `mlx`) trains one side, so that the two can run on different machine leases; the call that
+completes the pair writes the comparison. The reference runs under torch.compile on CUDA and eagerly elsewhere. Extra arguments are Hydra overrides, as for
 trm-train; `epochs` fixes the steps (the reference has no `max_steps`). ACT exploration draws different random
 numbers in the two frameworks, so with it on the curves agree statistically, not step for step.
 """
@@ -28,6 +29,7 @@ import torch
 import legacy.pretrain as lp
 from legacy.dataset.common import PuzzleDatasetMetadata as LegacyMetadata
 from scripts.plot_metrics import plot, read_metrics, series
+from trm_mlx.atomic import write_atomically
 from trm_mlx.data import PuzzleDataset
 from trm_mlx.training.config import compose, from_hydra
 from trm_mlx.training.logging import METRICS_FILE, MetricsFile
@@ -112,19 +114,26 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
     }
 
 
-def compare(data: str, out: Path, overrides: list[str], every: int = 100) -> dict:
+def compare(data: str, out: Path, overrides: list[str], every: int = 100, sides=("legacy", "mlx")) -> dict | None:
+    """Train ``sides`` into ``out`` and, once both sides' metrics are there (this call's or an earlier one's, e.g.
+    on another machine lease), write the summary and the figure; returns the summary, or None until then."""
     out.mkdir(parents=True, exist_ok=True)
     base = [f"data_paths=[{data}]", *overrides]
-    start = initial_weights(base, out / "initial_weights.pt")
+    start = out / "initial_weights.pt"
+    if not start.exists():  # seeded: an earlier call's file holds the same weights
+        initial_weights(base, start)
     common = [*base, f"+load_checkpoint={start}"]
     timings = {}
     for side, runner in (("legacy", run_legacy), ("mlx", run_mlx)):
-        began = time.perf_counter()
-        runner(common, out / side, every)
-        timings[side] = time.perf_counter() - began
+        if side in sides:
+            began = time.perf_counter()
+            runner(common, out / side, every)
+            timings[side] = time.perf_counter() - began
+    if not all((out / side / METRICS_FILE).exists() for side in SIDES):
+        return None
     runs = {SIDES[side]: read_metrics(out / side / METRICS_FILE) for side in SIDES}
     summary = {**summarize(runs), "overrides": overrides, "data": data, "run_s": timings}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_atomically(out / "summary.json", json.dumps(summary, indent=1))
     plot(runs, out / "curves.png", title=f"{data}: {' '.join(overrides)}")
     return summary
 
@@ -134,9 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="a built dataset folder")
     parser.add_argument("--out", required=True, help="folder for both runs, summary.json and curves.png")
     parser.add_argument("--log-every", type=int, default=100, help="steps per line of training metrics")
+    parser.add_argument("--only", choices=list(SIDES), help="train this side only (the other's metrics from an "
+                        "earlier call into --out)")  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of cfg_pretrain, e.g. preset=sudoku_mlp")
     args = parser.parse_args(argv)
-    summary = compare(args.data, Path(args.out), args.overrides, args.log_every)
+    sides = [args.only] if args.only else list(SIDES)
+    summary = compare(args.data, Path(args.out), args.overrides, args.log_every, sides)
+    if summary is None:
+        print(f"trained {args.only}; the comparison needs the other side's run in {args.out}")
+        return 0
     for row in summary["evaluations"]:
         mine, theirs = row["mlx"], row["legacy"]
         print(f"step {row['step']}: test accuracy {mine['accuracy']:.4f} vs {theirs['accuracy']:.4f}, "

@@ -12,7 +12,10 @@ from tiny_runs import TINY_RUN
 
 def test_both_trainers_give_the_same_curves(tiny_data, tmp_path, capsys):
     overrides = [*TINY_RUN, "epochs=8", "eval_interval=4", "arch.halt_exploration_prob=0.0", "device=cpu"]
-    assert main(["--data", str(tiny_data), "--out", str(tmp_path), "--log-every", "4", *overrides]) == 0
+    run = ["--data", str(tiny_data), "--out", str(tmp_path), "--log-every", "4"]
+    assert main([*run, "--only", "legacy", *overrides]) == 0  # one side per machine lease
+    assert "needs the other side's run" in capsys.readouterr().out and not (tmp_path / "summary.json").exists()
+    assert main([*run, "--only", "mlx", *overrides]) == 0
 
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [row["step"] for row in summary["evaluations"]] == [16, 32]  # 4 steps an epoch, an evaluation every 4
