@@ -116,3 +116,21 @@ def test_bad_halting_settings_get_one_line(override, expected, monkeypatch, data
     assert str(stopped.value.code) == expected
     with pytest.raises(ValueError, match="halt='sometimes'"):
         halting_model().predict({"inputs": np.ones((1, 6)), "puzzle_identifiers": np.zeros(1)}, halt="sometimes")
+
+
+def test_the_tail_runs_in_smaller_batches(data):
+    """Once the examples run out, the rows still running go on in a batch of the next power of two."""
+    from trm_mlx.evaluation.loop import _Slots
+
+    dataset = PuzzleDataset([str(data)], "test", global_batch_size=11)
+    rows = {key: value[:9] for key, value in next(dataset.iter_test())[1].items()}
+    slots = _Slots(rows, 8, dataset.metadata)
+    assert slots.shrink() is None  # one example still waits
+    slots.refill(np.array([True] + [False] * 7))  # the ninth example takes slot 0: none left
+    assert slots.shrink() is None and slots.real.all()  # all 8 slots busy
+    slots.refill(np.array([True, True, False, True, True, True, False, True]))  # 6 halt: 2 still running
+    keep = slots.shrink()
+    assert keep.tolist() == [2, 6] and slots.real.tolist() == [True, True]
+    assert (slots.data["inputs"] == rows["inputs"][[2, 6]]).all()
+    slots.refill(np.array([True, False]))
+    assert slots.shrink().tolist() == [1] and slots.busy()

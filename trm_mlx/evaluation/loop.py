@@ -9,7 +9,7 @@ from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_map
 from tqdm import tqdm
 
 from trm_mlx import device
@@ -162,7 +162,7 @@ def evaluate_halting(head, dataset: PuzzleDataset, threshold: float, evaluators=
 
     The batch stays full: a slot whose row halted takes the next example of the set on the next step (the model's
     `begin_step` resets exactly the halted rows, as in training), so that examples/s grows with the share of rows
-    that halt early; only the last steps of a set run with empty slots. Each example is scored once, at its halting
+    that halt early. Once the set's examples run out, the rows still running continue in halved batches on a CPU. Each example is scored once, at its halting
     step, so the per-set metrics are those of its answer; evaluators (ARC voting with each answer's sigmoid(q_halt))
     see every example once, in the order they finish. Saved outputs are in that order too, with their inputs.
     `act_steps` counts the examples by the ACT steps they used.
@@ -173,6 +173,9 @@ def evaluate_halting(head, dataset: PuzzleDataset, threshold: float, evaluators=
     for evaluator in evaluators:
         evaluator.begin_eval()
     max_steps = model.config.halt_max_steps
+    # On a CPU a step's time grows with its rows, so the tail runs in smaller batches; on a GPU a step of few rows
+    # costs about what a full one does, and each new batch shape a compilation.
+    shrink_tail = device.backend() == "cpu"
     sums: dict[str, dict[str, float]] = {name: {} for name in dataset.sets}
     saved: dict[str, list[np.ndarray]] = {key: [] for key in save_outputs}
     used_steps = np.zeros(max_steps + 1, np.int64)
@@ -210,6 +213,11 @@ def evaluate_halting(head, dataset: PuzzleDataset, threshold: float, evaluators=
                         bar.update(int(finished.sum()))
                         bar.set_postfix(examples_per_s=f"{examples / (time.perf_counter() - start):.1f}")
                     arrays = slots.refill(halted)
+                    keep = slots.shrink() if shrink_tail else None
+                    if keep is not None:
+                        index = mx.array(keep)
+                        carry = tree_map(lambda value: value[index], carry)
+                        arrays = slots.feed()
         elapsed = time.perf_counter() - start
     finally:
         model.inference_halt = None
@@ -259,6 +267,18 @@ class _Slots:
         self.real &= ~halted
         self._place(halted)
         return self.feed()
+
+    def shrink(self) -> np.ndarray | None:
+        """Once the set's examples have run out and at most half the slots are busy: the slots to keep (the busy
+        ones, in a batch of the next power of two, so that few shapes are compiled); None to keep them all."""
+        busy = int(self.real.sum())
+        if self.next < self.count or busy == 0 or busy * 2 > len(self.real):
+            return None
+        target = 1 << (busy - 1).bit_length()
+        keep = np.concatenate([np.flatnonzero(self.real), np.flatnonzero(~self.real)[: target - busy]])
+        self.real = self.real[keep]
+        self.data = {key: value[keep] for key, value in self.data.items()}
+        return keep
 
     def _place(self, free: np.ndarray) -> None:
         """The next examples into the free slots; padding (no labels: never scored) into those left over."""
