@@ -123,8 +123,12 @@ def test_the_tail_runs_in_smaller_batches(data):
     from trm_mlx.evaluation.loop import _Slots
 
     dataset = PuzzleDataset([str(data)], "test", global_batch_size=11)
-    rows = {key: value[:9] for key, value in next(dataset.iter_test())[1].items()}
-    slots = _Slots(rows, 8, dataset.metadata)
+    batch = next(dataset.iter_test())[1]
+    rows = {key: value[:9] for key, value in batch.items()}
+    # read batch by batch: 5 rows, then 4
+    slots = _Slots(iter([{k: v[:5] for k, v in rows.items()}, {k: v[5:] for k, v in rows.items()}]), 8,
+                   dataset.metadata)  # fmt: skip
+    assert (slots.data["inputs"] == rows["inputs"][:8]).all()
     assert slots.shrink() is None  # one example still waits
     slots.refill(np.array([True] + [False] * 7))  # the ninth example takes slot 0: none left
     assert slots.shrink() is None and slots.real.all()  # all 8 slots busy

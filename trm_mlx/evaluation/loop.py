@@ -2,6 +2,7 @@
 (`halt_max_steps` compiled steps from a fresh carry), the last step's metrics are summed per set and divided by
 their count, and evaluators see each batch with the last step's predictions."""
 
+import itertools
 import math
 import time
 from contextlib import ExitStack
@@ -14,6 +15,7 @@ from tqdm import tqdm
 
 from trm_mlx import device
 from trm_mlx.data.dataset import IGNORE_LABEL_ID, PuzzleDataset
+from trm_mlx.evaluation.boards import real_rows
 from trm_mlx.evaluation.gather import all_gather_objects
 from trm_mlx.evaluation.preds import save_predictions
 from trm_mlx.lanes import Lanes, add, concatenate_rows
@@ -162,8 +164,9 @@ def evaluate_halting(head, dataset: PuzzleDataset, threshold: float, evaluators=
 
     The batch stays full: a slot whose row halted takes the next example of the set on the next step (the model's
     `begin_step` resets exactly the halted rows, as in training), so that examples/s grows with the share of rows
-    that halt early. Once the set's examples run out, the rows still running continue in halved batches on a CPU. Each example is scored once, at its halting
-    step, so the per-set metrics are those of its answer; evaluators (ARC voting with each answer's sigmoid(q_halt))
+    that halt early; examples are read from the set's batches as slots free up. Once the set's examples run out,
+    the rows still running continue in halved batches on a CPU. Each example is scored once, at its halting step,
+    so the per-set metrics are those of its answer; evaluators (ARC voting with each answer's sigmoid(q_halt))
     see every example once, in the order they finish. Saved outputs are in that order too, with their inputs.
     `act_steps` counts the examples by the ACT steps they used.
     """
@@ -179,7 +182,7 @@ def evaluate_halting(head, dataset: PuzzleDataset, threshold: float, evaluators=
     sums: dict[str, dict[str, float]] = {name: {} for name in dataset.sets}
     saved: dict[str, list[np.ndarray]] = {key: [] for key in save_outputs}
     used_steps = np.zeros(max_steps + 1, np.int64)
-    total = sum(len(s.inputs) for s in dataset.sets.values())
+    total = math.ceil(sum(len(s.inputs) for s in dataset.sets.values()) / (group.size() if group is not None else 1))
     examples = 0
 
     model.inference_halt = threshold
@@ -188,8 +191,10 @@ def evaluate_halting(head, dataset: PuzzleDataset, threshold: float, evaluators=
         start = time.perf_counter()
         with tqdm(total=total, desc="eval", unit="example", leave=None, disable=not progress or rank != 0) as bar, \
                 ExitStack() as memory:  # fmt: skip
-            for set_name, rows in _examples_by_set(dataset):
-                slots = _Slots(rows, dataset.local_batch_size, dataset.metadata)
+            for set_name, batches in _rows_by_set(dataset):
+                slots = _Slots(batches, dataset.local_batch_size, dataset.metadata)
+                if not slots.busy():
+                    continue
                 arrays = slots.feed()
                 carry = head.initial_carry(arrays)
                 if not examples:
@@ -229,30 +234,32 @@ def evaluate_halting(head, dataset: PuzzleDataset, threshold: float, evaluators=
     return results
 
 
-def _examples_by_set(dataset: PuzzleDataset):
-    """(set name, this rank's real rows of that set as arrays), in the test iteration's order."""
-    current, parts = None, []
-    for set_name, batch, _ in dataset.iter_test():
-        if set_name != current and parts:
-            yield current, {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-            parts = []
-        current = set_name
-        real = ~(batch["inputs"] == dataset.metadata.pad_id).all(axis=1)
-        parts.append({key: value[real] for key, value in batch.items()})
-    if parts:
-        yield current, {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+def _rows_by_set(dataset: PuzzleDataset):
+    """(set name, this rank's real rows of that set, batch by batch), read as the test iteration goes."""
+
+    def real(batches):
+        for _, batch, _ in batches:
+            keep = real_rows(batch["inputs"], dataset.metadata.pad_id)
+            if keep.any():
+                yield {key: value[keep] for key, value in batch.items()}
+
+    for set_name, batches in itertools.groupby(dataset.iter_test(), key=lambda item: item[0]):
+        yield set_name, real(batches)
 
 
 class _Slots:
     """The rows of a fixed-size batch during a halting evaluation: which example each slot holds, and the next
-    examples to put into slots whose rows halted (padding once the set's examples run out)."""
+    examples (taken from the set's batches as they are needed) for slots whose rows halted; padding once the set's
+    examples run out."""
 
-    def __init__(self, rows: dict[str, np.ndarray], size: int, metadata):
-        self.rows, self.next = rows, 0
-        self.count = len(rows["inputs"])
+    def __init__(self, batches, size: int, metadata):
+        self.batches = batches
+        self.pending = next(batches, None)  # rows read but not yet in a slot
         self.fill = {"inputs": metadata.pad_id, "labels": IGNORE_LABEL_ID,
                      "puzzle_identifiers": metadata.blank_identifier_id}  # fmt: skip
-        self.data = {key: np.full((size, *value.shape[1:]), self.fill[key], value.dtype) for key, value in rows.items()}
+        template = self.pending or {key: np.zeros((0, 1), np.int32) for key in self.fill}
+        self.data = {key: np.full((size, *value.shape[1:]), self.fill[key], value.dtype)
+                     for key, value in template.items()}  # fmt: skip
         self.real = np.zeros(size, bool)
         self._place(np.ones(size, bool))
 
@@ -272,7 +279,7 @@ class _Slots:
         """Once the set's examples have run out and at most half the slots are busy: the slots to keep (the busy
         ones, in a batch of the next power of two, so that few shapes are compiled); None to keep them all."""
         busy = int(self.real.sum())
-        if self.next < self.count or busy == 0 or busy * 2 > len(self.real):
+        if self.pending is not None or busy == 0 or busy * 2 > len(self.real):
             return None
         target = 1 << (busy - 1).bit_length()
         keep = np.concatenate([np.flatnonzero(self.real), np.flatnonzero(~self.real)[: target - busy]])
@@ -283,10 +290,19 @@ class _Slots:
     def _place(self, free: np.ndarray) -> None:
         """The next examples into the free slots; padding (no labels: never scored) into those left over."""
         free = np.flatnonzero(free)
-        slots, left = free[: self.count - self.next], free[self.count - self.next :]
-        taken = slice(self.next, self.next + len(slots))
-        for key, value in self.rows.items():
-            self.data[key][slots] = value[taken]
+        while self.pending is not None and len(self.pending["inputs"]) < len(free):
+            more = next(self.batches, None)
+            if more is None:
+                break
+            self.pending = {key: np.concatenate([value, more[key]]) for key, value in self.pending.items()}
+        count = 0 if self.pending is None else min(len(free), len(self.pending["inputs"]))
+        slots, left = free[:count], free[count:]
+        for key in self.data:
+            if count:
+                self.data[key][slots] = self.pending[key][:count]
             self.data[key][left] = self.fill[key]
+        if self.pending is not None:
+            self.pending = {key: value[count:] for key, value in self.pending.items()}
+            if not len(self.pending["inputs"]):
+                self.pending = next(self.batches, None)
         self.real[slots] = True
-        self.next += len(slots)

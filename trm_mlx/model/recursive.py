@@ -215,10 +215,10 @@ class ACTModel(nn.Module):
             raise ValueError(f"halt={halt!r}: expected 'max' or 'q'")
         if not 0 < halt_threshold < 1:
             raise ValueError(f"halt_threshold={halt_threshold}: expected a probability in (0, 1)")
-        if halt == "q":
-            return self._predict_halting(batch, halt_threshold)
+        threshold = halt_threshold if halt == "q" else None
         was_training = self.training
         self.eval()
+        self.inference_halt = threshold
         try:
             arrays = {k: mx.array(np.asarray(batch[k]).astype(np.int32)) for k in ("inputs", "puzzle_identifiers")}
             labels = batch.get("labels")
@@ -227,9 +227,13 @@ class ACTModel(nn.Module):
                 if labels is not None
                 else mx.full(arrays["inputs"].shape, IGNORE_LABEL_ID, dtype=mx.int32)
             )
-            if getattr(self, "_predict_step", None) is None:  # traced once, reused by every later call
+            if getattr(self, "_predict_step", None) is None or self._predict_rule != threshold:
+                # traced once per halting rule (read while tracing), reused by every later call
                 self._predict_step = mx.compile(self.__call__, inputs=self.state)
+                self._predict_rule = threshold
             carry = self.initial_carry(arrays)
+            if threshold is not None:
+                return self._first_halting_outputs(carry, arrays)
             for _ in range(self.config.halt_max_steps):  # a model may halt early (baseline's act_inference)
                 carry, outputs = self._predict_step(carry, arrays)
                 mx.eval(carry, outputs)
@@ -243,33 +247,23 @@ class ACTModel(nn.Module):
                 "steps": np.array(carry["steps"]),
             }
         finally:
-            self.train(was_training)
-
-    def _predict_halting(self, batch: dict, threshold: float) -> dict:
-        """``predict(halt="q")``: each row's outputs at its first halting step (a halted row restarts on the next
-        step, as in training; its later outputs are not used), until every row has halted once."""
-        was_training = self.training
-        self.eval()
-        self.inference_halt = threshold
-        try:
-            arrays = {k: mx.array(np.asarray(batch[k]).astype(np.int32)) for k in ("inputs", "puzzle_identifiers")}
-            arrays["labels"] = mx.full(arrays["inputs"].shape, IGNORE_LABEL_ID, dtype=mx.int32)
-            step = mx.compile(self.__call__, inputs=self.state)  # traced with the halting rule
-            carry = self.initial_carry(arrays)
-            answers, done = {}, np.zeros(arrays["inputs"].shape[0], bool)
-            for _ in range(self.config.halt_max_steps):
-                carry, outputs = step(carry, arrays)
-                mx.eval(carry, outputs)
-                host = {"logits": np.array(outputs["logits"].astype(mx.float32)),
-                        "q_halt_logits": np.array(outputs["q_halt_logits"]), "steps": np.array(carry["steps"])}
-                first = np.array(carry["halted"]) & ~done
-                for key, value in host.items():
-                    answers.setdefault(key, value.copy())[first] = value[first]
-                done |= first
-                if done.all():
-                    break
-            answers["preds"] = answers["logits"].argmax(-1).astype(np.int32)
-            return answers
-        finally:
             self.inference_halt = None
             self.train(was_training)
+
+    def _first_halting_outputs(self, carry: dict, arrays: dict) -> dict:
+        """``predict(halt="q")``: each row's outputs at its first halting step (a halted row restarts on the next
+        step, as in training; its later outputs are not used), until every row has halted once."""
+        answers, done = {}, np.zeros(arrays["inputs"].shape[0], bool)
+        for _ in range(self.config.halt_max_steps):
+            carry, outputs = self._predict_step(carry, arrays)
+            mx.eval(carry, outputs)
+            host = {"logits": np.array(outputs["logits"].astype(mx.float32)),
+                    "q_halt_logits": np.array(outputs["q_halt_logits"]), "steps": np.array(carry["steps"])}
+            first = np.array(carry["halted"]) & ~done
+            for key, value in host.items():
+                answers.setdefault(key, value.copy())[first] = value[first]
+            done |= first
+            if done.all():
+                break
+        answers["preds"] = answers["logits"].argmax(-1).astype(np.int32)
+        return answers
