@@ -33,6 +33,7 @@ from legacy.utils.functions import load_model_class
 from trm_mlx.checkpoint import load_weights_into, read_all_config, read_weights
 from trm_mlx.checkpoint.original import arch_from_original
 from trm_mlx.model import ACTLossHead, create_model
+from trm_mlx.user_errors import one_line_errors
 
 # Acceptance tolerances: fp32 is the contract; bf16 is measured drift of two bf16 implementations (docs/PARITY.md).
 TOLERANCES = {
@@ -353,11 +354,9 @@ def main(argv=None) -> int:
         import yaml
 
         config = yaml.safe_load(Path(args.config).read_text())
-    try:
+    with one_line_errors("trm-parity"):
         result = run(args.checkpoint, config, args.dtype, args.batch_size, args.seed, args.data_path, args.grads,
                      floor=False if args.fixed_tolerances else None, seq_len=args.seq_len)  # fmt: skip
-    except (OSError, ValueError) as e:
-        sys.exit(f"trm-parity: {e}")
     if args.json:
         print(json.dumps(result))
     else:

@@ -8,7 +8,8 @@ files, and writes them into a checkpoint folder that ``trm-train ... resume=<fol
 
 The ACT carry (the recursion state of the batch in flight) is the largest part of a training state (for Sudoku
 MLP-t at batch 768, 150 MB of the 230). ``carry=False`` leaves it out: the next machine then starts every row of
-its first batch afresh, as the first step of a run does (docs/TRAINING.md, "Relaying a run", measures the effect).
+its first batch afresh, as the first step of a run does (docs/TRAINING.md, "Relaying a run over short machine
+leases", on its effect).
 With the carry the resumed run is bit-exact.
 """
 
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from trm_mlx.atomic import write_atomically
+from trm_mlx.atomic import atomic_folder, write_atomically
 from trm_mlx.training.checkpointing import (
     ARRAYS_FILE,
     STATE_FILE,
@@ -31,6 +32,7 @@ from trm_mlx.training.checkpointing import (
     read_train_state_meta,
 )
 from trm_mlx.training.logging import METRICS_FILE
+from trm_mlx.user_errors import one_line_errors
 
 MANIFEST = "relay.json"
 RELAY_FORMAT = "trm-mlx-relay"
@@ -98,10 +100,11 @@ def pack(source: str | Path, out_dir: str | Path, part_size: int = PART_SIZE, ca
             parts[-1].update(size=part_bytes, sha256=part_digest.hexdigest())
 
         for name, path in files:
-            entries.append({"name": name, "size": path.stat().st_size, "sha256": _sha256(path)})
+            file_digest = hashlib.sha256()
             with path.open("rb") as f:
                 while block := f.read(CHUNK):
                     whole.update(block)
+                    file_digest.update(block)
                     while block:
                         if part is None or part_bytes == part_size:
                             if part is not None:
@@ -113,6 +116,7 @@ def pack(source: str | Path, out_dir: str | Path, part_size: int = PART_SIZE, ca
                         part_digest.update(take)
                         part_bytes += len(take)
                         block = block[len(take):]
+            entries.append({"name": name, "size": path.stat().st_size, "sha256": file_digest.hexdigest()})
         if part is not None:
             close_part()
 
@@ -204,9 +208,9 @@ def unpack(relay_dir: str | Path, checkpoint_path: str | Path) -> Path:
             raise RelayError(f"{relay_dir}: the joined parts differ from what was packed")
 
         state_dir = root / manifest["state_name"]
-        if state_dir.exists():
-            shutil.rmtree(state_dir)
-        os.replace(staging / "state", state_dir)
+        with atomic_folder(state_dir) as folder:
+            for file in (staging / "state").iterdir():
+                os.replace(file, folder / file.name)
         for name in RUN_FILES:
             if (staging / name).is_file():
                 os.replace(staging / name, root / name)
@@ -218,14 +222,13 @@ def unpack(relay_dir: str | Path, checkpoint_path: str | Path) -> Path:
 def main(argv: list[str] | None = None) -> None:
     """``trm-relay pack CHECKPOINT_PATH OUT_DIR`` / ``unpack RELAY_DIR CHECKPOINT_PATH`` / ``export SOURCE OUT``."""
     import argparse
-    import sys
 
     parser = argparse.ArgumentParser(prog="trm-relay", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     packing = commands.add_parser("pack", help="a run's newest training state as checksummed parts")
     packing.add_argument("source", help="checkpoint folder of the run (or one train_state_step_N folder)")
     packing.add_argument("out_dir", help="folder for part-NNN and relay.json")
-    packing.add_argument("--part-size", default="16MiB", help="largest part (default 16MiB)")
+    packing.add_argument("--part-size", default=f"{PART_SIZE // 2**20}MiB", help="largest part (default %(default)s)")
     packing.add_argument("--no-carry", action="store_true",
                          help="leave the ACT carry out (150 MB for Sudoku at batch 768); the next machine restarts it")
     unpacking = commands.add_parser("unpack", help="check and join parts into a checkpoint folder to resume from")
@@ -236,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     exporting.add_argument("source", help="checkpoint folder of the run (or one train_state_step_N folder)")
     exporting.add_argument("out", help="checkpoint file to write")
     args = parser.parse_args(argv)
-    try:
+    with one_line_errors("trm-relay"):
         if args.command == "pack":
             manifest = pack(args.source, args.out_dir, parse_size(args.part_size), carry=not args.no_carry)
             count = len(manifest["parts"])
@@ -247,8 +250,6 @@ def main(argv: list[str] | None = None) -> None:
             print(f"checked and joined: continue with resume={state_dir}")
         else:
             print(f"wrote {export_model(args.source, args.out)}")
-    except (OSError, ValueError) as e:
-        sys.exit(f"trm-relay: {e}")
 
 
 if __name__ == "__main__":
