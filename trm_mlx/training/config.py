@@ -22,14 +22,16 @@ INJECTED_ARCH_KEYS = ("batch_size", "vocab_size", "seq_len", "num_puzzle_identif
 
 
 def hydra_config_path() -> str:
-    """Where Hydra finds ``cfg_pretrain.yaml``.
+    """Where Hydra finds ``cfg_pretrain.yaml``: the ``configs/`` folder of the checkout this package runs from, else
+    (a wheel) the installed package ``trm_mlx.configs``.
 
-    Installed (wheel or editable) the yaml files are the package ``trm_mlx.configs``; running from a checkout
-    that was never installed, they are the checkout's ``configs/`` folder.
+    The checkout comes first: an editable install maps ``trm_mlx.configs`` to the checkout it was made from, which
+    is another tree's configs when this package runs from a second worktree (``PYTHONPATH``).
     """
-    if importlib.util.find_spec("trm_mlx.configs") is not None:
-        return "pkg://trm_mlx.configs"
-    return str(Path(__file__).resolve().parents[2] / "configs")
+    checkout = Path(__file__).resolve().parents[2] / "configs"
+    if (checkout / f"{CONFIG_NAME}.yaml").is_file():
+        return str(checkout)
+    return "pkg://trm_mlx.configs"
 
 
 def compose(overrides: Sequence[str] = ()) -> DictConfig:
