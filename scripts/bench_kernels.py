@@ -19,7 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -32,24 +32,37 @@ import numpy as np  # noqa: E402
 
 from trm_mlx import device, kernels  # noqa: E402
 from trm_mlx.kernels import registry, rope  # noqa: E402
-from trm_mlx.model import ACTLossHead, create_model  # noqa: E402
+from trm_mlx.model import ACTLossHead, architecture, create_model  # noqa: E402
+from trm_mlx.model.config import swiglu_intermediate_size  # noqa: E402
 from trm_mlx.model.layers import Block, set_recompute  # noqa: E402
+from trm_mlx.training.config import model_arch_config, preset_run  # noqa: E402
 
 BF16 = mx.bfloat16
 
-# The two presets of the issue: Sudoku-Extreme with the MLP-t block, ARC-AGI-1 with attention (spec App. A).
-PRESETS = {
-    "sudoku_mlp_t": dict(
-        batch=768, seq_len=81, vocab_size=11, mlp_t=True, pos_encodings="none", L_cycles=6, puzzle_emb_ndim=512
-    ),
-    "arc_attention": dict(
-        batch=192, seq_len=900, vocab_size=12, mlp_t=False, pos_encodings="rope", L_cycles=4, puzzle_emb_ndim=512
-    ),
-}
-COMMON_ARCH = dict(
-    num_puzzle_identifiers=1000, H_cycles=3, L_layers=2, hidden_size=512, expansion=4, num_heads=8,
-    halt_max_steps=16, halt_exploration_prob=0.1, forward_dtype="bfloat16", puzzle_emb_len=16,
-)
+# This script's names for the presets it times (configs/preset/), with their labels in the kernel table:
+# Sudoku-Extreme with the MLP-t block and ARC-AGI-1 with attention, each at one GPU's share of its batch.
+PRESETS = {"sudoku_mlp_t": ("sudoku_mlp", "Sudoku"), "arc_attention": ("arc1", "ARC")}
+PUZZLE_ROWS = 1000  # a small puzzle table: the steps time the kernels, not ARC's 2 GB table
+
+
+@cache
+def preset_arch(name: str) -> dict:
+    """The model config of a preset, from configs/preset/ (batch_size: one GPU's share of the recipe's)."""
+    config, metadata = preset_run(PRESETS[name][0])
+    return model_arch_config(config, metadata.model_copy(update={"num_puzzle_identifiers": PUZZLE_ROWS}))
+
+
+def sizes(name: str) -> tuple[int, int, int, int, int]:
+    """(batch, positions with the puzzle prefix, hidden size, SwiGLU width, token-mixing SwiGLU width)."""
+    config = architecture(preset_arch(name))[1]
+    positions = config.seq_len + config.puzzle_prefix_len
+    width = swiglu_intermediate_size(config.expansion, config.hidden_size)
+    mixing_width = swiglu_intermediate_size(config.expansion, positions)
+    return config.batch_size, positions, config.hidden_size, width, mixing_width
+
+
+def shape_label(shape) -> str:
+    return "[" + ",".join(map(str, shape)) + "]"
 
 
 def timed(fn, args, reps: int, warmup: int = 3) -> float:
@@ -81,24 +94,29 @@ def normal(shape, seed, scale=1.0):
 
 def kernel_cases():
     """(op name, label, arrays, static kwargs) at the presets' shapes."""
-    sudoku_h, arc_h = (768, 97, 512), (192, 916, 512)
-    return [
-        ("add_rms_norm", "Sudoku h [768,97,512]", (normal(sudoku_h, 1), normal(sudoku_h, 2, 0.5)), {"eps": 1e-5}),
-        ("add_rms_norm", "ARC h [192,916,512]", (normal(arc_h, 1), normal(arc_h, 2, 0.5)), {"eps": 1e-5}),
-        ("add_rms_norm_seq", "Sudoku h [768,97,512]", (normal(sudoku_h, 1), normal(sudoku_h, 2, 0.5)), {"eps": 1e-5}),
-        ("swiglu", "Sudoku mlp [768,97,3072]", (normal((768, 97, 3072), 3, 2.0),), {}),
-        # The token mixing's gate/up blocks, [2I, D] per example, as kernels.mix_tokens hands them over.
-        ("swiglu", "Sudoku mlp_t [768,2x512x512]", (normal((768, 2 * 512 * 512), 3, 2.0),), {}),
-        ("swiglu", "ARC mlp [192,916,3072]", (normal((192, 916, 3072), 3, 2.0),), {}),
-        (
-            "rope_split",
-            "ARC qkv [192,916,1536]",
-            (normal((192, 916, 1536), 4),),
-            {"rotary": rope.rotary_tables(916, 64), "num_heads": 8},
-        ),
-        ("inject_add", "Sudoku h [768,97,512]", (normal(sudoku_h, 5), normal(sudoku_h, 6)), {}),
-        ("inject_add", "ARC h [192,916,512]", (normal(arc_h, 5), normal(arc_h, 6)), {}),
-    ]
+    cases = {name: [] for name in ("add_rms_norm", "add_rms_norm_seq", "swiglu", "rope_split", "inject_add")}
+    for name, (_, label) in PRESETS.items():
+        arch = preset_arch(name)
+        batch, positions, hidden, width, mixing_width = sizes(name)
+        h = (batch, positions, hidden)
+        h_label = f"{label} h {shape_label(h)}"
+        norm_inputs = (normal(h, 1), normal(h, 2, 0.5))
+        cases["add_rms_norm"].append((h_label, norm_inputs, {"eps": 1e-5}))
+        mlp = (batch, positions, 2 * width)
+        cases["swiglu"].append((f"{label} mlp {shape_label(mlp)}", (normal(mlp, 3, 2.0),), {}))
+        if arch["mlp_t"]:
+            cases["add_rms_norm_seq"].append((h_label, norm_inputs, {"eps": 1e-5}))
+            # The token mixing's gate/up blocks, [2I, D] per example, as kernels.mix_tokens hands them over.
+            mixing = (batch, 2 * mixing_width * hidden)
+            mixing_label = f"{label} mlp_t [{batch},2x{mixing_width}x{hidden}]"
+            cases["swiglu"].append((mixing_label, (normal(mixing, 3, 2.0),), {}))
+        if arch["pos_encodings"] == "rope":
+            heads = arch["num_heads"]
+            qkv = (batch, positions, 3 * hidden)
+            static = {"rotary": rope.rotary_tables(positions, hidden // heads), "num_heads": heads}
+            cases["rope_split"].append((f"{label} qkv {shape_label(qkv)}", (normal(qkv, 4),), static))
+        cases["inject_add"].append((h_label, (normal(h, 5), normal(h, 6)), {}))
+    return [(op, *case) for op, op_cases in cases.items() for case in op_cases]
 
 
 def bench_kernels(reps: int) -> list[dict]:
@@ -132,16 +150,16 @@ def with_mode(mode: str, fn):
     return run
 
 
-BLOCK_CASES = (("sudoku_mlp_t", 97, (768, 97, 512)), ("arc_attention", 0, (192, 916, 512)))
-
-
 def bench_blocks(reps: int) -> list[dict]:
     """One Block forward + backward (input and weight gradients) per mode, bf16, at each preset's size."""
     rows = []
-    for preset, mlp_t_len, shape in BLOCK_CASES:
+    for preset in PRESETS:
+        arch = preset_arch(preset)
+        batch, positions, hidden = sizes(preset)[:3]
+        shape, heads = (batch, positions, hidden), arch["num_heads"]
         mx.random.seed(0)
-        block = Block(shape[-1], 8, 4, 1e-5, mlp_t_len)
-        rotary = None if mlp_t_len else rope.rotary_tables(shape[1], shape[-1] // 8)
+        block = Block(hidden, heads, arch["expansion"], 1e-5, positions if arch["mlp_t"] else 0)
+        rotary = None if arch["mlp_t"] else rope.rotary_tables(positions, hidden // heads)
         h, cot = normal(shape, 11), normal(shape, 12)
 
         def loss(h):
@@ -156,13 +174,13 @@ def bench_blocks(reps: int) -> list[dict]:
     return rows
 
 
-def make_batch(preset: dict, batch_size: int) -> dict:
+def make_batch(arch: dict, batch_size: int) -> dict:
     rng = np.random.default_rng(0)
-    vocab, seq = preset["vocab_size"], preset["seq_len"]
+    vocab, seq = arch["vocab_size"], arch["seq_len"]
     return {
         "inputs": mx.array(rng.integers(1, vocab, (batch_size, seq)), dtype=mx.int32),
         "labels": mx.array(rng.integers(1, vocab, (batch_size, seq)), dtype=mx.int32),
-        "puzzle_identifiers": mx.array(rng.integers(0, 1000, (batch_size,)), dtype=mx.int32),
+        "puzzle_identifiers": mx.array(rng.integers(0, PUZZLE_ROWS, (batch_size,)), dtype=mx.int32),
     }
 
 
@@ -188,8 +206,7 @@ def run_step(preset_name: str, mode: str, batch_size: int, steps: int, recompute
     """Time the compiled train step of one preset under one kernel mode (in this process)."""
     apply_mode(mode)
     device.set_memory_limit(memory_limit)
-    preset = PRESETS[preset_name]
-    arch = {**COMMON_ARCH, **{k: v for k, v in preset.items() if k != "batch"}}
+    arch = preset_arch(preset_name)
     mx.random.seed(0)
     head = ACTLossHead(create_model(arch))
     set_recompute(head.model, device.recompute_share(recompute_setting(recompute)))
@@ -209,7 +226,7 @@ def run_step(preset_name: str, mode: str, batch_size: int, steps: int, recompute
         optimizer.update(head, grads)
         return loss, carry
 
-    batch = make_batch(preset, batch_size)
+    batch = make_batch(arch, batch_size)
     carry = head.initial_carry(batch)
     mx.eval(carry, state)
     mx.clear_cache()
@@ -236,13 +253,14 @@ def run_step(preset_name: str, mode: str, batch_size: int, steps: int, recompute
     }
 
 
-def bench_steps(modes: list[str], steps: int, timeout: int, recompute: str, memory_limit: float | None) -> list[dict]:
-    """Each (preset, mode) in a fresh process; on failure retry once at half the batch."""
+def bench_steps(batches: dict[str, int], modes: list[str], steps: int, timeout: int, recompute: str,
+                memory_limit: float | None) -> list[dict]:  # fmt: skip
+    """Each (preset, mode) at ``batches[preset]`` in a fresh process; on failure retry once at half the batch."""
     rows = []
-    for preset_name, preset in PRESETS.items():
+    for preset_name, full_batch in batches.items():
         for mode in modes:
-            batch = preset["batch"]
-            while batch >= preset["batch"] // 2:
+            batch = full_batch
+            while batch >= full_batch // 2:
                 cmd = [sys.executable, __file__, "--step", preset_name, mode, str(batch), "--steps", str(steps),
                        "--recompute", recompute] + (["--memory-limit", str(memory_limit)] if memory_limit else [])
                 try:
@@ -327,10 +345,11 @@ def main(argv=None) -> int:
         results["winners"] = winners(results["kernels"])
         print(f"faster than their reference: {', '.join(results['winners']) or 'none'}")
     if args.part in ("all", "steps"):
+        batches = {name: preset_arch(name)["batch_size"] for name in PRESETS}
         for item in args.batch:
             name, size = item.split("=")
-            PRESETS[name]["batch"] = int(size)
-        results["steps"] = bench_steps(args.modes.split(","), args.steps, args.step_timeout, args.recompute,
+            batches[name] = int(size)
+        results["steps"] = bench_steps(batches, args.modes.split(","), args.steps, args.step_timeout, args.recompute,
                                        args.memory_limit)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

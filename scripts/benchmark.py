@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
@@ -39,26 +38,11 @@ IMPLS = ("mlx", "torch", "torch_compile")
 EVAL_KEYS = ("preds", "q_halt_logits")
 
 
-@dataclass(frozen=True)
-class Preset:
-    """A paper-size run: the README recipe (configs/preset/<config_preset>.yaml) on data of the dataset's shapes."""
-
-    config_preset: str
-    batch_size: int  # per device; the original's ARC and Maze runs split a global batch of 768 over 4 GPUs
-    seq_len: int
-    vocab_size: int
-    num_puzzle_identifiers: int
-    about: str
-
-
+# The benchmark's names (its command lines and recorded figures use them) for the presets of configs/preset/ it
+# runs: the README recipe's model on synthetic batches of its dataset's shapes, one GPU's share of its batch.
 PRESETS = {
-    "tiny": Preset("demo", 64, 81, 11, 1, "trm-train's default: hidden 64, H2 x L3, 8 ACT steps, fp32, Sudoku shapes"),
-    "sudoku_mlp": Preset("sudoku_mlp", 768, 81, 11, 1, "Sudoku-Extreme, MLP-t, hidden 512, H3 x L6"),
-    "sudoku_att": Preset("sudoku_att", 768, 81, 11, 1, "Sudoku-Extreme, attention, hidden 512, H3 x L6"),
-    "maze_att": Preset("maze", 192, 900, 6, 1, "Maze-Hard 30x30, attention, hidden 512, H3 x L4"),
-    # 960 ARC-1 + ConceptARC groups x (1 + 1000 augmentations) + the blank id: the arc1concept-aug-1000 table size.
-    "arc_att": Preset("arc1", 192, 900, 12, 960_961, "ARC-AGI-1 + concept, attention, hidden 512, H3 x L4"),
-}
+    "tiny": "demo", "sudoku_mlp": "sudoku_mlp", "sudoku_att": "sudoku_att", "maze_att": "maze", "arc_att": "arc1",
+}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -66,36 +50,24 @@ PRESETS = {
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def resolve_config(preset: Preset, batch_size: int, dtype: str | None, overrides: list[str]) -> dict:
-    """The training config (as a dict) of the preset's README recipe, without EMA or evaluators."""
-    from trm_mlx.training.config import compose, from_hydra
+def resolve_run(preset: str, batch_size: int | None, dtype: str | None, overrides: list[str]) -> tuple[dict, dict]:
+    """The training config and dataset metadata (as dicts) of the preset's recipe, without EMA or evaluators."""
+    from trm_mlx.training.config import preset_run
 
     extra = [f"arch.forward_dtype={dtype}"] if dtype else []
-    hydra = compose(
-        [f"preset={preset.config_preset}", f"global_batch_size={batch_size}", "ema=False", "evaluators=[]", *extra,
-         *overrides]
-    )
-    return from_hydra(hydra).model_dump()
+    config, metadata = preset_run(PRESETS[preset], [*extra, *overrides], batch_size)
+    return config.model_dump(), metadata.model_dump()
 
 
-def synthetic_metadata(preset: Preset) -> dict:
-    """Dataset metadata of the preset's shapes; the counts only size the LR schedule (far beyond the run)."""
-    return dict(
-        pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=preset.vocab_size, seq_len=preset.seq_len,
-        num_puzzle_identifiers=preset.num_puzzle_identifiers, total_groups=10**7, mean_puzzle_examples=1.0,
-        total_puzzles=10**7, sets=["all"],
-    )
-
-
-def synthetic_batches(preset: Preset, batch_size: int, count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+def synthetic_batches(metadata: dict, batch_size: int, count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
     """Batches as the data loader yields them (int32): random tokens and labels, random puzzle ids."""
     rng = np.random.default_rng(seed)
-    shape = (batch_size, preset.seq_len)
+    shape, vocab_size = (batch_size, metadata["seq_len"]), metadata["vocab_size"]
     return [
         {
-            "inputs": rng.integers(1, preset.vocab_size, shape, dtype=np.int32),
-            "labels": rng.integers(1, preset.vocab_size, shape, dtype=np.int32),
-            "puzzle_identifiers": rng.integers(0, preset.num_puzzle_identifiers, (batch_size,), dtype=np.int32),
+            "inputs": rng.integers(1, vocab_size, shape, dtype=np.int32),
+            "labels": rng.integers(1, vocab_size, shape, dtype=np.int32),
+            "puzzle_identifiers": rng.integers(0, metadata["num_puzzle_identifiers"], (batch_size,), dtype=np.int32),
         }
         for _ in range(count)
     ]
@@ -197,7 +169,7 @@ def run_mlx(run: dict, progress: Progress) -> None:
     progress(device=f"{name} [mlx {mx.__version__}, {device.describe()}]", memory="peak RSS" if on_cpu else "device",
              setup_s=time.perf_counter() - start)
     step_fn, compiled_state = make_train_step(state, config)
-    batches = synthetic_batches(PRESETS[run["preset"]], batch_size, run["num_batches"])
+    batches = synthetic_batches(run["metadata"], batch_size, run["num_batches"])
     pending = []
 
     def train_step(i):  # as trm-train's loop: queue this step, then read the previous step's metrics
@@ -253,7 +225,7 @@ def run_torch(run: dict, compiled: bool, progress: Progress) -> None:
     state.model.train()
     batches = [
         {key: torch.from_numpy(value).pin_memory() if cuda else torch.from_numpy(value) for key, value in b.items()}
-        for b in synthetic_batches(PRESETS[run["preset"]], batch_size, run["num_batches"])
+        for b in synthetic_batches(run["metadata"], batch_size, run["num_batches"])
     ]
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     where = torch.cuda.get_device_name() if cuda else f"{cpu_name()}, {torch.get_num_threads()} threads"
@@ -404,12 +376,12 @@ def default_impls() -> list[str]:
 
 
 def benchmark(args) -> list[dict]:
-    preset = PRESETS[args.preset]
-    batch_size = args.batch or preset.batch_size
+    config, metadata = resolve_run(args.preset, args.batch, args.dtype, args.overrides)
+    batch_size = config["global_batch_size"]
     run = {
         "preset": args.preset,
-        "config": resolve_config(preset, batch_size, args.dtype, args.overrides),
-        "metadata": synthetic_metadata(preset),
+        "config": config,
+        "metadata": metadata,
         "warmup": args.warmup,
         "steps": args.steps,
         "eval_batches": args.eval_batches,
@@ -462,9 +434,9 @@ def overrides_last(argv: list[str]) -> list[str]:
 
 def parse_args(argv: list[str]):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    presets = "; ".join(f"{name}: {preset.about}, batch {preset.batch_size}" for name, preset in PRESETS.items())
+    presets = ", ".join(f"{name} = configs/preset/{recipe}.yaml" for name, recipe in PRESETS.items())
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help=presets)
-    parser.add_argument("--batch", type=int, help="batch size (default: the preset's)")
+    parser.add_argument("--batch", type=int, help="batch size (default: one GPU's share of the preset's)")
     parser.add_argument("--impl", nargs="+", choices=IMPLS, help="default: mlx torch (+ torch_compile on CUDA)")
     parser.add_argument("--steps", type=int, default=20, help="timed training steps (after the warm-up)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed training steps first (compilation)")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Data-parallel scaling of trm-train's step (issue 8): 1 process, then 2 ranks under mlx.launch, each bounded by
-# `timeout` and by the tool's own --max-seconds (which still writes the JSON line), then a one-line efficiency
-# summary. Made for one short attempt on an nvidia-h100-x2 machine (python3 with MLX, no venv):
+# Data-parallel scaling of trm-train's step: 1 process, then 2 ranks under mlx.launch, each bounded by `timeout`
+# and by the tool's own --max-seconds (which still writes the JSON line), then a one-line efficiency summary. For
+# one short attempt on a 2-GPU machine (python3 with MLX, no venv):
 #
 #     PYTHONPATH=/tmp/site:$PWD bash scripts/scaling_gpu.sh            # results in $OUT (else ./scaling_out)
 #
@@ -9,15 +9,15 @@
 #
 #     SCALING_PRESET=demo SCALING_BACKEND=ring SCALING_ROWS=8 PYTHON=.venv/bin/python bash scripts/scaling_gpu.sh
 #
-# Each run's limit: SCALING_ONE_S / SCALING_TWO_S seconds (default 200 + 240: the first step compiles the whole ARC
-# step, 1-2 minutes on a fresh GPU machine); the tool stops queueing steps SCALING_MARGIN_S seconds before it.
+# Each run's limit: SCALING_ONE_S / SCALING_TWO_S seconds (default 200 + 240: on a fresh GPU machine the first step
+# compiles the whole ARC step); the tool stops queueing steps SCALING_MARGIN_S seconds before it.
 set -u
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 PRESET=${SCALING_PRESET:-arc1}
 BACKEND=${SCALING_BACKEND:-nccl}
-ROWS=${SCALING_ROWS:-96}  # measured on 2 x H200 (docs/BENCHMARKS.md); 192 fits one GPU with block recomputation
+ROWS=${SCALING_ROWS:-96}  # the rows of docs/BENCHMARKS.md's 2-GPU figures; 192 fits one GPU with block recomputation
 WARMUP=${SCALING_WARMUP:-5}
 STEPS=${SCALING_STEPS:-50}
 ONE_S=${SCALING_ONE_S:-200}

@@ -50,6 +50,7 @@ DEFAULTS = {
     "ema_rate": 0.999,
     "freeze_weights": False,
     # trm-mlx additions
+    "benchmark": None,
     "resume": None,
     "max_steps": None,
     "max_minutes": None,

@@ -1,6 +1,10 @@
-"""scripts/benchmark.py: paper-size presets, one start for both implementations, and the CPU path end to end."""
+"""The benchmarks (scripts/benchmark.py, scripts/bench_kernels.py, trm_mlx.training.throughput): presets' shapes
+read from configs/preset/, one start for both implementations, and the CPU path end to end."""
 
 import json
+import re
+import shutil
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
@@ -9,13 +13,16 @@ import torch
 
 import legacy.pretrain as lp
 from legacy.dataset.common import PuzzleDatasetMetadata as LegacyMetadata
-from scripts import benchmark
+from scripts import bench_kernels, benchmark
 from trm_mlx.checkpoint import model_arrays
 from trm_mlx.data.metadata import PuzzleDatasetMetadata
+from trm_mlx.training import config as training_config
+from trm_mlx.training import throughput
 from trm_mlx.training.config import PretrainConfig
 from trm_mlx.training.state import create_train_state
 
 SMALL_ARCH = ["arch.hidden_size=16", "arch.num_heads=2", "arch.halt_max_steps=2"]
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -27,25 +34,68 @@ def cpu_device():
 
 
 @pytest.mark.parametrize(
-    "name, l_cycles, mlp_t, seq_len",
-    [("sudoku_mlp", 6, True, 81), ("sudoku_att", 6, False, 81), ("maze_att", 4, False, 900), ("arc_att", 4, False, 900)],
+    "name, l_cycles, mlp_t, data_shape, batch",
+    [
+        ("sudoku_mlp", 6, True, (81, 11, 1), 768),
+        ("sudoku_att", 6, False, (81, 11, 1), 768),
+        ("maze_att", 4, False, (900, 6, 1), 192),  # one GPU's share of the README's 768 on 4 GPUs
+        ("arc_att", 4, False, (900, 12, 960_961), 192),
+    ],
 )
-def test_paper_presets(name, l_cycles, mlp_t, seq_len):
-    preset = benchmark.PRESETS[name]
-    config = benchmark.resolve_config(preset, preset.batch_size, None, [])
+def test_paper_presets(name, l_cycles, mlp_t, data_shape, batch):
+    config, metadata = benchmark.resolve_run(name, None, None, [])
     arch = config["arch"]
     assert (arch["hidden_size"], arch["L_layers"], arch["H_cycles"], arch["L_cycles"]) == (512, 2, 3, l_cycles)
     assert (arch["halt_max_steps"], arch["mlp_t"], arch["forward_dtype"]) == (16, mlp_t, "bfloat16")
     assert arch["pos_encodings"] == ("none" if mlp_t else "rope")
     assert not config["ema"] and config["evaluators"] == []
-    assert preset.seq_len == seq_len
-    assert config["global_batch_size"] == (768 if name.startswith("sudoku") else 192)
+    assert (metadata["seq_len"], metadata["vocab_size"], metadata["num_puzzle_identifiers"]) == data_shape
+    assert config["global_batch_size"] == batch
+    assert benchmark.resolve_run(name, 16, "float32", [])[0]["global_batch_size"] == 16
+
+
+def test_preset_shapes_come_from_the_preset_yaml(tmp_path, monkeypatch, request):
+    """Each benchmark reads a preset's shapes from its YAML: edited there, they change in every one of them."""
+    configs = tmp_path / "configs"
+    shutil.copytree(REPO / "configs", configs)
+    arc1 = configs / "preset" / "arc1.yaml"
+    edited = "benchmark: {seq_len: 30, vocab_size: 7, num_puzzle_identifiers: 5, gpus: 8}"
+    arc1.write_text(re.sub(r"^benchmark: .*$", edited, arc1.read_text(), count=1, flags=re.M))
+    monkeypatch.setattr(training_config, "hydra_config_path", lambda: str(configs))
+    bench_kernels.preset_arch.cache_clear()
+    request.addfinalizer(bench_kernels.preset_arch.cache_clear)
+
+    config, metadata = benchmark.resolve_run("arc_att", None, None, [])
+    assert (metadata["seq_len"], metadata["vocab_size"], metadata["num_puzzle_identifiers"]) == (30, 7, 5)
+    assert config["global_batch_size"] == 768 // 8
+    arch = bench_kernels.preset_arch("arc_attention")
+    assert (arch["seq_len"], arch["vocab_size"], arch["batch_size"]) == (30, 7, 96)
+    assert bench_kernels.sizes("arc_attention")[:3] == (96, 30 + 16, 512)
+
+    with pytest.raises(ValueError, match="no `benchmark` key"):
+        training_config.preset_run("arc2")
+
+
+def test_bench_kernels_cases_follow_the_presets():
+    labels = [(op, label) for op, label, _, _ in bench_kernels.kernel_cases()]
+    assert labels == [
+        ("add_rms_norm", "Sudoku h [768,97,512]"), ("add_rms_norm", "ARC h [192,916,512]"),
+        ("add_rms_norm_seq", "Sudoku h [768,97,512]"), ("swiglu", "Sudoku mlp [768,97,3072]"),
+        ("swiglu", "Sudoku mlp_t [768,2x512x512]"), ("swiglu", "ARC mlp [192,916,3072]"),
+        ("rope_split", "ARC qkv [192,916,1536]"), ("inject_add", "Sudoku h [768,97,512]"),
+        ("inject_add", "ARC h [192,916,512]"),
+    ]  # fmt: skip
+
+
+def test_throughput_runs_a_preset():
+    result = throughput.measure("demo", 4, warmup=1, steps=1, overrides=SMALL_ARCH)
+    assert (result["preset"], result["ranks"], result["global_batch"], result["steps"]) == ("demo", 1, 4, 1)
+    assert result["dtype"] == "float32" and result["examples_per_s"] == pytest.approx(4 / result["step_s"], rel=1e-2)
 
 
 def test_both_sides_start_from_the_same_weights(tmp_path):
-    preset = benchmark.PRESETS["tiny"]
-    config = benchmark.resolve_config(preset, 4, None, SMALL_ARCH)
-    metadata = {**benchmark.synthetic_metadata(preset), "num_puzzle_identifiers": 7}
+    config, metadata = benchmark.resolve_run("tiny", 4, None, SMALL_ARCH)
+    metadata = {**metadata, "num_puzzle_identifiers": 7}
     path = tmp_path / "start"
     benchmark.write_initial_weights(config, metadata, path)
 
@@ -62,15 +112,15 @@ def test_both_sides_start_from_the_same_weights(tmp_path):
 
 
 def test_synthetic_batches_have_the_loader_layout():
-    preset = benchmark.PRESETS["arc_att"]
-    batches = benchmark.synthetic_batches(preset, 3, 2)
+    metadata = benchmark.resolve_run("arc_att", 3, None, [])[1]
+    batches = benchmark.synthetic_batches(metadata, 3, 2)
     assert len(batches) == 2 and not np.array_equal(batches[0]["inputs"], batches[1]["inputs"])
     for batch in batches:
         assert {key: (value.shape, value.dtype) for key, value in batch.items()} == {
             "inputs": ((3, 900), np.int32), "labels": ((3, 900), np.int32), "puzzle_identifiers": ((3,), np.int32)
         }
-        assert batch["inputs"].min() >= 1 and batch["inputs"].max() < preset.vocab_size
-        assert batch["puzzle_identifiers"].max() < preset.num_puzzle_identifiers
+        assert batch["inputs"].min() >= 1 and batch["inputs"].max() < metadata["vocab_size"]
+        assert batch["puzzle_identifiers"].max() < metadata["num_puzzle_identifiers"]
 
 
 def test_overrides_may_follow_impl():

@@ -294,8 +294,8 @@ def test_choosing_the_cpu_widens_the_tape_for_lanes(monkeypatch):
 
 
 def test_lanes_share_the_openblas_threads_out():
-    """Each lane's products run on its share of OpenBLAS's threads, for evaluation as for training (unshared, two
-    lanes of evaluation on 2 cores ran at half the speed)."""
+    """Each lane's products run on its share of OpenBLAS's threads, for evaluation as for training (unshared, every
+    lane's products claim all the cores at once)."""
     import ctypes
 
     from trm_mlx.lanes import Lanes

@@ -65,7 +65,7 @@ def test_recomputed_blocks_give_the_same_gradients_for_less_memory(variant):
         # The backward keeps each block's input instead of its activations: measured 0.33 (attention) and 0.34
         # (MLP-t) of the plain peak at these sizes; a recomputation that ran during the forward would keep them
         # all. Not on a GPU: at these small sizes the whole step is queued before any buffer can be released, so
-        # both peaks are the same there (measured on an H200); the paper-size figures are in docs/BENCHMARKS.md.
+        # both peaks are the same there; the paper-size figures are in docs/BENCHMARKS.md.
         assert peak_rc < 0.6 * peak, (peak_rc, peak)
 
 

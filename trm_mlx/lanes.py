@@ -37,8 +37,8 @@ class Lanes:
     def __init__(self, count: int):
         self.count = count
         self.streams = [mx.new_stream(mx.cpu) for _ in range(count)]
-        # The cores shared out: each lane's matrix products on its share of OpenBLAS's threads (measured on 2 cores:
-        # unshared, two lanes of evaluation ran at about half the speed).
+        # The cores shared out: each lane's matrix products on its share of OpenBLAS's threads (unshared, every
+        # lane's products claim all the cores at once: docs/BENCHMARKS.md, CPU lanes).
         device.set_blas_threads(max(1, device.cpu_cores() // count))
 
     def run(self, graphs: list, *trees):

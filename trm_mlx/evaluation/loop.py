@@ -24,8 +24,8 @@ STEP_OUTPUTS = ("preds", "q_halt_logits")
 SAVABLE = ("inputs", "labels", "puzzle_identifiers", *STEP_OUTPUTS)
 
 # On CUDA, evaluation runs with MLX's memory limit at most the memory in use plus this many carries (one batch's):
-# without a cap MLX holds the dead inputs of the queued ACT steps (H100, paper batches: peaks of 17-22 GiB, 4-11
-# GiB capped, at the same speed; docs/BENCHMARKS.md).
+# without a cap MLX holds the dead inputs of the queued ACT steps, several times the capped peak at the same speed
+# (docs/BENCHMARKS.md).
 EVAL_HEADROOM_CARRIES = 24
 
 

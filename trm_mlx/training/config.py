@@ -3,17 +3,19 @@
 Hydra composes ``configs/cfg_pretrain.yaml``; :func:`from_hydra` turns the result into a :class:`PretrainConfig`.
 """
 
-import importlib.util
 import os
 import re
 import warnings
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, Sequence, Union
 
 import coolname
 import hydra
 from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from trm_mlx.data.metadata import PuzzleDatasetMetadata
 
 CONFIG_NAME = "cfg_pretrain"
 
@@ -22,14 +24,16 @@ INJECTED_ARCH_KEYS = ("batch_size", "vocab_size", "seq_len", "num_puzzle_identif
 
 
 def hydra_config_path() -> str:
-    """Where Hydra finds ``cfg_pretrain.yaml``.
+    """Where Hydra finds ``cfg_pretrain.yaml``: the ``configs/`` folder of the checkout this package runs from, else
+    (a wheel) the installed package ``trm_mlx.configs``.
 
-    Installed (wheel or editable) the yaml files are the package ``trm_mlx.configs``; running from a checkout
-    that was never installed, they are the checkout's ``configs/`` folder.
+    The checkout comes first: an editable install maps ``trm_mlx.configs`` to the checkout it was made from, which
+    is another tree's configs when this package runs from a second worktree (``PYTHONPATH``).
     """
-    if importlib.util.find_spec("trm_mlx.configs") is not None:
-        return "pkg://trm_mlx.configs"
-    return str(Path(__file__).resolve().parents[2] / "configs")
+    checkout = Path(__file__).resolve().parents[2] / "configs"
+    if (checkout / f"{CONFIG_NAME}.yaml").is_file():
+        return str(checkout)
+    return "pkg://trm_mlx.configs"
 
 
 def compose(overrides: Sequence[str] = ()) -> DictConfig:
@@ -66,6 +70,16 @@ class EvaluatorConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     name: str
+
+
+class BenchmarkShapes(BaseModel):
+    """``benchmark`` (presets): the shapes of the preset's dataset and the GPUs of the README run, so that the
+    benchmarks run the recipe without its data; training reads the dataset's own shapes."""
+
+    seq_len: int
+    vocab_size: int
+    num_puzzle_identifiers: int
+    gpus: int = 1
 
 
 class PretrainConfig(BaseModel):
@@ -113,6 +127,7 @@ class PretrainConfig(BaseModel):
     freeze_weights: bool = False
 
     # trm-mlx additions
+    benchmark: Optional[BenchmarkShapes] = None
     resume: Optional[str] = None
     max_steps: Optional[int] = None
     max_minutes: Optional[Annotated[float, Field(gt=0)]] = None
@@ -137,6 +152,29 @@ def from_hydra(hydra_config: DictConfig) -> PretrainConfig:
     if unknown:
         warnings.warn(f"config keys not used by trm-train (ignored): {', '.join(unknown)}", stacklevel=2)
     return config
+
+
+def preset_run(
+    preset: str, overrides: Sequence[str] = (), batch_size: Optional[int] = None
+) -> tuple[PretrainConfig, "PuzzleDatasetMetadata"]:
+    """A preset's recipe as the benchmarks train it, and metadata of its dataset's shapes (its ``benchmark`` key).
+
+    No EMA and no evaluators; ``batch_size`` rows a step, by default one GPU's share of the recipe's global batch.
+    The metadata's counts only size the LR schedule, far beyond any benchmark.
+    """
+    from trm_mlx.data.metadata import PuzzleDatasetMetadata
+
+    config = from_hydra(compose([f"preset={preset}", "ema=False", "evaluators=[]", *overrides]))
+    shapes = config.benchmark
+    if shapes is None:
+        raise ValueError(f"preset {preset!r} has no `benchmark` key (its dataset's shapes) in configs/preset/")
+    config = config.model_copy(update={"global_batch_size": batch_size or config.global_batch_size // shapes.gpus})
+    metadata = PuzzleDatasetMetadata(
+        pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=shapes.vocab_size, seq_len=shapes.seq_len,
+        num_puzzle_identifiers=shapes.num_puzzle_identifiers, total_groups=10**7, mean_puzzle_examples=1.0,
+        total_puzzles=10**7, sets=["all"],
+    )  # fmt: skip
+    return config, metadata
 
 
 def with_naming_defaults(config: PretrainConfig) -> PretrainConfig:

@@ -20,32 +20,10 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from trm_mlx.data.metadata import PuzzleDatasetMetadata
 from trm_mlx.device import describe
-from trm_mlx.training.config import compose, from_hydra
+from trm_mlx.training.config import preset_run
 from trm_mlx.training.state import create_train_state, num_params
 from trm_mlx.training.trainer import make_train_step, reduce_train_metrics, train_batch
-
-# (seq_len, vocab_size, num_puzzle_identifiers) of each preset's dataset as the builders write it; arc1's table is
-# arc1concept-aug-1000's: 960 groups x (1 + 1000 augmentations) + the blank id.
-DATA_SHAPES = {
-    "demo": (81, 11, 1),
-    "sudoku_mlp": (81, 11, 1),
-    "sudoku_att": (81, 11, 1),
-    "maze": (900, 6, 1),
-    "arc1": (900, 12, 960_961),
-}
-
-
-def synthetic_metadata(preset: str) -> PuzzleDatasetMetadata:
-    """The preset's shapes; the counts only size the LR schedule, far beyond the measured steps."""
-    seq_len, vocab_size, num_ids = DATA_SHAPES[preset]
-    return PuzzleDatasetMetadata(
-        pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=vocab_size, seq_len=seq_len,
-        num_puzzle_identifiers=num_ids, total_groups=10**7, mean_puzzle_examples=1.0, total_puzzles=10**7,
-        sets=["all"],
-    )  # fmt: skip
-
 
 def rank_batches(metadata, global_batch: int, count: int, rank: int, world_size: int) -> list[dict[str, np.ndarray]]:
     """This rank's rows of ``count`` seeded global batches (every rank draws the same ones, as the loader does)."""
@@ -92,9 +70,7 @@ def measure(preset: str, rows_per_rank: int, warmup: int, steps: int, overrides:
         mx.eval(mx.distributed.all_sum(mx.ones(1), group=group))
         say(group, f"first all-reduce {time.perf_counter() - start:.2f} s")
     say(group, f"building the {preset} model")
-    config = from_hydra(compose([f"preset={preset}", f"global_batch_size={global_batch}", "ema=False",
-                                 "evaluators=[]", *overrides]))  # fmt: skip
-    metadata = synthetic_metadata(preset)
+    config, metadata = preset_run(preset, overrides, global_batch)
     start = time.perf_counter()
     state = create_train_state(config, metadata, group)
     step_fn, compiled_state = make_train_step(state, config, group)
@@ -185,7 +161,7 @@ def scaling_summary(results: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="arc1", choices=sorted(DATA_SHAPES))
+    parser.add_argument("--preset", default="arc1", help="a configs/preset/ name with a `benchmark` key")
     parser.add_argument("--rows-per-rank", type=int, default=192, help="rows of each global batch per rank")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first, at least 1 (the first compiles)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
