@@ -15,7 +15,7 @@ def report() -> int:
         warnings.simplefilter("ignore")  # the table says it
         runtime = Runtime.create()
         results = check_all(runtime.backend) if runtime.backend != "cpu" else {}
-    print(f"backend: {runtime.describe_backend()}; kernels mode: {runtime.kernel_mode} (config or {KERNELS_ENV})")
+    print(f"backend: {runtime.backend}; kernels mode: {runtime.kernel_mode} (config or {KERNELS_ENV})")
     if runtime.backend == "cpu":
         print("MLX has no custom kernels on the CPU: every op below runs its plain-MLX reference. Unless the mode is")
         print("`reference`, SwiGLU, the attention, the head split and the token mixing run trm_mlx.kernels.cpu's versions.")

@@ -258,7 +258,8 @@ def resolve_names(config: PretrainConfig) -> PretrainConfig:
 
 def train(config: PretrainConfig, show_progress: bool = True, metrics_every: int = 100) -> dict:
     """Run training as ``pretrain.py`` does; returns the step reached and the last train and eval metrics.
-    ``metrics.jsonl`` gets a line of training metrics every ``metrics_every`` steps.
+    ``metrics.jsonl`` gets a line of training metrics every ``metrics_every`` steps. The process runs as the
+    config's execution keys say (``training_runtime``), the first line of the log.
 
     Under ``mlx.launch`` every process is one rank of a data-parallel run (see docs/DISTRIBUTED.md); rank 0 alone
     logs and writes checkpoints, and the returned metrics are the same on every rank.
