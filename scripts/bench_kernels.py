@@ -13,8 +13,8 @@ out-of-memory failure costs only that entry (it is retried at half the batch).
 """
 
 import argparse
+import dataclasses
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -24,17 +24,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import trm_mlx  # noqa: E402,F401  (CPU BLAS choice before MLX loads)
+from trm_mlx.blas import load_fast_blas  # noqa: E402
+
+load_fast_blas()  # before MLX loads
+
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 import mlx.optimizers as optim  # noqa: E402
 import numpy as np  # noqa: E402
 
-from trm_mlx import device, kernels  # noqa: E402
-from trm_mlx.kernels import registry, rope  # noqa: E402
+from trm_mlx import kernels  # noqa: E402
+from trm_mlx.kernels import rope  # noqa: E402
 from trm_mlx.model import ACTLossHead, architecture, create_model  # noqa: E402
 from trm_mlx.model.config import swiglu_intermediate_size  # noqa: E402
-from trm_mlx.model.layers import Block, set_recompute  # noqa: E402
+from trm_mlx.model.layers import Block  # noqa: E402
+from trm_mlx.runtime import Runtime  # noqa: E402
 from trm_mlx.training.config import model_arch_config, preset_run  # noqa: E402
 
 BF16 = mx.bfloat16
@@ -138,18 +142,6 @@ def bench_kernels(reps: int) -> list[dict]:
     return rows
 
 
-def with_mode(mode: str, fn):
-    """Trace fn under one kernel mode (the dispatch is decided while tracing)."""
-    os.environ[device.KERNELS_ENV] = mode
-    compiled = mx.compile(fn)
-
-    def run(*args):
-        os.environ[device.KERNELS_ENV] = mode
-        return compiled(*args)
-
-    return run
-
-
 def bench_blocks(reps: int) -> list[dict]:
     """One Block forward + backward (input and weight gradients) per mode, bf16, at each preset's size."""
     rows = []
@@ -157,18 +149,18 @@ def bench_blocks(reps: int) -> list[dict]:
         arch = preset_arch(preset)
         batch, positions, hidden = sizes(preset)[:3]
         shape, heads = (batch, positions, hidden), arch["num_heads"]
-        mx.random.seed(0)
-        block = Block(hidden, heads, arch["expansion"], 1e-5, positions if arch["mlp_t"] else 0)
         rotary = None if arch["mlp_t"] else rope.rotary_tables(positions, hidden // heads)
         h, cot = normal(shape, 11), normal(shape, 12)
-
-        def loss(h):
-            return (block(h, rotary).astype(mx.float32) * cot.astype(mx.float32)).sum()
-
-        step = nn.value_and_grad(block, loss)
         row = {"block": preset, "shape": str(list(shape))}
         for mode in ("reference", "fused"):
-            row[f"{mode}_ms"] = timed(with_mode(mode, step), (h,), reps)
+            mx.random.seed(0)
+            execution = mode_runtime(mode).execution
+            block = Block(hidden, heads, arch["expansion"], 1e-5, execution, positions if arch["mlp_t"] else 0)
+
+            def loss(h):
+                return (block(h, rotary).astype(mx.float32) * cot.astype(mx.float32)).sum()
+
+            row[f"{mode}_ms"] = timed(mx.compile(nn.value_and_grad(block, loss)), (h,), reps)
         rows.append(row)
         print(f"block {preset:<14} reference {row['reference_ms']:8.2f} ms  fused {row['fused_ms']:8.2f} ms", flush=True)
     return rows
@@ -184,16 +176,16 @@ def make_batch(arch: dict, batch_size: int) -> dict:
     }
 
 
-def apply_mode(mode: str) -> None:
+def mode_runtime(mode: str, recompute: str = "auto", memory_limit: float | None = None) -> Runtime:
     """`reference`, `auto`, `fused`, or `only:OP[+OP...]`: `auto` with just those kernels on (what each one costs)."""
+    settings = dict(recompute=recompute_setting(recompute), memory_limit=memory_limit)
     if not mode.startswith("only:"):
-        os.environ[device.KERNELS_ENV] = mode
-        return
+        return Runtime.create(kernels=mode, **settings)
     ops = frozenset(mode.removeprefix("only:").split("+"))
     if not ops <= set(kernels.OPS):
         raise SystemExit(f"bench_kernels: unknown kernels in {mode!r}; known: {', '.join(sorted(kernels.OPS))}")
-    os.environ[device.KERNELS_ENV] = "auto"
-    device.FUSED_BY_DEFAULT[device.backend()] = ops
+    runtime = Runtime.create(kernels="fused", **settings)
+    return dataclasses.replace(runtime, kernel_mode="auto", fused_kernels=runtime.fused_kernels & ops)
 
 
 def recompute_setting(text: str):
@@ -204,19 +196,17 @@ def recompute_setting(text: str):
 def run_step(preset_name: str, mode: str, batch_size: int, steps: int, recompute: str,
              memory_limit: float | None = None) -> dict:
     """Time the compiled train step of one preset under one kernel mode (in this process)."""
-    apply_mode(mode)
-    device.set_memory_limit(memory_limit)
+    runtime = mode_runtime(mode, recompute, memory_limit)
     arch = preset_arch(preset_name)
     mx.random.seed(0)
-    head = ACTLossHead(create_model(arch))
-    set_recompute(head.model, device.recompute_share(recompute_setting(recompute)))
+    head = ACTLossHead(create_model(arch, runtime.execution))
     optimizer = optim.Adam(learning_rate=1e-4)
     optimizer.init(head.trainable_parameters())
     state = [head.state, optimizer.state, mx.random.state]
 
     def loss_fn(carry, batch):
-        carry, loss, _, _, _ = head(carry, batch)
-        return loss, carry
+        step = head.model(head.model.reset_halted(carry, batch))
+        return head.loss_and_metrics(step)[0], step.carry
 
     grad_fn = nn.value_and_grad(head, loss_fn)
 
@@ -227,7 +217,7 @@ def run_step(preset_name: str, mode: str, batch_size: int, steps: int, recompute
         return loss, carry
 
     batch = make_batch(arch, batch_size)
-    carry = head.initial_carry(batch)
+    carry = head.model.initial_carry(batch)
     mx.eval(carry, state)
     mx.clear_cache()
     mx.reset_peak_memory()
@@ -238,7 +228,7 @@ def run_step(preset_name: str, mode: str, batch_size: int, steps: int, recompute
         mx.eval(loss, carry, state)
         if i >= 2:
             times.append(time.perf_counter() - start)
-    used = sorted(name for (name, _), result in registry.RESULTS.items() if result.ok and device.kernel_wanted(name))
+    used = sorted(runtime.fused_kernels)
     return {
         "preset": preset_name,
         "mode": mode,
@@ -330,15 +320,16 @@ def main(argv=None) -> int:
         print(json.dumps(run_step(args.step[0], args.step[1], int(args.step[2]), args.steps, args.recompute,
                                   args.memory_limit)))
         return 0
-    if device.backend() == "cpu":
+    runtime = Runtime.create()
+    if runtime.backend == "cpu":
         print("bench_kernels: needs a CUDA or Metal GPU (MLX has no custom kernels on the CPU)", file=sys.stderr)
         return 2
 
-    print(f"backend: {device.describe()}, mlx {mx.__version__}")
-    failed = {name: r.detail for name, r in kernels.check_all().items() if not r.ok}
+    print(f"backend: {runtime.describe_backend()}, mlx {mx.__version__}")
+    failed = {name: r.detail for name, r in kernels.check_all(runtime.backend).items() if not r.ok}
     if failed:
         print(f"self-check failures (these run their reference): {failed}")
-    results = {"backend": device.describe(), "mlx": mx.__version__, "self_check_failures": failed}
+    results = {"backend": runtime.describe_backend(), "mlx": mx.__version__, "self_check_failures": failed}
     if args.part in ("all", "kernels"):
         results["kernels"] = bench_kernels(args.reps)
         results["blocks"] = bench_blocks(args.reps // 2)

@@ -146,29 +146,28 @@ def cpu_name() -> str:
 
 
 def run_mlx(run: dict, progress: Progress) -> None:
-    import trm_mlx  # noqa: F401  (first: chooses the CPU BLAS before MLX loads)
+    from trm_mlx.blas import load_fast_blas
+
+    load_fast_blas()  # first: the CPU BLAS loads before MLX does
     import mlx.core as mx
 
     from trm_mlx.data.metadata import PuzzleDatasetMetadata
-    from trm_mlx import device
     from trm_mlx.evaluation.loop import compiled_eval_step, eval_memory_cap
     from trm_mlx.training.config import PretrainConfig
     from trm_mlx.training.state import create_train_state
-    from trm_mlx.training.trainer import (
-        cpu_lanes, execution_summary, make_train_step, reduce_train_metrics, train_batch,
-    )
+    from trm_mlx.training.trainer import make_train_step, reduce_train_metrics, train_batch, training_runtime
 
     start = time.perf_counter()
     config = PretrainConfig(**{**run["config"], "load_checkpoint": run["initial_weights"]})
-    device.select(config.device)
+    runtime = training_runtime(config)
     batch_size = config.global_batch_size
-    state = create_train_state(config, PuzzleDatasetMetadata(**run["metadata"]))
-    progress(execution=execution_summary(state.model, config))
+    state = create_train_state(config, PuzzleDatasetMetadata(**run["metadata"]), runtime)
+    progress(execution=runtime.summary())
     on_cpu = mx.default_device() == mx.cpu
     name = cpu_name() if on_cpu else str(mx.device_info().get("device_name", "GPU"))
-    progress(device=f"{name} [mlx {mx.__version__}, {device.describe()}]", memory="peak RSS" if on_cpu else "device",
-             setup_s=time.perf_counter() - start)
-    step_fn, compiled_state = make_train_step(state, config)
+    progress(device=f"{name} [mlx {mx.__version__}, {runtime.describe_backend()}]",
+             memory="peak RSS" if on_cpu else "device", setup_s=time.perf_counter() - start)
+    step_fn, compiled_state = make_train_step(state, config, runtime)
     batches = synthetic_batches(run["metadata"], batch_size, run["num_batches"])
     pending = []
 
@@ -189,19 +188,19 @@ def run_mlx(run: dict, progress: Progress) -> None:
     if run["eval_batches"]:
         head = state.head
         head.model.eval()
-        eval_step = compiled_eval_step(head, cpu_lanes(config))
+        eval_step = compiled_eval_step(head, runtime.cpu_lanes)
         mx.reset_peak_memory()
 
         def eval_batch(i):  # as trm_mlx.evaluation.loop.evaluate
             arrays = {key: mx.array(value) for key, value in batches[i % len(batches)].items()}
-            carry = head.initial_carry(arrays)
+            carry = head.model.initial_carry(arrays)
             for _ in range(head.model.config.halt_max_steps):
                 carry, metrics, outputs = eval_step(carry, arrays)
                 mx.eval(carry, metrics, outputs)
             np.array(outputs["preds"])
 
         first = {key: mx.array(value) for key, value in batches[0].items()}
-        with eval_memory_cap(head.initial_carry(first)):
+        with eval_memory_cap(runtime, head.model.initial_carry(first)):
             timed_loop(eval_batch, lambda: None, 1, run["eval_batches"], "mlx eval", progress, prefix="eval_")
         if not on_cpu:
             progress(eval_peak_memory_gib=mx.get_peak_memory() / GIB)

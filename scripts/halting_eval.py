@@ -17,11 +17,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from trm_mlx.blas import load_fast_blas  # noqa: E402
+
+load_fast_blas()  # before MLX loads
+
 import trm_mlx  # noqa: E402
-from trm_mlx import device  # noqa: E402
 from trm_mlx.data import PuzzleDataset  # noqa: E402
 from trm_mlx.evaluation.loop import evaluate  # noqa: E402
 from trm_mlx.model import ACTLossHead  # noqa: E402
+from trm_mlx.runtime import Runtime  # noqa: E402
 
 
 def limited(dataset: PuzzleDataset, limit: int | None) -> PuzzleDataset:
@@ -35,14 +39,15 @@ def limited(dataset: PuzzleDataset, limit: int | None) -> PuzzleDataset:
 
 def run(checkpoint: str, data: str, thresholds: list[float], batch_size: int, limit: int | None,
         forward_dtype: str | None) -> list[dict]:  # fmt: skip
-    head = ACTLossHead(trm_mlx.load(checkpoint, forward_dtype=forward_dtype))
+    runtime = Runtime.create(cpu_lanes=1)
+    head = ACTLossHead(trm_mlx.load(checkpoint, forward_dtype=forward_dtype, runtime=runtime))
     records = []
     for threshold in [None, *thresholds]:
         dataset = limited(PuzzleDataset([data], "test", global_batch_size=batch_size), limit)
         began = time.perf_counter()
-        metrics = evaluate(head, dataset, progress=False, halt_threshold=threshold)
+        metrics = evaluate(head, dataset, runtime, progress=False, halt_threshold=threshold)
         records.append({
-            "halt": "max" if threshold is None else f"q>{threshold:g}", "backend": device.describe(),
+            "halt": "max" if threshold is None else f"q>{threshold:g}", "backend": runtime.describe_backend(),
             "examples": metrics["examples"], "examples_per_s": metrics["examples_per_second"],
             "wall_s": time.perf_counter() - began, "accuracy": metrics["all"]["accuracy"],
             "exact_accuracy": metrics["all"]["exact_accuracy"], "mean_act_steps": metrics["all"]["steps"],

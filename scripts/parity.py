@@ -15,10 +15,13 @@ import json
 import sys
 from pathlib import Path
 
-import trm_mlx  # noqa: F401  (first: picks the fast CPU BLAS before MLX loads)
-import mlx.core as mx
-import numpy as np
-from mlx.utils import tree_flatten
+from trm_mlx.blas import load_fast_blas
+
+load_fast_blas()  # trm-parity's entry module: the CPU BLAS loads before MLX does
+
+import mlx.core as mx  # noqa: E402
+import numpy as np  # noqa: E402
+from mlx.utils import tree_flatten  # noqa: E402
 
 try:
     import torch
@@ -33,6 +36,7 @@ from legacy.utils.functions import load_model_class
 from trm_mlx.checkpoint import load_weights_into, read_all_config, read_weights
 from trm_mlx.checkpoint.original import arch_from_original
 from trm_mlx.model import ACTLossHead, create_model
+from trm_mlx.runtime import Runtime
 from trm_mlx.user_errors import one_line_errors
 
 # Acceptance tolerances: fp32 is the contract; bf16 is measured drift of two bf16 implementations (docs/PARITY.md).
@@ -123,7 +127,8 @@ def compare_forward(legacy_head, mlx_head, batch: dict, exact_head=None) -> list
         for head in heads.values():
             head.eval()
         t_carries = {k: h.initial_carry(t_batch) for k, h in heads.items()}
-    m_carry = mlx_head.initial_carry(m_batch)
+    model = mlx_head.model
+    m_carry = model.initial_carry(m_batch)
     keys = ["logits", "q_halt_logits", "q_continue_logits"]
     rows = []
     for step in range(mlx_head.model.config.halt_max_steps):
@@ -131,7 +136,9 @@ def compare_forward(legacy_head, mlx_head, batch: dict, exact_head=None) -> list
         with torch.inference_mode():
             for name, head in heads.items():
                 t_carries[name], _, _, t_out[name], _ = head(return_keys=keys, carry=t_carries[name], batch=t_batch)
-        m_carry, _, _, m_out, _ = mlx_head(m_carry, m_batch)
+        m_step = model(model.reset_halted(m_carry, m_batch))
+        m_carry = m_step.carry
+        m_out = {"logits": m_step.logits, "q_halt_logits": m_step.q_halt, "q_continue_logits": m_step.q_continue}
         mx.eval(m_carry, m_out)
         mlx_logits, legacy_logits = _to_numpy(m_out["logits"]), _to_numpy(t_out["legacy"]["logits"])
         row = {
@@ -168,12 +175,12 @@ def mlx_gradients(mlx_head, batch: dict) -> tuple[float, dict]:
     model = mlx_head.model
     mlx_head.train()
     m_batch = {k: mx.array(v) for k, v in batch.items()}
-    carry, data = model.begin_step(model.initial_carry(m_batch), m_batch)
-    rows = model.gather_puzzle_rows(data)
+    carry = model.reset_halted(model.initial_carry(m_batch), m_batch)
+    rows = model.puzzle_rows(carry)
 
     def loss_fn(params, rows):
         model.update(params)
-        return mlx_head.step(carry, data, rows)[1]
+        return mlx_head.loss_and_metrics(model(carry, rows))[0]
 
     if rows is None:  # no puzzle embedding: the weights alone
         loss, g_params = mx.value_and_grad(lambda params: loss_fn(params, None))(model.trainable_parameters())
@@ -258,6 +265,7 @@ def verdict(forward_rows: list, grads: dict | None, tolerances: dict) -> bool:
 def run(checkpoint, config=None, dtype=None, batch_size=4, seed=0, data_path=None, grads=False, floor=None,
         seq_len=None) -> dict:
     """Compare on one batch. ``floor`` (fp64 reference, see ``within``): None = on in fp32, off in bf16."""
+    runtime = Runtime.create()
     weights, arch = read_weights(checkpoint)
     if config is not None or arch is None:
         full = config if config is not None else read_all_config(checkpoint)
@@ -275,7 +283,8 @@ def run(checkpoint, config=None, dtype=None, batch_size=4, seed=0, data_path=Non
     arch = {**arch, "halt_exploration_prob": 0.0}
     dtype_name = arch.get("forward_dtype", "bfloat16")
 
-    mlx_head = ACTLossHead(create_model(arch), arch.get("loss", {}).get("loss_type", "stablemax_cross_entropy"))
+    loss_type = arch.get("loss", {}).get("loss_type", "stablemax_cross_entropy")
+    mlx_head = ACTLossHead(create_model(arch, runtime.execution), loss_type)
     load_weights_into(mlx_head.model, weights, checkpoint)
     torch.manual_seed(seed)
     legacy_head = legacy_model(arch, batch_size)

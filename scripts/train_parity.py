@@ -27,7 +27,7 @@ from trm_mlx.data.builtin import DEFAULT_PATH as BUILTIN_SUDOKU_PATH
 from trm_mlx.data.builtin import ensure_builtin_sudoku
 from trm_mlx.training.config import compose, from_hydra
 from trm_mlx.training.state import create_train_state
-from trm_mlx.training.trainer import make_train_step, reduce_train_metrics, train_batch
+from trm_mlx.training.trainer import make_train_step, reduce_train_metrics, train_batch, training_runtime
 
 # Exploration draws differ between torch and MLX generators; fp32 everywhere so the comparison is tight.
 PARITY_OVERRIDES = ["arch.halt_exploration_prob=0.0", "++arch.forward_dtype=float32", "device=cpu"]  # ++: the baseline yaml has no forward_dtype
@@ -87,9 +87,9 @@ def run_parity(overrides: list[str], steps: int, work_dir: Path) -> ParityReport
     start = work_dir / "start"
     torch.save(lp.checkpoint_state_dict(legacy.model), start)
 
-    mx.set_default_device(mx.cpu)
-    ours = create_train_state(config.model_copy(update={"load_checkpoint": str(start)}), dataset.metadata)
-    step_fn, compiled_state = make_train_step(ours, config)
+    runtime = training_runtime(config)  # device=cpu
+    ours = create_train_state(config.model_copy(update={"load_checkpoint": str(start)}), dataset.metadata, runtime)
+    step_fn, compiled_state = make_train_step(ours, config, runtime)
 
     report = ParityReport(steps=steps)
     for batch in parity_batches(config, steps):

@@ -1,13 +1,24 @@
-import trm_mlx  # noqa: F401  (first: picks the fast CPU BLAS before MLX loads; see trm_mlx/device.py)
+from trm_mlx.blas import load_fast_blas
 
-from pathlib import Path
+load_fast_blas()  # as every command line does first: before MLX loads
 
-import mlx.core as mx
-import pytest
+from pathlib import Path  # noqa: E402
 
-from tiny_dataset import write_tiny_dataset
+import mlx.core as mx  # noqa: E402
+import pytest  # noqa: E402
 
+from tiny_dataset import write_tiny_dataset  # noqa: E402
+from trm_mlx.runtime import Runtime  # noqa: E402
+
+# This process's runtime (default settings, one CPU lane), made before any test evaluates: it sets the tape width.
+RUNTIME = Runtime.create(cpu_lanes=1)
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture
+def runtime() -> Runtime:
+    """This process's runtime: MLX's default device, the default settings, one CPU lane."""
+    return RUNTIME
 
 
 @pytest.fixture

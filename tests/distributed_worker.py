@@ -15,7 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import trm_mlx  # noqa: E402,F401  (first: picks the fast CPU BLAS before MLX loads)
+from trm_mlx.blas import load_fast_blas  # noqa: E402
+
+load_fast_blas()  # as trm-train does first: before MLX loads
 
 import mlx.core as mx  # noqa: E402
 

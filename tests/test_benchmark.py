@@ -93,7 +93,7 @@ def test_throughput_runs_a_preset():
     assert result["dtype"] == "float32" and result["examples_per_s"] == pytest.approx(4 / result["step_s"], rel=1e-2)
 
 
-def test_both_sides_start_from_the_same_weights(tmp_path):
+def test_both_sides_start_from_the_same_weights(tmp_path, runtime):
     config, metadata = benchmark.resolve_run("tiny", 4, None, SMALL_ARCH)
     metadata = {**metadata, "num_puzzle_identifiers": 7}
     path = tmp_path / "start"
@@ -101,7 +101,7 @@ def test_both_sides_start_from_the_same_weights(tmp_path):
 
     config["load_checkpoint"] = str(path)
     legacy = lp.init_train_state(lp.PretrainConfig(**config), LegacyMetadata(**metadata), 0, 1, torch.device("cpu"))
-    ours = create_train_state(PretrainConfig(**config), PuzzleDatasetMetadata(**metadata))
+    ours = create_train_state(PretrainConfig(**config), PuzzleDatasetMetadata(**metadata), runtime)
     theirs = {k.removeprefix("model."): v.float().numpy() for k, v in legacy.model.state_dict().items()}
     arrays = model_arrays(ours.model)
     assert arrays["inner.puzzle_emb.weights"].shape == (7, 16)  # widened from the saved one-row table

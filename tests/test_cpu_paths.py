@@ -11,11 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from trm_mlx import device, kernels
+from trm_mlx import blas, kernels
 from trm_mlx.kernels import cpu, glu, rope
+from trm_mlx.lanes import cpu_cores
 from trm_mlx.model.layers import CastedLinear, SwiGLU
+from trm_mlx.runtime import CPU_TAPE_WIDTH, Runtime
 
-pytestmark = pytest.mark.skipif(device.backend() != "cpu", reason="CPU-only paths")
+pytestmark = pytest.mark.skipif(mx.default_device() != mx.cpu, reason="CPU-only paths")
+CPU = Runtime("cpu").execution
 
 HALF = {"bfloat16": mx.bfloat16, "float16": mx.float16}
 ULP = {"bfloat16": 2.0**-7, "float16": 2.0**-10}  # spacing at 1.0: an upper bound of one rounding, relative
@@ -35,7 +38,7 @@ def relative_error(got: mx.array, expected) -> float:
 def test_half_casted_linear_is_the_rounded_exact_product(dtype_name, bias):
     dtype = HALF[dtype_name]
     mx.random.seed(1)
-    lin = CastedLinear(384, 48, bias=bias)
+    lin = CastedLinear(384, 48, CPU, bias=bias)
     if bias:
         lin.bias = mx.random.normal((48,))
     x = mx.random.normal((2, 5, 384)).astype(dtype)
@@ -55,7 +58,7 @@ def test_half_casted_linear_is_the_rounded_exact_product(dtype_name, bias):
 
 def test_bf16_casted_linear_gradients_match_the_bf16_product():
     mx.random.seed(2)
-    lin = CastedLinear(256, 32, bias=True)
+    lin = CastedLinear(256, 32, CPU, bias=True)
     lin.bias = mx.random.normal((32,))
     x = mx.random.normal((6, 256)).astype(mx.bfloat16)
     cotangent = mx.random.normal((6, 32)).astype(mx.bfloat16)
@@ -173,7 +176,7 @@ def test_token_mixing_matches_the_transposed_mixing_in_float64(dtype_name, toler
     dtype = getattr(mx, dtype_name)
     mx.random.seed(9)
     B, S, D, eps = 3, 97, 40, 1e-5
-    mlp_t = SwiGLU(S, 4.0)  # I = 512
+    mlp_t = SwiGLU(S, 4.0, CPU)  # I = 512
     h = mx.random.normal((B, S, D)).astype(dtype)
     cotangent = mx.random.normal((B, S, D)).astype(dtype)
 
@@ -190,7 +193,7 @@ def test_token_mixing_matches_the_transposed_mixing_in_float64(dtype_name, toler
     assert relative_error(out, expected) < tolerance
     for got, want in zip(grads, expected_grads):
         assert relative_error(got, want) < tolerance
-    assert mx.array_equal(kernels.token_mixing(h, mlp_t, eps), out).item()  # the CPU dispatch
+    assert mx.array_equal(kernels.token_mixing(h, mlp_t, eps, CPU), out).item()  # the CPU dispatch
 
 
 @pytest.mark.parametrize("with_rope", [True, False])
@@ -219,27 +222,27 @@ def test_split_heads_matches_the_rotated_slices_in_float64(with_rope, dtype_name
     assert all(o.dtype == dtype and o.shape == (B, H, S, hd) for o in outs) and grad.dtype == dtype
     assert relative_error(got, expected) < tolerance
     assert relative_error(grad, expected_grad) < tolerance
-    assert all(mx.array_equal(a, b).item() for a, b in zip(kernels.split_heads(qkv, rotary, H), outs))
+    assert all(mx.array_equal(a, b).item() for a, b in zip(kernels.split_heads(qkv, rotary, H, S, CPU), outs))
 
 
-def test_dispatch_uses_the_cpu_path_except_in_reference_mode(monkeypatch):
+def test_dispatch_uses_the_cpu_path_except_in_reference_mode():
     mx.random.seed(8)
     gu = mx.random.normal((5, 2 * 64))
-    monkeypatch.delenv(device.KERNELS_ENV, raising=False)
-    assert cpu.enabled(gu) and not cpu.enabled(mx.zeros((2,), mx.float64))
-    assert mx.array_equal(kernels.swiglu(gu), cpu.swiglu(gu)).item()
-    monkeypatch.setenv(device.KERNELS_ENV, "reference")
-    assert not cpu.enabled(gu)
-    assert mx.array_equal(kernels.swiglu(gu), glu.reference(gu)).item()
+    fast, reference = Runtime("cpu", "auto").execution, Runtime("cpu", "reference").execution
+    assert cpu.enabled(fast, gu) and not cpu.enabled(fast, mx.zeros((2,), mx.float64))
+    assert mx.array_equal(kernels.swiglu(gu, fast), cpu.swiglu(gu)).item()
+    assert not cpu.enabled(reference, gu)
+    assert mx.array_equal(kernels.swiglu(gu, reference), glu.reference(gu)).item()
 
 
 # ------------------------------------------------------------------------------------------- freed memory kept
 
 FAULTS_SCRIPT = """
 import resource, sys
-if sys.argv[1] == "trm_mlx":
-    import trm_mlx.kernels.cpu  # noqa: F401  (on the CPU backend, keeps freed memory)
 import mlx.core as mx
+if sys.argv[1] == "runtime":
+    from trm_mlx.runtime import Runtime
+    Runtime.create(device="cpu")  # keeps freed memory
 x = mx.random.normal((10 << 20,))
 step = lambda: mx.eval((x * 2) * 3 + 1)  # 40 MB intermediates, freed every time
 for _ in range(3):
@@ -252,22 +255,24 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
-def test_cpu_kernels_stop_page_faults_on_reused_memory():
+def test_a_cpu_runtime_stops_page_faults_on_reused_memory():
     """Plain MLX faults in fresh pages for every large intermediate (glibc maps blocks over 32 MB anew each time);
-    with trm_mlx imported the process reuses them."""
+    in a process with a CPU runtime they are reused."""
 
     def faults(mode: str) -> int:
         run = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT, mode], capture_output=True, text=True, check=True)
         return int(run.stdout.split()[-1])
 
-    plain, kept = faults("plain"), faults("trm_mlx")
+    plain, kept = faults("plain"), faults("runtime")
     assert plain > 10 * 10_000  # at least one fresh 40 MB block (10,240 pages) per step
     assert kept < plain / 10
 
 
 def test_the_blas_line_names_the_openblas_kernels():
-    """describe() (the trainer's first log line) names the OpenBLAS core, which OPENBLAS_CORETYPE can force."""
-    code = "import trm_mlx; from trm_mlx import device; print(device.openblas_core()); print(device.describe())"
+    """The backend's description (in the trainer's first log line) names the OpenBLAS core, which OPENBLAS_CORETYPE
+    can force."""
+    code = ("from trm_mlx import blas; blas.load_fast_blas(); from trm_mlx.runtime import Runtime; "
+            "print(blas.openblas_core()); print(Runtime.create(device='cpu').describe_backend())")
     run = lambda env: subprocess.run(  # noqa: E731
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
     ).stdout.splitlines()
@@ -282,14 +287,13 @@ def test_the_blas_line_names_the_openblas_kernels():
 
 
 def test_choosing_the_cpu_widens_the_tape_for_lanes(monkeypatch):
-    """`device=cpu` on a machine whose default is a GPU: the tape width that lets CPU lanes run at once is set when
-    the CPU is chosen (importing trm_mlx only sets it where the CPU is already the default); a user's value stays."""
+    """`device=cpu`: the runtime sets the tape width that lets CPU lanes run at once; a user's value stays."""
     monkeypatch.delenv("MLX_BFS_MAX_WIDTH", raising=False)
-    device.select("cpu")
+    assert Runtime.create(device="cpu").backend == "cpu"
     assert mx.default_device() == mx.cpu
-    assert os.environ["MLX_BFS_MAX_WIDTH"] == str(device.CPU_TAPE_WIDTH)
+    assert os.environ["MLX_BFS_MAX_WIDTH"] == str(CPU_TAPE_WIDTH)
     monkeypatch.setenv("MLX_BFS_MAX_WIDTH", "64")
-    device.select("cpu")
+    Runtime.create(device="cpu")
     assert os.environ["MLX_BFS_MAX_WIDTH"] == "64"
 
 
@@ -300,11 +304,11 @@ def test_lanes_share_the_openblas_threads_out():
 
     from trm_mlx.lanes import Lanes
 
-    if device.openblas_core() is None:
+    if blas.openblas_core() is None:
         pytest.skip("the loaded BLAS is not OpenBLAS (install libopenblas0-pthread)")
-    threads = ctypes.CDLL(device.fast_blas_path).openblas_get_num_threads
+    threads = ctypes.CDLL(blas.loaded).openblas_get_num_threads
     try:
         Lanes(2)
-        assert threads() == max(1, device.cpu_cores() // 2)
+        assert threads() == max(1, cpu_cores() // 2)
     finally:
-        device.set_blas_threads(device.cpu_cores())
+        blas.set_threads(cpu_cores())

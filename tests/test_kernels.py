@@ -10,10 +10,10 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from trm_mlx import device, kernels
+from trm_mlx import kernels
 from trm_mlx.kernels import codegen, glu, injection, norm, registry, rope
-from trm_mlx.model import ACTLossHead, create_model
-from trm_mlx.model.layers import set_recompute
+from trm_mlx.model import ACTLossHead, Execution, create_model
+from trm_mlx.runtime import FUSED_BY_DEFAULT, KERNELS_ENV, Runtime, fused_kernels, kernel_mode
 
 SOURCES = {
     "add_rms_norm_fwd": (norm.ROWS_FORWARD, {"eps": "1e-05f"}),
@@ -106,43 +106,42 @@ def test_row_layout_covers_the_row():
 
 
 def test_kernel_mode_from_config_and_environment(monkeypatch):
-    monkeypatch.delenv(device.KERNELS_ENV, raising=False)
-    monkeypatch.setattr(device, "configured_kernel_mode", "auto")
-    device.set_kernel_mode("reference")
-    assert device.kernel_mode() == "reference"
-    monkeypatch.setenv(device.KERNELS_ENV, "fused")
-    assert device.kernel_mode() == "fused"  # the environment wins
-    monkeypatch.setenv(device.KERNELS_ENV, "fast")
+    monkeypatch.delenv(KERNELS_ENV, raising=False)
+    assert kernel_mode("reference") == "reference"
+    monkeypatch.setenv(KERNELS_ENV, "fused")
+    assert kernel_mode("reference") == "fused"  # the environment wins
+    monkeypatch.setenv(KERNELS_ENV, "fast")
     with pytest.raises(ValueError, match="TRM_MLX_KERNELS.*auto, fused, reference.*'fast'"):
-        device.kernel_mode()
+        kernel_mode("auto")
+    monkeypatch.delenv(KERNELS_ENV)
     with pytest.raises(ValueError, match="config"):
-        device.set_kernel_mode("on")
+        kernel_mode("on")
 
 
 def test_cpu_always_runs_the_reference(monkeypatch):
-    monkeypatch.setenv(device.KERNELS_ENV, "fused")
-    monkeypatch.setattr(device, "backend", lambda: "cpu")
     monkeypatch.setattr(registry, "RESULTS", {})
-    assert not any(device.kernel_wanted(name) for name in kernels.OPS)
+    assert fused_kernels("fused", "cpu") == frozenset()
+    assert not registry.RESULTS  # no self-check attempted where no kernel exists
+    execution = Runtime("cpu", "fused").execution
+    assert not execution.fused_kernels and execution.cpu_paths
+    assert not Runtime("cpu", "reference").execution.cpu_paths
+
+
+def test_auto_follows_the_measured_defaults(emulated, monkeypatch):
+    monkeypatch.setitem(FUSED_BY_DEFAULT, "cuda", frozenset({"swiglu"}))
+    assert fused_kernels("auto", "cuda") == {"swiglu"}
+    assert fused_kernels("fused", "cuda") == set(kernels.OPS)
+    assert fused_kernels("reference", "cuda") == frozenset()
+
+
+def test_an_op_runs_fused_where_the_execution_says_and_its_dtypes_fit():
     x = mx.random.normal((2, 3, 8))
-    assert not kernels.use_fused("add_rms_norm", x)
-    assert ("add_rms_norm", "cpu") not in registry.RESULTS  # no self-check attempted where no kernel exists
-
-
-def test_auto_follows_the_measured_defaults(monkeypatch):
-    monkeypatch.setattr(device, "backend", lambda: "cuda")
-    monkeypatch.setattr(device, "FUSED_BY_DEFAULT", {"cuda": frozenset({"swiglu"})})
-    monkeypatch.setenv(device.KERNELS_ENV, "auto")
-    assert device.kernel_wanted("swiglu") and not device.kernel_wanted("add_rms_norm")
-    monkeypatch.setenv(device.KERNELS_ENV, "fused")
-    assert device.kernel_wanted("add_rms_norm")
-    monkeypatch.setenv(device.KERNELS_ENV, "reference")
-    assert not device.kernel_wanted("swiglu")
-
-
-def test_dtype_policy():
-    assert device.kernel_dtype_ok(mx.bfloat16) and device.kernel_dtype_ok(mx.float32)
-    assert not device.kernel_dtype_ok(mx.float64) and not device.kernel_dtype_ok(mx.int32)
+    assert kernels.use_fused("add_rms_norm", Execution(fused_kernels=frozenset({"add_rms_norm"})), x)
+    assert not kernels.use_fused("add_rms_norm", Execution(fused_kernels=frozenset({"swiglu"})), x)
+    assert not kernels.use_fused("add_rms_norm", Execution(fused_kernels=frozenset({"add_rms_norm"})),
+                                 x.astype(mx.float64))  # fmt: skip
+    assert kernels.kernel_dtypes(x.astype(mx.bfloat16), x.astype(mx.float16), x)
+    assert not kernels.kernel_dtypes(x.astype(mx.float64)) and not kernels.kernel_dtypes(x.astype(mx.int32))
 
 
 # ----------------------------------------------------- emulated launches: what each kernel computes, in plain MLX
@@ -204,7 +203,8 @@ def emulate_rope_launch(backward, arrays, tables, shape, num_heads):
 
 @pytest.fixture
 def emulated(monkeypatch, request):
-    """Pretend to be on CUDA with every kernel launch replaced by its emulation; counts the launches."""
+    """Every kernel launch replaced by its emulation, so that the fused paths run "on CUDA" on the CPU device; counts
+    the launches."""
     launches = []
 
     def counted(name, fn):
@@ -214,8 +214,6 @@ def emulated(monkeypatch, request):
 
         return run
 
-    monkeypatch.setattr(device, "backend", lambda: "cuda")
-    monkeypatch.setenv(device.KERNELS_ENV, "fused")
     monkeypatch.setattr(registry, "RESULTS", {})
     default = mx.default_device()
     mx.set_default_device(mx.cpu)  # exact fp32 everywhere, also on a GPU machine (no TF32 matrix products)
@@ -258,29 +256,32 @@ def test_rope_without_tables_odd_sizes_and_padding(emulated, positions):
             np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-5, atol=1e-6)
 
 
-def test_self_check_disables_a_wrong_kernel_once(emulated, monkeypatch):
+def test_self_check_leaves_out_a_wrong_kernel_once(emulated, monkeypatch):
     monkeypatch.setattr(glu, "backward", lambda gu, grad: emulate_glu_backward(gu, grad) * 1.01)
-    gu = mx.random.normal((4, 64))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        first = mx.vjp(kernels.swiglu, [gu], [mx.ones((4, 32))])
-        second = mx.vjp(kernels.swiglu, [gu], [mx.ones((4, 32))])
+        first, second = fused_kernels("fused", "cuda"), fused_kernels("fused", "cuda")
     messages = [str(w.message) for w in caught]
     assert len(messages) == 1 and "'swiglu' disabled on cuda" in messages[0] and "float32 error" in messages[0]
-    expected = mx.vjp(glu.reference, [gu], [mx.ones((4, 32))])
-    for got in (first, second):
-        np.testing.assert_array_equal(np.array(got[1][0]), np.array(expected[1][0]))
+    assert first == second == set(kernels.OPS) - {"swiglu"}
     assert not registry.RESULTS[("swiglu", "cuda")].ok
+    gu = mx.random.normal((4, 64))
+    execution = Runtime("cuda", "fused", first).execution
+    got = mx.vjp(lambda g: kernels.swiglu(g, execution), [gu], [mx.ones((4, 32))])
+    expected = mx.vjp(glu.reference, [gu], [mx.ones((4, 32))])
+    np.testing.assert_array_equal(np.array(got[1][0]), np.array(expected[1][0]))
 
 
-def test_self_check_disables_a_kernel_that_fails_to_compile(emulated, monkeypatch):
+def test_self_check_leaves_out_a_kernel_that_fails_to_compile(emulated, monkeypatch):
     def broken(*args):
         raise RuntimeError("Failed to compile kernel: expected ';'\nmore lines")
 
     monkeypatch.setattr(norm, "rows_forward", broken)
-    x, r = mx.random.normal((2, 3, 32)), mx.random.normal((2, 3, 32))
     with pytest.warns(RuntimeWarning, match="'add_rms_norm' disabled on cuda \\(failed to run: Failed to compile"):
-        out = kernels.add_rms_norm(x, r, 1e-5)
+        chosen = fused_kernels("fused", "cuda")
+    assert "add_rms_norm" not in chosen
+    x, r = mx.random.normal((2, 3, 32)), mx.random.normal((2, 3, 32))
+    out = kernels.add_rms_norm(x, r, 1e-5, Runtime("cuda", "fused", chosen).execution)
     np.testing.assert_array_equal(np.array(out), np.array(norm.reference_rows(x, r, 1e-5)))
 
 
@@ -298,9 +299,9 @@ def test_self_check_leaves_the_global_random_state(emulated):
     np.testing.assert_array_equal(np.array(mx.random.uniform(shape=(3,))), np.array(before))
 
 
-def tiny_step(arch_overrides, mode, monkeypatch, recompute=False):
-    """Loss and gradients of one ACT step of a tiny fp32 model under one kernel mode."""
-    monkeypatch.setenv(device.KERNELS_ENV, mode)
+def tiny_step(arch_overrides, mode, recompute=0.0):
+    """Loss and gradients of one ACT step of a tiny fp32 model under one kernel mode, "on CUDA"."""
+    execution = Runtime("cuda", mode, fused_kernels(mode, "cuda"), recompute=recompute).execution
     arch = dict(
         seq_len=12, vocab_size=7, num_puzzle_identifiers=3, puzzle_emb_ndim=32, H_cycles=2, L_cycles=2,
         L_layers=2, hidden_size=32, expansion=2, num_heads=4, pos_encodings="rope", halt_max_steps=2,
@@ -308,35 +309,35 @@ def tiny_step(arch_overrides, mode, monkeypatch, recompute=False):
     )
     arch.update(arch_overrides)
     mx.random.seed(0)
-    head = ACTLossHead(create_model(arch))
-    set_recompute(head.model, recompute)
+    head = ACTLossHead(create_model(arch, execution))
+    model = head.model
     rng = np.random.default_rng(0)
     batch = {
         "inputs": mx.array(rng.integers(1, 7, (3, 12)), dtype=mx.int32),
         "labels": mx.array(rng.integers(1, 7, (3, 12)), dtype=mx.int32),
         "puzzle_identifiers": mx.array([0, 1, 2], dtype=mx.int32),
     }
-    carry = head.initial_carry(batch)
+    carry = model.reset_halted(model.initial_carry(batch), batch)
 
     def loss_fn(params):
         head.update(params)
-        return head(carry, batch)[1]
+        return head.loss_and_metrics(model(carry))[0]
 
     loss, grads = mx.value_and_grad(loss_fn)(head.trainable_parameters())
     mx.eval(loss, grads)
     return loss, grads
 
 
-@pytest.mark.parametrize("recompute", [False, True])
+@pytest.mark.parametrize("recompute", [0.0, 1.0])
 @pytest.mark.parametrize("variant", [{}, {"mlp_t": True, "pos_encodings": "none"}])
-def test_model_fused_equals_reference(emulated, monkeypatch, variant, recompute):
+def test_model_fused_equals_reference(emulated, variant, recompute):
     """On "CUDA" (emulated launches): every fused path, the padded attention and the token mixing, with and without
     block recomputation, against the reference path without it."""
     from mlx.utils import tree_flatten
 
-    ref_loss, ref_grads = tiny_step(variant, "reference", monkeypatch)
+    ref_loss, ref_grads = tiny_step(variant, "reference")
     assert not emulated
-    loss, grads = tiny_step(variant, "fused", monkeypatch, recompute)
+    loss, grads = tiny_step(variant, "fused", recompute)
     expected = {"rows_fwd", "rows_bwd", "glu_bwd", "inject"}
     expected |= {"cols_fwd", "cols_bwd"} if variant else {"rope"}
     assert expected <= set(emulated)
@@ -352,13 +353,13 @@ def test_token_mixing_without_transposes_equals_the_reference(length):
     from trm_mlx.model.layers import SwiGLU
 
     mx.random.seed(3)
-    mlp_t = SwiGLU(length, 2.0)
+    mlp_t = SwiGLU(length, 2.0, Execution())
     h = mx.random.normal((3, length, 24))
     cot = mx.random.normal((3, length, 24))
     weights = [mlp_t.gate_up_proj.weight, mlp_t.down_proj.weight]
 
     def ours(h, w_gu, w_down):
-        return kernels.mix_tokens(h, w_gu, w_down)
+        return kernels.mix_tokens(h, w_gu, w_down, Execution())
 
     def reference(h, w_gu, w_down):
         mlp_t.update({"gate_up_proj": {"weight": w_gu}, "down_proj": {"weight": w_down}})

@@ -8,11 +8,12 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from trm_mlx import device, kernels
-from trm_mlx.kernels import norm, registry, rope
-from trm_mlx.model import ACTLossHead, create_model
+from trm_mlx import kernels
+from trm_mlx.kernels import codegen, norm, registry, rope
+from trm_mlx.model import ACTLossHead, Execution, create_model
+from trm_mlx.runtime import ATTENTION_TILE, Runtime, fused_kernels
 
-pytestmark = pytest.mark.skipif(device.backend() == "cpu", reason="needs a CUDA or Metal GPU")
+pytestmark = pytest.mark.skipif(mx.default_device() == mx.cpu, reason="needs a CUDA or Metal GPU")
 
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16}
 
@@ -78,11 +79,10 @@ def case_ids():
 @pytest.fixture(autouse=True)
 def fresh_checks(monkeypatch):
     monkeypatch.setattr(registry, "RESULTS", {})
-    monkeypatch.setenv(device.KERNELS_ENV, "fused")
 
 
 def test_every_self_check_passes():
-    results = kernels.check_all()
+    results = kernels.check_all(codegen.GPU)
     assert all(r.ok for r in results.values()), {k: r.detail for k, r in results.items() if not r.ok}
 
 
@@ -110,15 +110,16 @@ def test_fused_is_deterministic(name):
         assert np.array_equal(a, b)
 
 
-def test_first_use_inside_a_compiled_gradient():
+def test_fused_norm_inside_a_compiled_gradient():
+    execution = Execution(fused_kernels=fused_kernels("fused", codegen.GPU))
+    assert "add_rms_norm" in execution.fused_kernels  # passed its self-check
     x, r = normal(mx.random.key(1), (4, 9, 512), mx.bfloat16), normal(mx.random.key(2), (4, 9, 512), mx.bfloat16)
 
     def loss(norm_fn):
         return lambda x, r: norm_fn(x, r, 1e-5).astype(mx.float32).square().sum()
 
-    got = mx.compile(mx.value_and_grad(loss(kernels.add_rms_norm), argnums=(0, 1)))(x, r)
-    mx.eval(got)
-    assert registry.RESULTS[("add_rms_norm", device.backend())].ok  # the check ran inside the trace, and passed
+    fused = lambda x, r, eps: kernels.add_rms_norm(x, r, eps, execution)  # noqa: E731
+    got = mx.compile(mx.value_and_grad(loss(fused), argnums=(0, 1)))(x, r)
     ref = mx.value_and_grad(loss(norm.reference_rows), argnums=(0, 1))(x, r)
     assert registry.relative_error(got[0], ref[0]) < 1e-2
     for a, b in zip(got[1], ref[1]):
@@ -126,13 +127,12 @@ def test_first_use_inside_a_compiled_gradient():
 
 
 @pytest.mark.parametrize("variant", [{}, {"mlp_t": True, "pos_encodings": "none"}])
-def test_model_step_fused_vs_reference(monkeypatch, variant):
+def test_model_step_fused_vs_reference(variant):
     """One ACT step's loss and gradients, fused and reference, each against an fp32 CPU result. GPU matrix products
     (TF32 in fp32) and bf16 rounding move both paths; the fused one must be no less accurate than the reference."""
     from mlx.utils import tree_flatten
 
-    def step(mode, dtype):
-        monkeypatch.setenv(device.KERNELS_ENV, mode)
+    def step(runtime, dtype):
         arch = dict(
             seq_len=30, vocab_size=11, num_puzzle_identifiers=4, puzzle_emb_ndim=64, H_cycles=2, L_cycles=2,
             L_layers=2, hidden_size=64, expansion=4, num_heads=4, pos_encodings="rope", halt_max_steps=2,
@@ -140,8 +140,8 @@ def test_model_step_fused_vs_reference(monkeypatch, variant):
         )
         arch.update(variant)
         mx.random.seed(0)
-        head = ACTLossHead(create_model(arch))
-        inner = head.model.inner
+        head = ACTLossHead(create_model(arch, runtime.execution))
+        model, inner = head.model, head.model.inner
         for name in inner.state_inits.values():  # the same (bf16-representable) initial states for every run
             setattr(inner, name, getattr(inner, name).astype(mx.bfloat16).astype(getattr(mx, dtype)))
         rng = np.random.default_rng(0)
@@ -150,11 +150,11 @@ def test_model_step_fused_vs_reference(monkeypatch, variant):
             "labels": mx.array(rng.integers(1, 11, (6, 30)), dtype=mx.int32),
             "puzzle_identifiers": mx.array(rng.integers(0, 4, (6,)), dtype=mx.int32),
         }
-        carry = head.initial_carry(batch)
+        carry = model.reset_halted(model.initial_carry(batch), batch)
 
         def loss_fn(params):
             head.update(params)
-            return head(carry, batch)[1]
+            return head.loss_and_metrics(model(carry))[0]
 
         loss, grads = mx.value_and_grad(loss_fn)(head.trainable_parameters())
         mx.eval(loss, grads)
@@ -163,11 +163,13 @@ def test_model_step_fused_vs_reference(monkeypatch, variant):
     gpu = mx.default_device()
     mx.set_default_device(mx.cpu)
     try:
-        truth = {k: np.array(v.astype(mx.float32)) for k, v in step("reference", "float32").items()}
+        truth = {k: np.array(v.astype(mx.float32)) for k, v in step(Runtime("cpu", "reference"), "float32").items()}
     finally:
         mx.set_default_device(gpu)
+    gpu_reference = Runtime(codegen.GPU, "reference")
+    gpu_fused = Runtime(codegen.GPU, "fused", fused_kernels("fused", codegen.GPU))
     for dtype, slack in (("float32", 1e-5), ("bfloat16", 1e-3)):
-        reference, fused = step("reference", dtype), step("fused", dtype)
+        reference, fused = step(gpu_reference, dtype), step(gpu_fused, dtype)
         assert all(r.ok for r in registry.RESULTS.values())
         for name, value in fused.items():
             expected = mx.array(truth[name])
@@ -183,14 +185,14 @@ def test_padded_attention_matches_the_unpadded_one(length):
     backward materialises the scores)."""
     from trm_mlx.model import layers
 
-    positions = length + layers.attention_padding(length, differentiable=True)
-    assert positions % layers.CUDA_FUSED_BACKWARD_TILE == 0
+    positions = length + (-length % ATTENTION_TILE["cuda"])
+    execution = Execution(fused_kernels=fused_kernels("fused", codegen.GPU))
     qkv = normal(mx.random.key(11), (2, length, 3 * 4 * 64), mx.bfloat16)
     cot = normal(mx.random.key(12), (2, 4, length, 64), mx.bfloat16)
     tables = rope.rotary_tables(length, 64)
 
     def attend(qkv, positions):
-        q, k, v = kernels.split_heads(qkv, tables, 4, positions)
+        q, k, v = kernels.split_heads(qkv, tables, 4, positions, execution)
         return layers.fused_attention(q, k, v, 0.125, length)[:, :, :length]
 
     got = mx.vjp(lambda x: attend(x, positions), [qkv], [cot])

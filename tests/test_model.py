@@ -11,6 +11,7 @@ from mlx.utils import tree_flatten
 from trm_mlx.model import ACTLossHead, create_model
 from trm_mlx.model import trm as trm_module
 from trm_mlx.model.init import truncated_normal
+from trm_mlx.runtime import ATTENTION_TILE, Runtime
 
 
 def tiny_arch(**overrides):
@@ -61,7 +62,7 @@ def test_eval_runs_every_row_for_halt_max_steps():
 
 
 def _step_peak_memory(H_cycles: int) -> int:
-    model = create_model(tiny_arch(H_cycles=H_cycles, L_cycles=3))
+    model = create_model(tiny_arch(H_cycles=H_cycles, L_cycles=3), Runtime("cpu").execution)
     head = ACTLossHead(model)
     model.train()
     rng = np.random.default_rng(0)
@@ -70,13 +71,13 @@ def _step_peak_memory(H_cycles: int) -> int:
         "labels": mx.array(rng.integers(0, 11, (16, 32)).astype(np.int32)),
         "puzzle_identifiers": mx.zeros((16,), dtype=mx.int32),
     }
-    carry, data = model.begin_step(model.initial_carry(batch), batch)
-    rows = model.gather_puzzle_rows(data)
+    carry = model.reset_halted(model.initial_carry(batch), batch)
+    rows = model.puzzle_rows(carry)
     mx.eval(carry, rows, model.parameters())
 
     def loss_fn(params, rows):
         model.update(params)
-        return head.step(carry, data, rows)[1]
+        return head.loss_and_metrics(model(carry, rows))[0]
 
     mx.reset_peak_memory()
     base = mx.get_active_memory()
@@ -109,7 +110,7 @@ def test_embedding_gradient_sums_every_row_exactly():
     one product accumulates in fp32, as PyTorch's embedding backward, and gives 4096."""
     from trm_mlx.model.layers import CastedEmbedding
 
-    table = CastedEmbedding(3, 8, init_std=1.0)
+    table = CastedEmbedding(3, 8, 1.0, Runtime("cpu").execution)
     ids = mx.zeros((4096,), dtype=mx.int32)
 
     def total(weight):
@@ -129,7 +130,7 @@ def test_embedding_gradient_matches_the_gather_gradient():
     ids = mx.array(rng.integers(0, 11, (5, 9)), dtype=mx.int32)
     cotangent = mx.array(rng.standard_normal((5, 9, 16)), dtype=mx.float32)
     with mx.stream(mx.cpu):
-        ours = mx.vjp(lambda w: lookup_rows(w, ids), [weight], [cotangent])
+        ours = mx.vjp(lambda w: lookup_rows(fp32_products=True)(w, ids), [weight], [cotangent])
         plain = mx.vjp(lambda w: w[ids], [weight], [cotangent])
     np.testing.assert_array_equal(np.array(ours[0][0]), np.array(plain[0][0]))
     np.testing.assert_allclose(np.array(ours[1][0]), np.array(plain[1][0]), rtol=1e-5, atol=1e-6)
@@ -142,11 +143,8 @@ def test_only_differentiated_passes_pad_attention_and_recompute(monkeypatch, nam
     3 applications x 2 layers are differentiated, the first cycle's 6 are not. HRM (L_layers = H_layers = 2): of
     its 2 x 2 L and 2 H applications, the last L and the last H are; its second forward (the Q-learning target,
     6 applications) is not."""
-    from trm_mlx import device
     from trm_mlx.model import layers
 
-    monkeypatch.setattr(device, "backend", lambda: "cuda")
-    monkeypatch.setenv(device.KERNELS_ENV, "reference")
     lengths, recomputed = [], []
     attention = layers.fused_attention
     counted = lambda q, *a, **k: lengths.append(q.shape[2]) or attention(q, *a, **k)  # noqa: E731
@@ -157,17 +155,18 @@ def test_only_differentiated_passes_pad_attention_and_recompute(monkeypatch, nam
     if name == "hrm":
         arch.update(name="recursive_reasoning.hrm@HierarchicalReasoningModel_ACTV1", H_layers=2)
     mx.random.seed(0)
-    head = ACTLossHead(create_model(arch))
-    layers.set_recompute(head.model, True)
+    model = create_model(arch, Runtime("cuda", "reference", recompute=1.0).execution)
+    head = ACTLossHead(model)
     batch = {
         "inputs": mx.array(np.ones((2, 32)), dtype=mx.int32),
         "labels": mx.array(np.ones((2, 32)), dtype=mx.int32),
         "puzzle_identifiers": mx.array([0, 1], dtype=mx.int32),
     }
-    mx.eval(head(head.initial_carry(batch), batch)[1])
+    mx.eval(head.loss_and_metrics(model(model.reset_halted(model.initial_carry(batch), batch)))[0])
     differentiated, plain = (2 * 3, 2 * 3) if name == "trm" else (2 * 2, 2 * 4 + 2 * 6)
-    S = 32 + head.model.prefix_len(head.model.config)  # the puzzle-embedding positions, then the inputs
-    assert sorted(lengths) == [S] * plain + [S + layers.attention_padding(S, True)] * differentiated
+    S = 32 + model.prefix_len(model.config)  # the puzzle-embedding positions, then the inputs
+    padded = -(-S // ATTENTION_TILE["cuda"]) * ATTENTION_TILE["cuda"]
+    assert padded > S and sorted(lengths) == [S] * plain + [padded] * differentiated
     assert len(recomputed) == differentiated
 
 
@@ -191,4 +190,3 @@ def test_padded_positions_leave_attention_and_its_gradients_unchanged():
     np.testing.assert_allclose(np.array(out), np.array(ref), rtol=1e-5, atol=1e-6)
     for g, r in zip(grads, ref_grads):
         np.testing.assert_allclose(np.array(g), np.array(r), rtol=1e-5, atol=1e-6)
-    assert layers.attention_padding(13, differentiable=False) == 0

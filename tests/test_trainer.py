@@ -40,18 +40,19 @@ def test_training_equals_the_pytorch_reference(variant, steps, tiny_data, tmp_pa
     assert report.legacy_metrics[-1]["train/lm_loss"] < report.legacy_metrics[0]["train/lm_loss"]
 
 
-def test_load_checkpoint_resizes_the_puzzle_table(tmp_path):
+def test_load_checkpoint_resizes_the_puzzle_table(tmp_path, runtime):
     def metadata(num_ids):
         return SimpleNamespace(vocab_size=5, seq_len=6, num_puzzle_identifiers=num_ids, total_groups=8,
                                mean_puzzle_examples=2.0)
 
     config = from_hydra(compose(["data_paths=[unused]", *TINY_RUN]))
-    source = create_train_state(config, metadata(3))
+    source = create_train_state(config, metadata(3), runtime)
     table = mx.random.normal((3, 16))
     source.model.puzzle_emb.weights = table
     save_native(tmp_path / "step_7", source.model)
 
-    loaded = create_train_state(config.model_copy(update={"load_checkpoint": str(tmp_path / "step_7")}), metadata(5))
+    loaded = create_train_state(config.model_copy(update={"load_checkpoint": str(tmp_path / "step_7")}), metadata(5),
+                                runtime)  # fmt: skip
     np.testing.assert_allclose(np.array(loaded.model.puzzle_emb.weights), np.tile(np.array(table.mean(axis=0)), (5, 1)))
     np.testing.assert_array_equal(np.array(loaded.model.inner.lm_head.weight), np.array(source.model.inner.lm_head.weight))
 
@@ -106,27 +107,20 @@ def test_cpu_lanes_train_as_one_graph(arch, tiny_data, tmp_path):
         train_tiny(tiny_data, tmp_path / "three", "max_steps=1", "cpu_lanes=3")
 
 
-def test_auto_lanes_are_two_where_the_cores_and_the_batch_allow(monkeypatch):
+def test_auto_lanes_are_two_where_the_cores_and_the_batch_allow():
     """`cpu_lanes: auto` (the default): two lanes on a CPU with two or more cores and OpenBLAS when they split the
     batch evenly; one otherwise, and always one on a GPU or with several ranks."""
-    from trm_mlx import device
-    from trm_mlx.lanes import count_here
+    from trm_mlx.runtime import lanes_here
 
-    monkeypatch.setattr(device, "backend", lambda: "cpu")
-    monkeypatch.setattr(device, "cpu_cores", lambda: 16)
-    monkeypatch.setattr(device, "openblas_core", lambda: "Haswell")
-    assert count_here("auto", None, 64) == count_here("auto") == 2
-    assert count_here("auto", None, 63) == 1
-    assert count_here(3, None, 64) == 3
-    assert count_here("auto", SimpleNamespace(size=lambda: 2), 64) == 1
-    monkeypatch.setattr(device, "openblas_core", lambda: None)  # Accelerate, MLX's reference BLAS, ...
-    assert count_here("auto", None, 64) == 1
-    monkeypatch.setattr(device, "openblas_core", lambda: "Haswell")
-    monkeypatch.setattr(device, "cpu_cores", lambda: 1)
-    assert count_here("auto", None, 64) == 1
-    monkeypatch.setattr(device, "backend", lambda: "cuda")
-    monkeypatch.setattr(device, "cpu_cores", lambda: 16)
-    assert count_here("auto", None, 64) == count_here(4, None, 64) == 1
+    cpu = dict(backend="cpu", ranks=1, openblas=True, cores=16)
+    assert lanes_here("auto", **cpu, batch_size=64) == lanes_here("auto", **cpu, batch_size=None) == 2
+    assert lanes_here("auto", **cpu, batch_size=63) == 1
+    assert lanes_here(3, **cpu, batch_size=64) == 3
+    assert lanes_here("auto", **{**cpu, "ranks": 2}, batch_size=64) == 1
+    assert lanes_here("auto", **{**cpu, "openblas": False}, batch_size=64) == 1  # Accelerate, MLX's reference BLAS
+    assert lanes_here("auto", **{**cpu, "cores": 1}, batch_size=64) == 1
+    for requested in ("auto", 4):
+        assert lanes_here(requested, **{**cpu, "backend": "cuda"}, batch_size=64) == 1
 
 
 def test_cpu_lanes_evaluate_as_one_graph():
@@ -135,10 +129,11 @@ def test_cpu_lanes_evaluate_as_one_graph():
     from test_model import tiny_arch
     from trm_mlx.evaluation.loop import compiled_eval_step
     from trm_mlx.model import ACTLossHead, create_model
+    from trm_mlx.runtime import Runtime
 
     mx.set_default_device(mx.cpu)
     mx.random.seed(0)
-    head = ACTLossHead(create_model(tiny_arch(halt_max_steps=3)))
+    head = ACTLossHead(create_model(tiny_arch(halt_max_steps=3), Runtime("cpu").execution))
     head.model.eval()
     rng = np.random.default_rng(0)
     for rows in (6, 5):
@@ -149,7 +144,7 @@ def test_cpu_lanes_evaluate_as_one_graph():
         }
         results = []
         for lanes in (1, 2):
-            step, carry = compiled_eval_step(head, lanes), head.initial_carry(batch)
+            step, carry = compiled_eval_step(head, lanes), head.model.initial_carry(batch)
             for _ in range(3):
                 carry, metrics, outputs = step(carry, batch)
             results.append((carry, metrics, outputs))
@@ -210,13 +205,11 @@ def test_help_and_cfg_job_work_as_in_hydra():
 def test_kernels_recompute_and_memory_keys_reach_the_model(monkeypatch):
     """`kernels=` sets the kernel policy, `recompute=` the blocks' recomputation and `memory_limit=` MLX's memory
     limit, and the run's first line says so."""
-    import mlx.core as mx
+    from trm_mlx.model.layers import ReasoningModule
+    from trm_mlx.runtime import KERNELS_ENV
+    from trm_mlx.training.trainer import training_runtime
 
-    from trm_mlx import device
-    from trm_mlx.training.trainer import execution_summary
-
-    monkeypatch.delenv(device.KERNELS_ENV, raising=False)
-    monkeypatch.setattr(device, "configured_kernel_mode", device.configured_kernel_mode)  # restored afterwards
+    monkeypatch.delenv(KERNELS_ENV, raising=False)
     metadata = SimpleNamespace(vocab_size=5, seq_len=6, num_puzzle_identifiers=3, total_groups=8, mean_puzzle_examples=2.0)
     default_limit = mx.get_memory_limit()
     runs = (
@@ -228,12 +221,14 @@ def test_kernels_recompute_and_memory_keys_reach_the_model(monkeypatch):
         for kernels, recompute, share, summary, memory_limit, limit in runs:
             overrides = [f"kernels={kernels}", f"recompute={recompute}", f"memory_limit={memory_limit}"]
             config = from_hydra(compose(["data_paths=[unused]", *TINY_RUN, *overrides]))
-            state = create_train_state(config, metadata)
-            assert device.kernel_mode() == kernels
-            shares = [m.recompute for m in state.model.modules() if hasattr(m, "recompute")]
+            runtime = training_runtime(config)
+            state = create_train_state(config, metadata, runtime)
+            assert runtime.kernel_mode == kernels
+            shares = [m.execution.recompute for m in state.model.modules() if isinstance(m, ReasoningModule)]
             assert shares and all(s == share for s in shares)
+            assert state.model.execution == runtime.execution
             assert mx.get_memory_limit() == int(limit)
-            line = execution_summary(state.model, config)
+            line = runtime.summary()
             assert f"fused kernels ({kernels})" in line
             assert f"recompute: {summary}; memory limit: {limit / 2**30:.1f} GiB" in line
     finally:

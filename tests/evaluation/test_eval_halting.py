@@ -49,9 +49,10 @@ def steps_of_every_row(model, inputs, ids) -> tuple[np.ndarray, np.ndarray]:
               "labels": mx.full(inputs.shape, -100, dtype=mx.int32)}  # fmt: skip
     carry, q, preds = model.initial_carry(arrays), [], []
     for _ in range(STEPS):
-        carry, outputs = model(carry, arrays)
-        q.append(np.array(outputs["q_halt_logits"]))
-        preds.append(np.array(mx.argmax(outputs["logits"], axis=-1)))
+        step = model(model.reset_halted(carry, arrays))
+        carry = step.carry
+        q.append(np.array(step.q_halt))
+        preds.append(np.array(step.preds))
     return np.stack(q, 1), np.stack(preds, 1)
 
 
@@ -69,7 +70,7 @@ def test_a_row_stops_at_its_first_halting_step(data):
     np.testing.assert_array_equal(out["steps"], first + 1)
     np.testing.assert_array_equal(out["preds"], preds[np.arange(11), first])
     np.testing.assert_allclose(out["q_halt_logits"], q[np.arange(11), first], rtol=1e-6)
-    assert model.inference_halt is None  # evaluation afterwards is the original's again
+    assert (model.predict(batch)["steps"] == STEPS).all()  # halt=max afterwards: the original's again
     strict = model.predict(batch, halt="q", halt_threshold=0.9)  # a later stop: q_halt > logit(0.9)
     assert (strict["steps"] >= out["steps"]).all() and (strict["steps"] > out["steps"]).any()
 
@@ -80,14 +81,14 @@ def _by_input(metrics_dir):
                                                                         saved["q_halt_logits"])}  # fmt: skip
 
 
-def test_a_full_batch_refilled_as_rows_halt_answers_as_rows_one_by_one(data, tmp_path):
+def test_a_full_batch_refilled_as_rows_halt_answers_as_rows_one_by_one(data, tmp_path, runtime):
     head = ACTLossHead(halting_model())
     outputs = ["inputs", "preds", "q_halt_logits"]
     runs = {}
     for size in (4, 1):
         dataset = PuzzleDataset([str(data)], "test", global_batch_size=size)
-        runs[size] = evaluate(head, dataset, save_outputs=outputs, save_dir=tmp_path / str(size), progress=False,
-                              halt_threshold=0.5)  # fmt: skip
+        runs[size] = evaluate(head, dataset, runtime, save_outputs=outputs, save_dir=tmp_path / str(size),
+                              progress=False, halt_threshold=0.5)  # fmt: skip
     batched, single = runs[4], runs[1]
     assert batched["examples"] == single["examples"] == 11
     assert batched["act_steps"] == single["act_steps"] and len(batched["act_steps"]) > 1
@@ -101,7 +102,7 @@ def test_a_full_batch_refilled_as_rows_halt_answers_as_rows_one_by_one(data, tmp
         # the same answers; Q values up to fp32 rounding, which the batch size changes (matrix blocking)
         assert one_by_one[key][0] == preds and one_by_one[key][1] == pytest.approx(q, rel=1e-4)
 
-    full = evaluate(head, PuzzleDataset([str(data)], "test", global_batch_size=4), progress=False)
+    full = evaluate(head, PuzzleDataset([str(data)], "test", global_batch_size=4), runtime, progress=False)
     assert full["all"]["steps"] == STEPS and "act_steps" not in full  # halt=max: the original's protocol
 
 

@@ -98,14 +98,17 @@ def read_all_config(path) -> dict | None:
     return config
 
 
-def load(path, config: dict | None = None, forward_dtype: str | None = None):
+def load(path, config: dict | None = None, forward_dtype: str | None = None, runtime=None):
     """A ready model (eval mode) from a native or original checkpoint file.
 
     `config` is a full training config (with `arch`, optionally `data_paths`) or an arch dict; without it, the
     config stored in a native file or `all_config.yaml` beside the checkpoint is used. Sizes the original's
     config lacks (vocab, puzzle identifiers, sequence length) are inferred from the weights and datasets.
+    The model runs as `runtime` (a `trm_mlx.runtime.Runtime`) says; by default `Runtime.create()`'s, on MLX's
+    default device.
     """
     from ..model import create_model
+    from ..runtime import Runtime
 
     weights, arch = read_weights(path)
     if config is None and arch is None:
@@ -116,7 +119,7 @@ def load(path, config: dict | None = None, forward_dtype: str | None = None):
         arch = arch_from_original(config, weights, path)
     if forward_dtype is not None:
         arch = {**arch, "forward_dtype": forward_dtype}
-    model = create_model(arch)
+    model = create_model(arch, (runtime or Runtime.create()).execution)
     load_weights_into(model, weights, path)
     model.eval()
     return model

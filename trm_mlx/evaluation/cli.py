@@ -9,27 +9,30 @@ import sys
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-import hydra
-import mlx.core as mx
-import pydantic
-import yaml
-from omegaconf import DictConfig, OmegaConf
+from trm_mlx.blas import load_fast_blas
 
-from trm_mlx import device
-from trm_mlx.checkpoint import load_weights_into, read_all_config, read_weights
-from trm_mlx.checkpoint.original import arch_from_original
-from trm_mlx.data.dataset import PuzzleDataset
-from trm_mlx.data.metadata import load_metadata, merge_metadata
-from trm_mlx.evaluation import render
-from trm_mlx.evaluation.arc import ARCEvaluator, write_json_atomic
-from trm_mlx.evaluation.evaluators import create_evaluator, default_evaluator_names
-from trm_mlx.evaluation.loop import evaluate
-from trm_mlx.evaluation.preds import load_predictions
-from trm_mlx.lanes import count_here
-from trm_mlx.model import ACTLossHead, create_model
-from trm_mlx.training.checkpointing import read_state_weights
-from trm_mlx.training.config import hydra_config_path
-from trm_mlx.user_errors import one_line_errors
+load_fast_blas()  # trm-eval's entry module: the CPU BLAS loads before MLX does
+
+import hydra  # noqa: E402
+import mlx.core as mx  # noqa: E402
+import pydantic  # noqa: E402
+import yaml  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from trm_mlx.checkpoint import load_weights_into, read_all_config, read_weights  # noqa: E402
+from trm_mlx.checkpoint.original import arch_from_original  # noqa: E402
+from trm_mlx.data.dataset import PuzzleDataset  # noqa: E402
+from trm_mlx.data.metadata import load_metadata, merge_metadata  # noqa: E402
+from trm_mlx.evaluation import render  # noqa: E402
+from trm_mlx.evaluation.arc import ARCEvaluator, write_json_atomic  # noqa: E402
+from trm_mlx.evaluation.evaluators import create_evaluator, default_evaluator_names  # noqa: E402
+from trm_mlx.evaluation.loop import evaluate  # noqa: E402
+from trm_mlx.evaluation.preds import load_predictions  # noqa: E402
+from trm_mlx.model import ACTLossHead, create_model  # noqa: E402
+from trm_mlx.runtime import Runtime  # noqa: E402
+from trm_mlx.training.checkpointing import read_state_weights  # noqa: E402
+from trm_mlx.training.config import hydra_config_path  # noqa: E402
+from trm_mlx.user_errors import one_line_errors  # noqa: E402
 
 DEFAULT_LOSS_TYPE = "stablemax_cross_entropy"
 
@@ -84,7 +87,7 @@ def _read_config_file(path: str) -> dict:
     return config
 
 
-def _load_model(cfg: EvalConfig):
+def _load_model(cfg: EvalConfig, runtime: Runtime):
     """The model to evaluate and its loss type.
 
     `checkpoint` is a checkpoint file (native, or original with all_config.yaml beside it) or a trm-train
@@ -110,7 +113,7 @@ def _load_model(cfg: EvalConfig):
     arch = arch_from_original(merged, weights, path)
     if cfg.forward_dtype is not None:
         arch["forward_dtype"] = cfg.forward_dtype
-    model = create_model(arch)
+    model = create_model(arch, runtime.execution)
     load_weights_into(model, weights, path)
     model.eval()
     loss_type = cfg.loss_type or (merged["arch"].get("loss") or {}).get("loss_type", DEFAULT_LOSS_TYPE)
@@ -124,12 +127,12 @@ def _make_evaluators(cfg: EvalConfig, metadata):
             for spec in names]  # fmt: skip
 
 
-def _evaluate_checkpoint(cfg: EvalConfig, output_dir: Path, group: mx.distributed.Group):
-    model, loss_type = _load_model(cfg)
+def _evaluate_checkpoint(cfg: EvalConfig, output_dir: Path, runtime: Runtime):
+    model, loss_type = _load_model(cfg, runtime)
     head = ACTLossHead(model, loss_type=loss_type)
-    if cfg.global_batch_size % group.size():
-        raise ValueError(f"global_batch_size {cfg.global_batch_size} is not a multiple of {group.size()} processes")
-    dataset = PuzzleDataset(cfg.data_paths, "test", cfg.global_batch_size, rank=group.rank(), world_size=group.size())
+    if cfg.global_batch_size % runtime.ranks:
+        raise ValueError(f"global_batch_size {cfg.global_batch_size} is not a multiple of {runtime.ranks} processes")
+    dataset = PuzzleDataset(cfg.data_paths, "test", cfg.global_batch_size, rank=runtime.rank, world_size=runtime.ranks)
     data, arch = dataset.metadata, model.config
     if arch.seq_len is not None and data.seq_len != arch.seq_len:
         raise ValueError(f"{cfg.data_paths}: sequence length {data.seq_len} differs from the model's {arch.seq_len}")
@@ -140,8 +143,8 @@ def _evaluate_checkpoint(cfg: EvalConfig, output_dir: Path, group: mx.distribute
         )
     evaluators = _make_evaluators(cfg, dataset.metadata)
     metrics = evaluate(
-        head, dataset, evaluators, cfg.save_outputs, save_dir=output_dir, group=group, progress=cfg.progress,
-        lanes=count_here(cfg.cpu_lanes, group), halt_threshold=cfg.halt_threshold if cfg.halt == "q" else None,
+        head, dataset, runtime, evaluators, cfg.save_outputs, save_dir=output_dir, progress=cfg.progress,
+        halt_threshold=cfg.halt_threshold if cfg.halt == "q" else None,
     )
     return metrics, evaluators
 
@@ -177,14 +180,13 @@ def _write_report(cfg: EvalConfig, output_dir: Path, evaluators, metrics: dict) 
 
 def run(cfg: EvalConfig) -> dict:
     """Evaluate (or re-score), write metrics.json (and submission.json, the report) on rank 0; return the metrics."""
-    device.select(cfg.device)
-    group = mx.distributed.init()
+    runtime = Runtime.create(device=cfg.device, cpu_lanes=cfg.cpu_lanes, group=mx.distributed.init())
     output_dir = Path(cfg.output_dir) if cfg.output_dir else cfg.default_output_dir()
     if cfg.preds is not None:
         metrics, evaluators = _rescore(cfg, output_dir)
     else:
-        metrics, evaluators = _evaluate_checkpoint(cfg, output_dir, group)
-    if group.rank() == 0:
+        metrics, evaluators = _evaluate_checkpoint(cfg, output_dir, runtime)
+    if runtime.rank == 0:
         write_json_atomic(output_dir / "metrics.json", metrics)
         if cfg.render:
             report = _write_report(cfg, output_dir, evaluators, metrics)

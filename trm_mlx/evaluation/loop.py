@@ -13,15 +13,14 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map
 from tqdm import tqdm
 
-from trm_mlx import device
 from trm_mlx.data.dataset import IGNORE_LABEL_ID, PuzzleDataset
 from trm_mlx.evaluation.boards import real_rows
 from trm_mlx.evaluation.gather import all_gather_objects
 from trm_mlx.evaluation.preds import save_predictions
 from trm_mlx.lanes import Lanes, add, concatenate_rows
+from trm_mlx.runtime import Runtime
 
-STEP_OUTPUTS = ("preds", "q_halt_logits")
-SAVABLE = ("inputs", "labels", "puzzle_identifiers", *STEP_OUTPUTS)
+SAVABLE = ("inputs", "labels", "puzzle_identifiers", "preds", "q_halt_logits")
 
 # On CUDA, evaluation runs with MLX's memory limit at most the memory in use plus this many carries (one batch's):
 # without a cap MLX holds the dead inputs of the queued ACT steps, several times the capped peak at the same speed
@@ -29,20 +28,23 @@ SAVABLE = ("inputs", "labels", "puzzle_identifiers", *STEP_OUTPUTS)
 EVAL_HEADROOM_CARRIES = 24
 
 
-def eval_memory_cap(carry: dict):
+def eval_memory_cap(runtime: Runtime, carry: dict):
     """The memory cap of an evaluation whose batches have carries like `carry` (a context manager)."""
-    return device.memory_headroom(EVAL_HEADROOM_CARRIES * sum(v.nbytes for _, v in tree_flatten(carry)))
+    return runtime.memory_headroom(EVAL_HEADROOM_CARRIES * sum(v.nbytes for _, v in tree_flatten(carry)))
 
 
-def compiled_eval_step(head, lanes: int = 1):
-    """One ACT step of the loss head as a compiled function of (carry, batch); the weights are implicit inputs.
+def compiled_eval_step(head, lanes: int = 1, halt_threshold: float | None = None):
+    """One ACT step as a compiled function (carry, batch) -> (carry, metrics, {preds, q_halt_logits}); the weights
+    are implicit inputs. `halt_threshold`: see `ACTModel.__call__`.
 
     With `lanes` > 1, a batch whose rows split evenly runs over that many CPU lanes (`trm_mlx.lanes`).
     """
+    model = head.model
 
     def eval_step(carry, batch):
-        carry, _loss, metrics, outputs, _all_halted = head(carry, batch)
-        return carry, metrics, {key: outputs[key] for key in STEP_OUTPUTS}
+        step = model(model.reset_halted(carry, batch), halt_threshold=halt_threshold)
+        _, metrics = head.loss_and_metrics(step)
+        return step.carry, metrics, {"preds": step.preds, "q_halt_logits": step.q_halt}
 
     whole = mx.compile(eval_step, inputs=head.state)
     if lanes == 1:
@@ -66,13 +68,12 @@ def predictions_file_name(rank: int, step: int | None) -> str:
 def evaluate(
     head,
     dataset: PuzzleDataset,
+    runtime: Runtime,
     evaluators=(),
     save_outputs=(),
     save_dir: str | Path | None = None,
     step: int | None = None,
-    group: mx.distributed.Group | None = None,
     progress: bool = True,
-    lanes: int = 1,
     halt_threshold: float | None = None,
 ) -> dict:
     """Metrics `{set: {accuracy, exact_accuracy, lm_loss, q_halt_accuracy, q_halt_loss, steps}, evaluator keys...,
@@ -80,21 +81,21 @@ def evaluate(
 
     With `save_dir`: the `save_outputs` arrays go to `predictions_file_name(rank, step)` and each evaluator saves
     into `save_dir` (or `save_dir/evaluator_<name>_step_<step>` when a training `step` is given, as the original).
-    `lanes`: see `compiled_eval_step`. `halt_threshold`: None runs every row for all ACT steps (the original);
-    a probability halts each row where its Q head says so (`evaluate_halting`).
+    Every rank of `runtime.group` evaluates its slice of each batch, over `runtime.cpu_lanes` (`compiled_eval_step`).
+    `halt_threshold`: None runs every row for all ACT steps (the original); a probability halts each row where its
+    Q head says so (`evaluate_halting`).
     """
     unknown = sorted(set(save_outputs) - set(SAVABLE))
     if unknown:
         raise ValueError(f"cannot save outputs {unknown}; choose from {list(SAVABLE)}")
     if halt_threshold is not None:
-        return evaluate_halting(head, dataset, halt_threshold, evaluators, save_outputs, save_dir, step, group,
-                                progress, lanes)  # fmt: skip
+        return evaluate_halting(head, dataset, runtime, halt_threshold, evaluators, save_outputs, save_dir, step,
+                                progress)  # fmt: skip
     model = head.model
     model.eval()
-    rank = group.rank() if group is not None else 0
     for evaluator in evaluators:
         evaluator.begin_eval()
-    eval_step = compiled_eval_step(head, lanes)
+    eval_step = compiled_eval_step(head, runtime.cpu_lanes)
     sums: dict[str, dict[str, float]] = {name: {} for name in dataset.sets}
     saved: dict[str, list[np.ndarray]] = {key: [] for key in save_outputs}
     num_batches = sum(math.ceil(len(s.inputs) / dataset.global_batch_size) for s in dataset.sets.values())
@@ -105,12 +106,12 @@ def evaluate(
     steps = model.config.halt_max_steps
     # Ticks per ACT step, so that a long evaluation moves and has an ETA; beside a training bar it is removed after.
     with tqdm(total=num_batches * steps, desc="eval", unit="ACT step", leave=None,
-              disable=not progress or rank != 0) as bar, ExitStack() as memory:  # fmt: skip
+              disable=not progress or runtime.rank != 0) as bar, ExitStack() as memory:  # fmt: skip
         for set_name, batch, global_rows in dataset.iter_test():
             arrays = {key: mx.array(value) for key, value in batch.items()}
-            carry = head.initial_carry(arrays)
+            carry = model.initial_carry(arrays)
             if not capped:  # sized by the first batch
-                memory.enter_context(eval_memory_cap(carry))
+                memory.enter_context(eval_memory_cap(runtime, carry))
                 capped = True
             for _ in range(steps):
                 carry, metrics, outputs = eval_step(carry, arrays)
@@ -128,7 +129,7 @@ def evaluate(
             examples += global_rows
             bar.set_postfix(examples_per_s=f"{examples / (time.perf_counter() - start):.1f}")
     elapsed = time.perf_counter() - start
-    return _results(sums, saved, evaluators, examples, elapsed, save_dir, step, group)
+    return _results(sums, saved, evaluators, examples, elapsed, save_dir, step, runtime.group)
 
 
 def _results(sums, saved, evaluators, examples, elapsed, save_dir, step, group) -> dict:
@@ -157,13 +158,13 @@ def _results(sums, saved, evaluators, examples, elapsed, save_dir, step, group) 
     return results
 
 
-def evaluate_halting(head, dataset: PuzzleDataset, threshold: float, evaluators=(), save_outputs=(), save_dir=None,
-                     step=None, group=None, progress: bool = True, lanes: int = 1) -> dict:  # fmt: skip
+def evaluate_halting(head, dataset: PuzzleDataset, runtime: Runtime, threshold: float, evaluators=(), save_outputs=(),
+                     save_dir=None, step=None, progress: bool = True) -> dict:  # fmt: skip
     """Evaluation where each row stops at its first ACT step whose Q head says halt (sigmoid(q_halt) > threshold,
     or over q_continue), its answer and metrics being that step's; at halt_max_steps every row stops.
 
     The batch stays full: a slot whose row halted takes the next example of the set on the next step (the model's
-    `begin_step` resets exactly the halted rows, as in training), so that examples/s grows with the share of rows
+    `reset_halted` restarts exactly the halted rows, as in training), so that examples/s grows with the share of rows
     that halt early; examples are read from the set's batches as slots free up. Once the set's examples run out,
     the rows still running continue in halved batches on a CPU. Each example is scored once, at its halting step,
     so the per-set metrics are those of its answer; evaluators (ARC voting with each answer's sigmoid(q_halt))
@@ -172,61 +173,57 @@ def evaluate_halting(head, dataset: PuzzleDataset, threshold: float, evaluators=
     """
     model = head.model
     model.eval()
-    rank = group.rank() if group is not None else 0
+    group = runtime.group
     for evaluator in evaluators:
         evaluator.begin_eval()
     max_steps = model.config.halt_max_steps
     # On a CPU a step's time grows with its rows, so the tail runs in smaller batches; on a GPU a step of few rows
     # costs about what a full one does, and each new batch shape a compilation.
-    shrink_tail = device.backend() == "cpu"
+    shrink_tail = runtime.backend == "cpu"
     sums: dict[str, dict[str, float]] = {name: {} for name in dataset.sets}
     saved: dict[str, list[np.ndarray]] = {key: [] for key in save_outputs}
     used_steps = np.zeros(max_steps + 1, np.int64)
-    total = math.ceil(sum(len(s.inputs) for s in dataset.sets.values()) / (group.size() if group is not None else 1))
+    total = math.ceil(sum(len(s.inputs) for s in dataset.sets.values()) / runtime.ranks)
     examples = 0
 
-    model.inference_halt = threshold
-    try:
-        eval_step = compiled_eval_step(head, lanes)  # traced with the halting rule
-        start = time.perf_counter()
-        with tqdm(total=total, desc="eval", unit="example", leave=None, disable=not progress or rank != 0) as bar, \
-                ExitStack() as memory:  # fmt: skip
-            for set_name, batches in _rows_by_set(dataset):
-                slots = _Slots(batches, dataset.local_batch_size, dataset.metadata)
-                if not slots.busy():
-                    continue
-                arrays = slots.feed()
-                carry = head.initial_carry(arrays)
-                if not examples:
-                    memory.enter_context(eval_memory_cap(carry))
-                while slots.busy():
-                    carry, metrics, outputs = eval_step(carry, arrays)
-                    mx.eval(carry, metrics, outputs)
-                    halted = np.array(carry["halted"])
-                    finished = halted & slots.real
-                    for key, value in metrics.items():
-                        sums[set_name][key] = sums[set_name].get(key, 0.0) + value.item()
-                    if finished.any():
-                        batch = {key: value[finished] for key, value in slots.data.items()}
-                        host = {key: np.array(value)[finished] for key, value in outputs.items()}
-                        for evaluator in evaluators:
-                            evaluator.update_batch(batch, host)
-                        for key in save_outputs:
-                            saved[key].append(batch[key] if key in batch else host[key])
-                        used_steps += np.bincount(np.array(carry["steps"])[finished], minlength=max_steps + 1)
-                        examples += int(finished.sum())
-                        bar.update(int(finished.sum()))
-                        bar.set_postfix(examples_per_s=f"{examples / (time.perf_counter() - start):.1f}")
-                    arrays = slots.refill(halted)
-                    keep = slots.shrink() if shrink_tail else None
-                    if keep is not None:
-                        index = mx.array(keep)
-                        carry = tree_map(lambda value: value[index], carry)
-                        arrays = slots.feed()
-        elapsed = time.perf_counter() - start
-    finally:
-        model.inference_halt = None
-    if group is not None and group.size() > 1:
+    eval_step = compiled_eval_step(head, runtime.cpu_lanes, threshold)
+    start = time.perf_counter()
+    with tqdm(total=total, desc="eval", unit="example", leave=None, disable=not progress or runtime.rank != 0) as bar, \
+            ExitStack() as memory:  # fmt: skip
+        for set_name, batches in _rows_by_set(dataset):
+            slots = _Slots(batches, dataset.local_batch_size, dataset.metadata)
+            if not slots.busy():
+                continue
+            arrays = slots.feed()
+            carry = model.initial_carry(arrays)
+            if not examples:
+                memory.enter_context(eval_memory_cap(runtime, carry))
+            while slots.busy():
+                carry, metrics, outputs = eval_step(carry, arrays)
+                mx.eval(carry, metrics, outputs)
+                halted = np.array(carry["halted"])
+                finished = halted & slots.real
+                for key, value in metrics.items():
+                    sums[set_name][key] = sums[set_name].get(key, 0.0) + value.item()
+                if finished.any():
+                    batch = {key: value[finished] for key, value in slots.data.items()}
+                    host = {key: np.array(value)[finished] for key, value in outputs.items()}
+                    for evaluator in evaluators:
+                        evaluator.update_batch(batch, host)
+                    for key in save_outputs:
+                        saved[key].append(batch[key] if key in batch else host[key])
+                    used_steps += np.bincount(np.array(carry["steps"])[finished], minlength=max_steps + 1)
+                    examples += int(finished.sum())
+                    bar.update(int(finished.sum()))
+                    bar.set_postfix(examples_per_s=f"{examples / (time.perf_counter() - start):.1f}")
+                arrays = slots.refill(halted)
+                keep = slots.shrink() if shrink_tail else None
+                if keep is not None:
+                    index = mx.array(keep)
+                    carry = tree_map(lambda value: value[index], carry)
+                    arrays = slots.feed()
+    elapsed = time.perf_counter() - start
+    if runtime.ranks > 1:
         used_steps = np.sum(all_gather_objects(used_steps, group), axis=0)
         examples = int(np.sum(all_gather_objects(examples, group)))
     results = _results(sums, saved, evaluators, examples, elapsed, save_dir, step, group)

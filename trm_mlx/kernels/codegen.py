@@ -10,10 +10,12 @@ compile it on first launch. Dtypes and sizes are template arguments (`T`, `TG`, 
 import functools
 import hashlib
 import string
+import sys
 
 import mlx.core as mx
 
 BACKENDS = ("cuda", "metal")
+GPU = "metal" if sys.platform == "darwin" else "cuda"  # MLX's GPU backend on this platform
 
 # What each placeholder becomes. Indices are over the x axis only: every kernel here uses 1-D grids. A launch's
 # `grid` counts threads on both backends (MLX divides by the threadgroup size for CUDA).

@@ -6,24 +6,18 @@ written as plain element-wise MLX ops (range reduction, a polynomial, exponent b
 into vectorised C++ loops: 5-9x faster, max relative error 1.0e-7 (`mx.exp`'s: 3.8e-6). The ops built on
 it have custom VJPs that never differentiate through `exp`: the softmax's gradient comes from its output, the
 SwiGLU gate's from its input (the sigmoid is recomputed). Half-precision inputs are computed in fp32 and rounded
-once. Used on the CPU only (`enabled`); other backends keep MLX's own kernels or trm_mlx's fused ones.
+once. Used where the model's `Execution` says so (`enabled`: on the CPU); other backends keep MLX's own kernels or
+trm_mlx's fused ones.
 
 The MLP-t token mixing and the attention's head split with RoPE are here too, in forms whose forward and backward
 copy no transposed operand (`token_mixing`, `split_heads`): MLX's CPU copies run on one thread.
-
-On Linux, importing this module on the CPU backend also keeps freed memory in the process (`keep_freed_memory`).
 """
 
-import ctypes
 import math
-import sys
 
 import mlx.core as mx
 
-from .. import device
-
-# glibc's mallopt parameters (malloc.h).
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+from .registry import kernel_dtypes
 
 LOG2E = 1.0 / math.log(2.0)
 # ln 2 split in two (Cody-Waite): n * LN2_HIGH is exact in fp32 for |n| < 2^9, so r = x - n ln 2 stays accurate.
@@ -193,31 +187,7 @@ def rotate_half(x: mx.array) -> mx.array:
     return mx.concatenate([-x[..., half:], x[..., :half]], axis=-1)
 
 
-def enabled(*arrays: mx.array) -> bool:
-    """Whether these fast paths run: on the CPU, outside `reference` kernel mode, for fp32/bf16/fp16 arrays."""
-    return (
-        device.backend() == "cpu"
-        and device.kernel_mode() != "reference"
-        and all(device.kernel_dtype_ok(a.dtype) for a in arrays)
-    )
-
-
-def keep_freed_memory() -> None:
-    """Make glibc keep freed blocks for reuse instead of handing them back to the OS (no-op without glibc).
-
-    MLX's CPU allocator is plain malloc, and glibc serves large blocks with mmap and trims its heap on free, so each
-    step's activations come back as fresh pages that the kernel must fault in and zero: that makes a cheap
-    element-wise op 3-5x slower and costs about 10% of a Sudoku-size step. With every block from the heap and no
-    trimming, the process keeps its peak memory (as MLX's GPU allocators keep their buffers) and the faults stop.
-    """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc
-        return
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt(M_MMAP_MAX, 0)
-    mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
-
-
-if sys.platform.startswith("linux") and device.backend() == "cpu":
-    keep_freed_memory()
+def enabled(execution, *arrays: mx.array) -> bool:
+    """Whether these fast paths run: where `execution` (trm_mlx.model.execution) asks for them, for fp32/bf16/fp16
+    arrays."""
+    return execution.cpu_paths and kernel_dtypes(*arrays)

@@ -11,7 +11,6 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from . import codegen, cpu
-from .. import device
 from .registry import FusedOp, register, use_fused
 
 THREADS = 256
@@ -47,7 +46,7 @@ def backward(gu: mx.array, grad: mx.array) -> mx.array:
     rows, width = gu.shape
     half = width // 2
     per_thread = codegen.vector_width(half, gu.dtype)
-    kernel = codegen.kernel("swiglu_bwd", device.backend(), BACKWARD, ("gu", "grad"), ("out",))
+    kernel = codegen.kernel("swiglu_bwd", codegen.GPU, BACKWARD, ("gu", "grad"), ("out",))
     threads = rows * half // per_thread
     return kernel(
         inputs=[gu, grad],
@@ -93,10 +92,10 @@ OP = register(
 )
 
 
-def swiglu(gu: mx.array) -> mx.array:
+def swiglu(gu: mx.array, execution) -> mx.array:
     """`silu(gate) * up` with gate, up the two halves of gu's last axis."""
-    if gu.shape[-1] % 2 == 0 and use_fused(OP.name, gu):
+    if gu.shape[-1] % 2 == 0 and use_fused(OP.name, execution, gu):
         return fused(gu)
-    if cpu.enabled(gu):
+    if cpu.enabled(execution, gu):
         return cpu.swiglu(gu)
     return reference(gu)

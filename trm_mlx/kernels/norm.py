@@ -13,7 +13,6 @@ for both (the add passes it through).
 import mlx.core as mx
 
 from . import codegen
-from .. import device
 from .registry import FusedOp, register, use_fused
 
 ROWS_MAX = 8192  # hidden sizes the row kernels take (at most 32 values per thread in registers)
@@ -200,7 +199,7 @@ def launch_rows(body: str, name: str, arrays: list, eps: float) -> mx.array:
     threads, per_thread = rows_layout(width)
     names = ("x", "res", "grad")[: len(arrays)]
     kernel = codegen.kernel(
-        name, device.backend(), body, names, ("out",), (("eps", codegen.float_literal(eps)),)
+        name, codegen.GPU, body, names, ("out",), (("eps", codegen.float_literal(eps)),)
     )
     return kernel(
         inputs=arrays,
@@ -226,7 +225,7 @@ def launch_columns(body: str, name: str, arrays: list, eps: float) -> mx.array:
     batch, _, width = arrays[0].shape
     names = ("x", "res", "grad")[: len(arrays)]
     kernel = codegen.kernel(
-        name, device.backend(), body, names, ("out",), (("eps", codegen.float_literal(eps)),)
+        name, codegen.GPU, body, names, ("out",), (("eps", codegen.float_literal(eps)),)
     )
     per_thread = columns_per_thread(width)
     threads = batch * width // per_thread
@@ -320,16 +319,17 @@ COLUMNS = register(
 )
 
 
-def add_rms_norm(x: mx.array, res: mx.array, eps: float) -> mx.array:
+def add_rms_norm(x: mx.array, res: mx.array, eps: float, execution) -> mx.array:
     """`rms_norm(x + res)` over the last axis."""
-    if x.shape == res.shape and x.dtype == res.dtype and x.shape[-1] <= ROWS_MAX and use_fused(ROWS.name, x):
+    fits = x.shape == res.shape and x.dtype == res.dtype and x.shape[-1] <= ROWS_MAX
+    if fits and use_fused(ROWS.name, execution, x):
         return fused_rows(x, res, eps)
     return reference_rows(x, res, eps)
 
 
-def add_rms_norm_seq(x: mx.array, res: mx.array, eps: float) -> mx.array:
+def add_rms_norm_seq(x: mx.array, res: mx.array, eps: float, execution) -> mx.array:
     """`rms_norm(x + res)` over axis 1 of [B, S, D] arrays."""
-    if x.ndim == 3 and x.shape == res.shape and x.dtype == res.dtype and use_fused(COLUMNS.name, x):
+    if x.ndim == 3 and x.shape == res.shape and x.dtype == res.dtype and use_fused(COLUMNS.name, execution, x):
         return fused_columns(x, res, eps)
     return reference_columns(x, res, eps)
 

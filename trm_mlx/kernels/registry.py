@@ -1,9 +1,9 @@
 """The fused ops, their self-check against the reference, and the dispatch decision.
 
-A fused kernel that fails to compile or disagrees with its reference must never reach a user's training run: the
-first time an op is asked for on a backend, it runs once on a small random input, forward and VJP, next to its
-plain-MLX reference. On an exception or a mismatch it is disabled for the process with one warning, and the
-reference path runs instead.
+A fused kernel that fails to compile or disagrees with its reference must never reach a user's training run: before
+an op is used on a backend (`trm_mlx.runtime.fused_kernels`), it runs once on a small random input, forward and VJP,
+next to its plain-MLX reference. On an exception or a mismatch it is left out for the process with one warning, and
+the reference path runs instead.
 """
 
 import warnings
@@ -12,13 +12,15 @@ from typing import Callable
 
 import mlx.core as mx
 
-from .. import device
-
 # ||fused - reference|| / ||reference||, forward output and every input gradient. fp32 kernels differ from the
 # reference only by summation order and rsqrt/exp rounding; bf16 ones additionally round once where the
 # reference rounds after every op (about 2^-9 relative per element).
 TOLERANCE = {"float32": 2e-5, "bfloat16": 1e-2, "float16": 2e-3}
 CHECK_DTYPES = (mx.float32, mx.bfloat16)
+
+# Dtypes the fused kernels (and the CPU paths) take: they accumulate in fp32 and round once to this dtype; others
+# (float64 on the CPU) always run the reference.
+KERNEL_DTYPES = (mx.float32, mx.float16, mx.bfloat16)
 
 
 @dataclass(frozen=True)
@@ -106,9 +108,10 @@ def check(op: FusedOp) -> CheckResult:
     return CheckResult(True, "ok", errors)
 
 
-def check_once(name: str) -> CheckResult:
-    """The op's self-check result on the current backend, running it (and warning on failure) the first time."""
-    key = (name, device.backend())
+def check_once(name: str, backend: str) -> CheckResult:
+    """The op's self-check result on `backend` (MLX's default device), running it (and warning on failure) the
+    first time."""
+    key = (name, backend)
     if key not in RESULTS:
         result = check(OPS[name])
         RESULTS[key] = result
@@ -122,10 +125,11 @@ def check_once(name: str) -> CheckResult:
     return RESULTS[key]
 
 
-def use_fused(name: str, *arrays: mx.array) -> bool:
-    """Whether this call runs the fused kernel: the policy asks for it, the dtypes fit, and it passed its check."""
-    if not device.kernel_wanted(name):
-        return False
-    if not all(device.kernel_dtype_ok(a.dtype) for a in arrays):
-        return False
-    return check_once(name).ok
+def kernel_dtypes(*arrays: mx.array) -> bool:
+    """Whether the fused kernels (and the CPU paths) take arrays of these dtypes."""
+    return all(a.dtype in KERNEL_DTYPES for a in arrays)
+
+
+def use_fused(name: str, execution, *arrays: mx.array) -> bool:
+    """Whether this call runs the fused kernel: `execution` (trm_mlx.model.execution) runs it and the dtypes fit."""
+    return name in execution.fused_kernels and kernel_dtypes(*arrays)

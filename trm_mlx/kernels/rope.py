@@ -13,7 +13,6 @@ rows past S. The backward applies the inverse rotation and writes the [B, S, 3H*
 import mlx.core as mx
 
 from . import codegen, cpu
-from .. import device
 from .registry import FusedOp, register, use_fused
 
 THREADS = 256
@@ -119,7 +118,7 @@ def launch(backward: bool, arrays: list, tables: list, shape: tuple, num_heads: 
     rotate = ROTATE_BACKWARD if backward else ROTATE_FORWARD
     kernel = codegen.kernel(
         ("rope_split_bwd" if backward else "rope_split_fwd") + ("" if tables else "_norope"),
-        device.backend(),
+        codegen.GPU,
         BACKWARD if backward else FORWARD,
         names + (("cos_table", "sin_table") if tables else ()),
         ("out",),
@@ -213,13 +212,13 @@ OP = register(
 )
 
 
-def split_heads(qkv: mx.array, rotary, num_heads: int, positions: int = 0):
+def split_heads(qkv: mx.array, rotary, num_heads: int, positions: int, execution):
     """The attention inputs q, k, v ([B, H, S, hd]) of a qkv projection [B, S, 3*H*hd], RoPE applied if given; with
     `positions` > S, [B, H, positions, hd] with zero rows past S."""
     head_dim = qkv.shape[-1] // (3 * num_heads)
     tables_fit = rotary is None or all(t.shape == (qkv.shape[1], head_dim) and t.dtype == mx.float32 for t in rotary)
-    if head_dim % 2 == 0 and tables_fit and use_fused(OP.name, qkv):
+    if head_dim % 2 == 0 and tables_fit and use_fused(OP.name, execution, qkv):
         return fused(qkv, rotary, num_heads, positions)
-    if cpu.enabled(qkv) and tables_fit and positions <= qkv.shape[1]:
+    if cpu.enabled(execution, qkv) and tables_fit and positions <= qkv.shape[1]:
         return cpu.split_heads(qkv, rotary, num_heads)
     return reference(qkv, rotary, num_heads, positions)

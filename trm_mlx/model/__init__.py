@@ -1,8 +1,9 @@
 """The recursive-reasoning models in MLX, selected by the original's class locators (`arch.name`)."""
 
 from .config import TRMConfig
+from .execution import Execution
 from .losses import ACTLossHead
-from .recursive import ACTModel
+from .recursive import ACTModel, ACTStep
 from .hrm import HRM
 from .transformers_baseline import TransformerBaseline
 from .trm import TRM
@@ -27,17 +28,20 @@ def architecture(arch: dict):
     return ARCHITECTURES[name], TRMConfig(**{k: v for k, v in arch.items() if k not in ("name", "loss")})
 
 
-def create_model(arch: dict) -> ACTModel:
+def create_model(arch: dict, execution: Execution = Execution()) -> ACTModel:
+    """The model of an arch config, running as `execution` says (default: plain MLX; `Runtime.execution`)."""
     model_class, config = architecture(arch)
-    return model_class(config)
+    return model_class(config, execution)
 
 
 __all__ = [
     "ACTLossHead",
     "ACTModel",
+    "ACTStep",
     "ARCHITECTURES",
     "ARCH_FILES",
     "DEFAULT_ARCH",
+    "Execution",
     "HRM",
     "TRM",
     "TRMConfig",

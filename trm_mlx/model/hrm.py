@@ -3,7 +3,8 @@
 import mlx.core as mx
 
 from .config import TRMConfig
-from .layers import Block, ReasoningModule, undifferentiated
+from .execution import Execution
+from .layers import undifferentiated
 from .recursive import ACTModel, RecursiveInner
 
 
@@ -11,15 +12,8 @@ class HRMInner(RecursiveInner):
     state_inits = {"z_H": "H_init", "z_L": "L_init"}
 
     def build_levels(self) -> None:
-        c = self.config
-
-        def level(num_layers):
-            return ReasoningModule(
-                [Block(c.hidden_size, c.num_heads, c.expansion, c.rms_norm_eps, self.mlp_t_len) for _ in range(num_layers)]
-            )
-
-        self.H_level = level(c.H_layers)
-        self.L_level = level(c.L_layers)
+        self.H_level = self.level(self.config.H_layers)
+        self.L_level = self.level(self.config.L_layers)
 
     def recur(self, carry, x, rotary):
         c = self.config
@@ -40,8 +34,8 @@ class HRMInner(RecursiveInner):
 class HRM(ACTModel):
     name = "recursive_reasoning.hrm@HierarchicalReasoningModel_ACTV1"
 
-    def __init__(self, config: TRMConfig):
-        super().__init__(config, HRMInner(config, self.prefix_len(config)))
+    def __init__(self, config: TRMConfig, execution: Execution = Execution()):
+        super().__init__(config, HRMInner(config, self.prefix_len(config), execution))
 
     def halt_by_q(self, q_halt, q_continue):
         return q_halt > q_continue

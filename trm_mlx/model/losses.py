@@ -4,11 +4,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..data.dataset import IGNORE_LABEL_ID
-
-
-def loss_dtype():
-    """fp64 where MLX has it (the CPU), as the original's stablemax; fp32 on GPUs (see docs/ARCHITECTURE.md)."""
-    return mx.float64 if mx.default_device() == mx.cpu else mx.float32
+from .recursive import ACTModel, ACTStep
 
 
 def log_stablemax(x: mx.array, axis: int = -1) -> mx.array:
@@ -24,7 +20,8 @@ def log_stablemax(x: mx.array, axis: int = -1) -> mx.array:
 
 
 def stablemax_cross_entropy(logits: mx.array, labels: mx.array, valid: mx.array) -> mx.array:
-    logprobs = log_stablemax(logits.astype(loss_dtype()))
+    """In the logits' dtype (the loss head's `Execution.loss_dtype`)."""
+    logprobs = log_stablemax(logits)
     picked = mx.take_along_axis(logprobs, mx.where(valid, labels, 0)[..., None], axis=-1)[..., 0]
     return -mx.where(valid, picked, 0)
 
@@ -43,56 +40,42 @@ def binary_cross_entropy_with_logits(x: mx.array, target: mx.array) -> mx.array:
 
 
 class ACTLossHead(nn.Module):
-    def __init__(self, model: nn.Module, loss_type: str = "stablemax_cross_entropy"):
+    """The loss of an ACT step around the model it trains (the root of a training state's arrays)."""
+
+    def __init__(self, model: ACTModel, loss_type: str = "stablemax_cross_entropy"):
         super().__init__()
         if loss_type not in LOSS_FUNCTIONS:
             raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {sorted(LOSS_FUNCTIONS)}")
         self.model = model
         self.loss_fn = LOSS_FUNCTIONS[loss_type]
 
-    def initial_carry(self, batch: dict) -> dict:
-        return self.model.initial_carry(batch)
-
-    def step(self, carry: dict, data: dict, puzzle_rows, draws=None):
-        """One ACT step on merged data: (carry, summed loss, metrics, outputs); `draws` as `ACTModel.step`'s."""
-        carry, outputs = self.model.step(carry, data, puzzle_rows, draws)
-        labels = carry["current_data"]["labels"]
-        logits = outputs["logits"]
-        q_halt = outputs["q_halt_logits"]
-
+    def loss_and_metrics(self, step: ACTStep) -> tuple[mx.array, dict]:
+        """The loss of one ACT step summed over every row, and its metrics: sums over the rows that halted in it
+        (`count` of them)."""
+        labels = step.carry["current_data"]["labels"]
         mask = labels != IGNORE_LABEL_ID
         count = mask.sum(-1)
         divisor = mx.maximum(count, 1)[:, None]
-        preds = mx.argmax(logits, axis=-1).astype(mx.int32)
-        outputs["preds"] = preds
-        is_correct = mask & (preds == labels)
+        is_correct = mask & (step.preds == labels)
         seq_correct = is_correct.sum(-1) == count
-        valid = carry["halted"] & (count > 0)
+        valid = step.carry["halted"] & (count > 0)
 
         metrics = {
             "count": valid.sum(),
             "accuracy": mx.where(valid, (is_correct.astype(mx.float32) / divisor).sum(-1), 0).sum(),
             "exact_accuracy": (valid & seq_correct).sum(),
-            "q_halt_accuracy": (valid & ((q_halt >= 0) == seq_correct)).sum(),
-            "steps": mx.where(valid, carry["steps"], 0).sum(),
+            "q_halt_accuracy": (valid & ((step.q_halt >= 0) == seq_correct)).sum(),
+            "steps": mx.where(valid, step.carry["steps"], 0).sum(),
         }
 
+        logits = step.logits.astype(getattr(mx, self.model.execution.loss_dtype))
         lm_loss = (self.loss_fn(logits, labels, mask) / divisor).sum()
-        q_halt_loss = binary_cross_entropy_with_logits(q_halt, seq_correct.astype(mx.float32)).sum()
+        q_halt_loss = binary_cross_entropy_with_logits(step.q_halt, seq_correct.astype(mx.float32)).sum()
         metrics["lm_loss"] = lm_loss
         metrics["q_halt_loss"] = q_halt_loss
         q_continue_loss = 0
-        if "target_q_continue" in outputs:
-            q_continue_loss = binary_cross_entropy_with_logits(
-                outputs["q_continue_logits"], outputs["target_q_continue"]
-            ).sum()
+        if step.target_q_continue is not None:
+            q_continue_loss = binary_cross_entropy_with_logits(step.q_continue, step.target_q_continue).sum()
             metrics["q_continue_loss"] = q_continue_loss
         loss = lm_loss + 0.5 * (q_halt_loss + q_continue_loss)
-        metrics = {k: mx.stop_gradient(v) for k, v in metrics.items()}
-        return carry, loss, metrics, outputs
-
-    def __call__(self, carry: dict, batch: dict):
-        """The original's interface: (carry, loss, metrics, outputs, all_halted)."""
-        carry, data = self.model.begin_step(carry, batch)
-        carry, loss, metrics, outputs = self.step(carry, data, self.model.gather_puzzle_rows(data))
-        return carry, loss, metrics, outputs, carry["halted"].all()
+        return loss, {k: mx.stop_gradient(v) for k, v in metrics.items()}

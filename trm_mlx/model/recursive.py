@@ -1,7 +1,9 @@
 """What every recursive-reasoning architecture shares: the input embedding, the output heads, the latent-state
 carry, and the ACT wrapper that runs one supervision step per call (spec §2.5, §2.6, §2.9, §3)."""
 
+import functools
 import math
+from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -9,8 +11,11 @@ import numpy as np
 
 from ..data.dataset import IGNORE_LABEL_ID
 from .config import TRMConfig
+from .execution import Execution
 from .init import truncated_normal
-from .layers import CastedEmbedding, CastedLinear, PuzzleEmbedding, ReasoningModule, RotaryTables, undifferentiated
+from .layers import (
+    Block, CastedEmbedding, CastedLinear, PuzzleEmbedding, ReasoningModule, RotaryTables, undifferentiated,
+)
 
 
 class RecursiveInner(nn.Module):
@@ -22,25 +27,26 @@ class RecursiveInner(nn.Module):
 
     state_inits: dict = {}
 
-    def __init__(self, config: TRMConfig, prefix_len: int):
+    def __init__(self, config: TRMConfig, prefix_len: int, execution: Execution):
         super().__init__()
         config.check(prefix_len)
         self.config = config
+        self.execution = execution
         self.prefix_len = prefix_len
         self.dtype = getattr(mx, config.forward_dtype)
         D = config.hidden_size
         # Registration order = the original's state-dict order: init vectors, embeddings, heads, levels.
         for name in self.state_inits.values():
             setattr(self, name, mx.zeros((D,), dtype=self.dtype))
-        self.embed_tokens = CastedEmbedding(config.vocab_size, D, init_std=1.0 / math.sqrt(D))
-        self.lm_head = CastedLinear(D, config.vocab_size)
-        self.q_head = CastedLinear(D, 2, bias=True)
+        self.embed_tokens = CastedEmbedding(config.vocab_size, D, 1.0 / math.sqrt(D), execution)
+        self.lm_head = CastedLinear(D, config.vocab_size, execution)
+        self.q_head = CastedLinear(D, 2, execution, bias=True)
         self.q_head.weight = mx.zeros_like(self.q_head.weight)
         self.q_head.bias = mx.full((2,), -5.0)
         if config.puzzle_emb_ndim > 0:
             self.puzzle_emb = PuzzleEmbedding(config.num_puzzle_identifiers, config.puzzle_emb_ndim)
         if config.pos_encodings == "learned":
-            self.embed_pos = CastedEmbedding(config.seq_len + prefix_len, D, init_std=1.0 / math.sqrt(D))
+            self.embed_pos = CastedEmbedding(config.seq_len + prefix_len, D, 1.0 / math.sqrt(D), execution)
         self._rotary = RotaryTables(config.head_dim, config.rope_theta) if config.pos_encodings == "rope" else None
         self.build_levels()
         for name in self.state_inits.values():
@@ -51,6 +57,13 @@ class RecursiveInner(nn.Module):
     def mlp_t_len(self) -> int:
         """Token-mixing width of the mlp_t variant: S + P (0 when the variant is off)."""
         return self.config.seq_len + self.prefix_len if self.config.mlp_t else 0
+
+    def level(self, num_layers: int, calls: int = 1) -> ReasoningModule:
+        """A reasoning module of `num_layers` blocks that a differentiated pass calls `calls` times."""
+        c = self.config
+        blocks = [Block(c.hidden_size, c.num_heads, c.expansion, c.rms_norm_eps, self.execution, self.mlp_t_len)
+                  for _ in range(num_layers)]  # fmt: skip
+        return ReasoningModule(blocks, self.execution, calls)
 
     def empty_carry(self, batch_size: int, seq_len: int) -> dict:
         shape = (batch_size, seq_len + self.prefix_len, self.config.hidden_size)
@@ -73,24 +86,36 @@ class RecursiveInner(nn.Module):
             emb = 0.707106781 * (emb + self.embed_pos.embedding_weight.astype(self.dtype))
         return math.sqrt(D) * emb
 
-    def __call__(self, carry: dict, data: dict, puzzle_rows):
-        for module in self.modules():
-            if isinstance(module, ReasoningModule):
-                module.begin_pass()
-        x = self.input_embeddings(data["inputs"], puzzle_rows)
+    def __call__(self, carry: dict, inputs: mx.array, puzzle_rows):
+        """(next latent carry, logits [B, S, vocab], Q logits [B, 2] in fp32: halt, continue) of one recursion."""
+        x = self.input_embeddings(inputs, puzzle_rows)
         rotary = self._rotary(x.shape[1]) if self._rotary is not None else None
         carry, z = self.recur(carry, x, rotary)
         carry = {key: mx.stop_gradient(value) for key, value in carry.items()}
-        logits = self.lm_head(z)[:, self.prefix_len :]
-        q = self.q_head(z[:, 0]).astype(mx.float32)
-        return carry, logits, (q[:, 0], q[:, 1])
+        return carry, self.lm_head(z)[:, self.prefix_len :], self.q_head(z[:, 0]).astype(mx.float32)
+
+
+@dataclass
+class ACTStep:
+    """One ACT step of every row: the carry to continue from, and the step's outputs."""
+
+    carry: dict  # the next step's carry (keys as `ACTModel.initial_carry`'s)
+    logits: mx.array  # [B, S, vocab]
+    q_halt: mx.array  # [B] fp32: the Q head's halt logit
+    q_continue: mx.array  # [B] fp32: its continue logit
+    target_q_continue: mx.array | None = None  # the Q-learning target of q_continue (training, Q-continue models)
+
+    @functools.cached_property
+    def preds(self) -> mx.array:
+        """[B, S] int32: the predicted tokens."""
+        return mx.argmax(self.logits, axis=-1).astype(mx.int32)
 
 
 class ACTModel(nn.Module):
     """The ACT wrapper: one call = one supervision step for every row (spec §2.9).
 
-    A step is split in three so training can differentiate the gathered puzzle-embedding rows on their own:
-    `begin_step` (reset halted rows, take their new examples), `gather_puzzle_rows`, and `step`.
+    A step starts from the carry whose halted rows `reset_halted` restarted on the batch's examples; training
+    differentiates the rows of the puzzle embedding (`puzzle_rows`) as an input of the call.
     """
 
     name: str  # the original's class locator (`arch.name`)
@@ -99,17 +124,10 @@ class ACTModel(nn.Module):
         super().__init__()
         self.config = config
         self.inner = inner
-        # Which slice of the global batch this process trains (data parallelism, see `shard_batch`).
-        self.shard_index = 0
-        self.shard_count = 1
-        # Evaluation: None runs every row for halt_max_steps (the original); a probability p halts a row at the
-        # first step where sigmoid(q_halt) > p (sigmoid(q_halt - q_continue) with the Q-continue head).
-        self.inference_halt: float | None = None
 
-    def shard_batch(self, index: int, count: int) -> None:
-        """Train as rank ``index`` of ``count`` data-parallel ranks, on rows ``[index·B, (index+1)·B)`` of each
-        global batch, so that ACT exploration takes those rows' draws of the global batch."""
-        self.shard_index, self.shard_count = index, count
+    @property
+    def execution(self) -> Execution:
+        return self.inner.execution
 
     def arch_config(self) -> dict:
         """The arch config that rebuilds this model (stored in native checkpoints)."""
@@ -128,19 +146,21 @@ class ACTModel(nn.Module):
             "current_data": {k: mx.zeros_like(v) for k, v in batch.items()},
         }
 
-    def begin_step(self, carry: dict, batch: dict):
+    def reset_halted(self, carry: dict, batch: dict) -> dict:
+        """The carry with each halted row restarted: its latents at the init vectors, its step count at 0, and the
+        batch's example at its index (rows still thinking keep theirs)."""
         halted = carry["halted"]
-        inner = self.inner.reset_carry(halted, carry["inner"])
-        steps = mx.where(halted, 0, carry["steps"])
         data = {
             k: mx.where(halted.reshape((-1,) + (1,) * (v.ndim - 1)), batch[k], v)
             for k, v in carry["current_data"].items()
         }
-        return {"inner": inner, "steps": steps, "halted": halted, "current_data": data}, data
+        inner = self.inner.reset_carry(halted, carry["inner"])
+        return {"inner": inner, "steps": mx.where(halted, 0, carry["steps"]), "halted": halted, "current_data": data}
 
-    def gather_puzzle_rows(self, data: dict):
+    def puzzle_rows(self, carry: dict) -> mx.array | None:
+        """The puzzle-embedding rows of the carry's examples (None without a puzzle embedding)."""
         emb = self.puzzle_emb
-        return emb.gather(data["puzzle_identifiers"]) if emb is not None else None
+        return emb.gather(carry["current_data"]["puzzle_identifiers"]) if emb is not None else None
 
     @staticmethod
     def prefix_len(config: TRMConfig) -> int:
@@ -160,49 +180,49 @@ class ACTModel(nn.Module):
     def computes_target_q(self) -> bool:
         return not self.config.no_ACT_continue
 
-    def draws_exploration(self) -> bool:
+    def explores(self) -> bool:
+        """Whether a step draws exploration numbers (`exploration_draws`): training with adaptive halting."""
         return self.adaptive_halting() and self.training
 
-    def step(self, carry: dict, data: dict, puzzle_rows, draws=None):
-        """One ACT step; `draws` are the exploration numbers of these rows when drawn elsewhere (CPU lanes),
-        else `exploration_draws` draws them."""
+    def exploration_draws(self, rows: int) -> tuple[mx.array, mx.array]:
+        """The exploration numbers of `rows` rows: two draws every step (uniform, then randint), as the original."""
+        uniform = mx.random.uniform(shape=(rows,))
+        min_steps = mx.random.randint(2, self.config.halt_max_steps + 1, shape=(rows,), dtype=mx.int32)
+        return uniform, min_steps
+
+    def __call__(self, carry: dict, puzzle_rows=None, draws=None, halt_threshold: float | None = None) -> ACTStep:
+        """One ACT step of every row from `carry` (halted rows already `reset_halted`).
+
+        `puzzle_rows`: `puzzle_rows(carry)`, gathered here when None. `draws`: these rows' `exploration_draws`,
+        drawn here when None. `halt_threshold`: in evaluation, a row also halts where the Q head says so
+        (`halt_by_q`); None runs every row for halt_max_steps steps (the original).
+        """
         cfg = self.config
-        inner, logits, (q_halt, q_continue) = self.inner(carry["inner"], data, puzzle_rows)
-        outputs = {"logits": logits, "q_halt_logits": q_halt, "q_continue_logits": q_continue}
+        data = carry["current_data"]
+        if puzzle_rows is None:
+            puzzle_rows = self.puzzle_rows(carry)
+        latents, logits, q = self.inner(carry["inner"], data["inputs"], puzzle_rows)
+        q_halt, q_continue = q[:, 0], q[:, 1]
 
         steps = carry["steps"] + 1
         is_last = steps >= cfg.halt_max_steps
         halted = is_last
+        target = None
         if self.adaptive_halting():
             halted = halted | mx.stop_gradient(self.halt_by_q(q_halt, q_continue))
-        elif not self.training and self.inference_halt is not None:
-            halted = halted | self.halt_by_q(q_halt, q_continue, self.inference_halt)
-        if self.draws_exploration():
+        elif not self.training and halt_threshold is not None:
+            halted = halted | self.halt_by_q(q_halt, q_continue, halt_threshold)
+        if self.explores():
             uniform, min_steps = draws if draws is not None else self.exploration_draws(steps.shape[0])
             halted = halted & (steps >= (uniform < cfg.halt_exploration_prob) * min_steps)
             if self.computes_target_q():
                 # The intended Q-continue target (HRM semantics); the original TRM crashes here (spec §2.9).
                 with undifferentiated(self.inner):
-                    _, _, (next_halt, next_continue) = self.inner(inner, data, puzzle_rows)
-                target = mx.where(is_last, next_halt, mx.maximum(next_halt, next_continue))
-                outputs["target_q_continue"] = mx.stop_gradient(mx.sigmoid(target))
-        return {"inner": inner, "steps": steps, "halted": halted, "current_data": data}, outputs
-
-    def exploration_draws(self, rows: int) -> tuple[mx.array, mx.array]:
-        """This process's rows of the exploration numbers of the global batch: two draws every step (uniform, then
-        randint), as the original. Every rank draws the whole global batch's from the same random state and keeps
-        its own rows, so N ranks halt the rows one process would."""
-        total = rows * self.shard_count
-        uniform = mx.random.uniform(shape=(total,))
-        min_steps = mx.random.randint(2, self.config.halt_max_steps + 1, shape=(total,), dtype=mx.int32)
-        if self.shard_count == 1:
-            return uniform, min_steps
-        own = slice(self.shard_index * rows, (self.shard_index + 1) * rows)
-        return uniform[own], min_steps[own]
-
-    def __call__(self, carry: dict, batch: dict):
-        carry, data = self.begin_step(carry, batch)
-        return self.step(carry, data, self.gather_puzzle_rows(data))
+                    _, _, next_q = self.inner(latents, data["inputs"], puzzle_rows)
+                target = mx.where(is_last, next_q[:, 0], mx.maximum(next_q[:, 0], next_q[:, 1]))
+                target = mx.stop_gradient(mx.sigmoid(target))
+        carry = {"inner": latents, "steps": steps, "halted": halted, "current_data": data}
+        return ACTStep(carry, logits, q_halt, q_continue, target)
 
     def predict(self, batch: dict, halt: str = "max", halt_threshold: float = 0.5) -> dict:
         """The evaluation ACT loop on a dict of NumPy int arrays; returns NumPy arrays.
@@ -218,7 +238,6 @@ class ACTModel(nn.Module):
         threshold = halt_threshold if halt == "q" else None
         was_training = self.training
         self.eval()
-        self.inference_halt = threshold
         try:
             arrays = {k: mx.array(np.asarray(batch[k]).astype(np.int32)) for k in ("inputs", "puzzle_identifiers")}
             labels = batch.get("labels")
@@ -228,9 +247,8 @@ class ACTModel(nn.Module):
                 else mx.full(arrays["inputs"].shape, IGNORE_LABEL_ID, dtype=mx.int32)
             )
             if getattr(self, "_predict_step", None) is None or self._predict_rule != threshold:
-                # traced once per halting rule (read while tracing), reused by every later call
-                self._predict_step = mx.compile(self.__call__, inputs=self.state)
-                self._predict_rule = threshold
+                self._predict_step = mx.compile(self._predict_outputs(threshold), inputs=self.state)
+                self._predict_rule = threshold  # one compiled step per halting rule, reused by every later call
             carry = self.initial_carry(arrays)
             if threshold is not None:
                 return self._first_halting_outputs(carry, arrays)
@@ -247,8 +265,16 @@ class ACTModel(nn.Module):
                 "steps": np.array(carry["steps"]),
             }
         finally:
-            self.inference_halt = None
             self.train(was_training)
+
+    def _predict_outputs(self, halt_threshold: float | None):
+        """`predict`'s step: (carry, batch) -> (next carry, {logits, q_halt_logits})."""
+
+        def step(carry: dict, batch: dict):
+            result = self(self.reset_halted(carry, batch), halt_threshold=halt_threshold)
+            return result.carry, {"logits": result.logits, "q_halt_logits": result.q_halt}
+
+        return step
 
     def _first_halting_outputs(self, carry: dict, arrays: dict) -> dict:
         """``predict(halt="q")``: each row's outputs at its first halting step (a halted row restarts on the next

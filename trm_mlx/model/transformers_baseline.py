@@ -1,8 +1,7 @@
 """The Transformer baseline: one differentiable pass of H_layers attention blocks per ACT step (spec §3.4)."""
 
-import mlx.core as mx
-
 from .config import TRMConfig
+from .execution import Execution
 from .layers import Block, ReasoningModule
 from .recursive import ACTModel, RecursiveInner
 
@@ -14,9 +13,9 @@ class BaselineInner(RecursiveInner):
         c = self.config
         if c.pos_encodings not in ("rope", "learned"):
             raise ValueError(f"the Transformer baseline needs pos_encodings rope or learned, got {c.pos_encodings!r}")
-        self.H_level = ReasoningModule(
-            [Block(c.hidden_size, c.num_heads, c.expansion, c.rms_norm_eps) for _ in range(c.H_layers)]
-        )
+        blocks = [Block(c.hidden_size, c.num_heads, c.expansion, c.rms_norm_eps, self.execution)
+                  for _ in range(c.H_layers)]  # fmt: skip
+        self.H_level = ReasoningModule(blocks, self.execution)
 
     def recur(self, carry, x, rotary):
         z_H = self.H_level(carry["z_H"], x, rotary)
@@ -26,8 +25,8 @@ class BaselineInner(RecursiveInner):
 class TransformerBaseline(ACTModel):
     name = "recursive_reasoning.transformers_baseline@Model_ACTV2"
 
-    def __init__(self, config: TRMConfig):
-        super().__init__(config, BaselineInner(config, self.prefix_len(config)))
+    def __init__(self, config: TRMConfig, execution: Execution = Execution()):
+        super().__init__(config, BaselineInner(config, self.prefix_len(config), execution))
 
     def adaptive_halting(self) -> bool:
         c = self.config
@@ -39,9 +38,3 @@ class TransformerBaseline(ACTModel):
 
     def computes_target_q(self) -> bool:
         return False  # the original's loss head never asks for it: row 1 of q_head sees only weight decay
-
-    def step(self, carry, data, puzzle_rows, draws=None):
-        carry, outputs = super().step(carry, data, puzzle_rows, draws)
-        if self.adaptive_halting() and not self.training:
-            outputs["actual_steps"] = carry["steps"].astype(mx.float32)
-        return carry, outputs

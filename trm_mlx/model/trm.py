@@ -3,7 +3,8 @@
 import mlx.core as mx
 
 from .config import TRMConfig
-from .layers import Block, ReasoningModule, undifferentiated
+from .execution import Execution
+from .layers import undifferentiated
 from .recursive import ACTModel, RecursiveInner
 
 
@@ -11,15 +12,12 @@ class TRMInner(RecursiveInner):
     state_inits = {"z_H": "H_init", "z_L": "L_init"}
 
     def build_levels(self) -> None:
-        c = self.config
-        self.L_level = ReasoningModule(
-            [Block(c.hidden_size, c.num_heads, c.expansion, c.rms_norm_eps, self.mlp_t_len) for _ in range(c.L_layers)]
-        )
+        self.L_level = self.level(self.config.L_layers, calls=self.config.L_cycles + 1)
 
     def cycle(self, z_H, z_L, x, rotary):
-        for _ in range(self.config.L_cycles):
-            z_L = self.L_level(z_L, z_H + x, rotary)
-        z_H = self.L_level(z_H, z_L, rotary)
+        for l in range(self.config.L_cycles):
+            z_L = self.L_level(z_L, z_H + x, rotary, call=l)
+        z_H = self.L_level(z_H, z_L, rotary, call=self.config.L_cycles)
         return z_H, z_L
 
     def recur(self, carry, x, rotary):
@@ -37,8 +35,8 @@ class TRM(ACTModel):
     name = "recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1"
     inner_class = TRMInner
 
-    def __init__(self, config: TRMConfig):
-        super().__init__(config, self.inner_class(config, self.prefix_len(config)))
+    def __init__(self, config: TRMConfig, execution: Execution = Execution()):
+        super().__init__(config, self.inner_class(config, self.prefix_len(config), execution))
 
     @staticmethod
     def prefix_len(config: TRMConfig) -> int:

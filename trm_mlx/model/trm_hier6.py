@@ -2,7 +2,7 @@
 
 import mlx.core as mx
 
-from .layers import Block, ReasoningModule, undifferentiated
+from .layers import undifferentiated
 from .recursive import RecursiveInner
 from .trm import TRM
 
@@ -17,14 +17,12 @@ class TRMHier6Inner(RecursiveInner):
         c = self.config
         if c.L_cycles > NUM_SLOTS:
             raise ValueError(f"trm_hier6 has {NUM_SLOTS} low-level slots; L_cycles={c.L_cycles} is more")
-        self.L_level = ReasoningModule(
-            [Block(c.hidden_size, c.num_heads, c.expansion, c.rms_norm_eps, self.mlp_t_len) for _ in range(c.L_layers)]
-        )
+        self.L_level = self.level(c.L_layers, calls=c.L_cycles + 1)
 
     def cycle(self, z_H, z_L, x, rotary):
         for l in range(self.config.L_cycles):
-            z_L[l] = self.L_level(sum(z_L[1:], z_L[0]), z_H + x, rotary)
-        return self.L_level(z_H, sum(z_L[1:], z_L[0]), rotary), z_L
+            z_L[l] = self.L_level(sum(z_L[1:], z_L[0]), z_H + x, rotary, call=l)
+        return self.L_level(z_H, sum(z_L[1:], z_L[0]), rotary, call=self.config.L_cycles), z_L
 
     def recur(self, carry, x, rotary):
         z_H, z_L = carry["z_H"], [carry[slot] for slot in SLOTS]

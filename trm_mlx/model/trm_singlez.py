@@ -2,7 +2,7 @@
 
 import mlx.core as mx
 
-from .layers import Block, ReasoningModule, undifferentiated
+from .layers import undifferentiated
 from .recursive import RecursiveInner
 from .trm import TRM
 
@@ -11,15 +11,12 @@ class TRMSingleZInner(RecursiveInner):
     state_inits = {"z_L": "L_init"}
 
     def build_levels(self) -> None:
-        c = self.config
-        self.L_level = ReasoningModule(
-            [Block(c.hidden_size, c.num_heads, c.expansion, c.rms_norm_eps, self.mlp_t_len) for _ in range(c.L_layers)]
-        )
+        self.L_level = self.level(self.config.L_layers, calls=self.config.L_cycles + 1)
 
     def cycle(self, z_L, x, rotary):
-        for _ in range(self.config.L_cycles):
-            z_L = self.L_level(z_L, x, rotary)
-        return self.L_level(z_L, None, rotary)
+        for l in range(self.config.L_cycles):
+            z_L = self.L_level(z_L, x, rotary, call=l)
+        return self.L_level(z_L, None, rotary, call=self.config.L_cycles)
 
     def recur(self, carry, x, rotary):
         z_L = carry["z_L"]

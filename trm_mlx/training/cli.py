@@ -11,6 +11,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from trm_mlx.blas import load_fast_blas
 from trm_mlx.training.config import CONFIG_NAME, from_hydra, hydra_config_path
 
 DEMO_OVERRIDE = "preset=demo"
@@ -31,6 +32,7 @@ def launch(hydra_config: DictConfig) -> None:
 
 
 def main() -> None:
+    load_fast_blas()  # first: MLX binds its BLAS when it loads
     if len(sys.argv) == 1:
         sys.argv.append(DEMO_OVERRIDE)
     launch()

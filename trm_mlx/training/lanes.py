@@ -8,7 +8,7 @@ as it draws them, before the lanes take their rows.
 import mlx.core as mx
 
 from trm_mlx.lanes import Lanes, add, concatenate_rows
-from trm_mlx.training.step import apply_updates, gradients
+from trm_mlx.training.step import apply_updates, gradients, rank_draws
 
 
 def make_lane_train_step(state, config, count: int):
@@ -17,17 +17,16 @@ def make_lane_train_step(state, config, count: int):
     scale = 1.0 / config.global_batch_size
     lanes = Lanes(count)
 
-    def lane_gradients(carry, data, rows, draws):
-        return gradients(head, optimizer, carry, data, rows, scale, draws)
+    def lane_gradients(carry, rows, draws):
+        return gradients(head, optimizer, carry, rows, scale, draws)
 
     graphs = [mx.compile(lane_gradients, inputs=[head.state]) for _ in range(count)]
     compiled_state = [head.state, mx.random.state] + ([optimizer.state] if optimizer is not None else [])
 
     def begin_step(carry, batch):
-        """make_train_step's first part, and the whole batch's exploration numbers, drawn as it draws them."""
-        carry, data = model.begin_step(carry, batch)
-        draws = model.exploration_draws(data["inputs"].shape[0]) if model.draws_exploration() else None
-        return carry, data, model.gather_puzzle_rows(data), draws
+        """make_train_step's first part: the carry's halted rows reset, its puzzle rows and exploration numbers."""
+        carry = model.reset_halted(carry, batch)
+        return carry, model.puzzle_rows(carry), rank_draws(model, batch["inputs"].shape[0])
 
     begin = mx.compile(begin_step, inputs=[head.state, mx.random.state], outputs=[mx.random.state])
 
@@ -37,14 +36,14 @@ def make_lane_train_step(state, config, count: int):
     update = mx.compile(updates, inputs=compiled_state, outputs=compiled_state)
 
     def step(carry, batch, lr, puzzle_lr):
-        carry, data, rows, draws = begin(carry, batch)
-        carries, metrics, grads = zip(*lanes.run(graphs, carry, data, rows, draws))
+        carry, rows, draws = begin(carry, batch)
+        carries, metrics, grads = zip(*lanes.run(graphs, carry, rows, draws))
         batch_grads = {}  # the whole batch's: weight gradients summed, puzzle-row gradients in row order
         if "weights" in grads[0]:
             batch_grads["weights"] = add([g["weights"] for g in grads])
         if "rows" in grads[0]:
             batch_grads["rows"] = concatenate_rows([g["rows"] for g in grads])
-        update(batch_grads, data["puzzle_identifiers"], lr, puzzle_lr)
+        update(batch_grads, carry["current_data"]["puzzle_identifiers"], lr, puzzle_lr)
         return concatenate_rows(carries), add(metrics)
 
     return step, compiled_state

@@ -6,10 +6,9 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from trm_mlx import device
 from trm_mlx.checkpoint import load_weights_into, read_weights
 from trm_mlx.model import ACTLossHead, create_model
-from trm_mlx.model.layers import set_recompute
+from trm_mlx.runtime import Runtime
 from trm_mlx.training.config import PretrainConfig, model_arch_config
 from trm_mlx.training.distributed import broadcast_arrays
 from trm_mlx.training.optimizers import AdamATan2
@@ -47,25 +46,21 @@ def num_params(head: ACTLossHead) -> int:
     return sum(value.size for _, value in tree_flatten(head.trainable_parameters()))
 
 
-def create_train_state(config: PretrainConfig, metadata, group: mx.distributed.Group | None = None) -> TrainState:
+def create_train_state(config: PretrainConfig, metadata, runtime: Runtime) -> TrainState:
     """Model (seeded init, or ``load_checkpoint`` with the puzzle-table resize rule), loss head and optimizer.
 
-    With several ranks (``group``), rank 0 alone reads ``load_checkpoint`` and every rank then takes rank 0's
-    arrays, before the optimizer and the EMA are built from them, as the original broadcasts after loading.
+    With several ranks (``runtime.group``), rank 0 alone reads ``load_checkpoint`` and every rank then takes rank
+    0's arrays, before the optimizer and the EMA are built from them, as the original broadcasts after loading.
     """
-    world_size = group.size() if group is not None else 1
-    device.set_kernel_mode(config.kernels)
     mx.random.seed(config.seed)  # the same on every rank: the ranks then draw the same random numbers
-    model = create_model(model_arch_config(config, metadata, world_size))
-    set_recompute(model, device.recompute_share(config.recompute))
-    device.set_memory_limit(config.memory_limit)
+    model = create_model(model_arch_config(config, metadata, runtime.ranks), runtime.execution)
     head = ACTLossHead(model, **(config.arch.loss.model_extra or {}))
-    if config.load_checkpoint is not None and (group is None or group.rank() == 0):
+    if config.load_checkpoint is not None and runtime.rank == 0:
         weights, _ = read_weights(Path(config.load_checkpoint))
         load_weights_into(model, weights, config.load_checkpoint, resize_puzzle_embedding=True)
     mx.eval(model.parameters())
-    if world_size > 1:
-        model.update(broadcast_arrays(model.parameters(), group))
+    if runtime.ranks > 1:
+        model.update(broadcast_arrays(model.parameters(), runtime.group))
 
     # As the original: with no puzzle embedding AdamATan2 trains everything even under freeze_weights.
     optimizer = None

@@ -6,14 +6,15 @@ import mlx.core as mx
 from trm_mlx.training.optimizers import sparse_sign_sgd
 
 
-def gradients(head, optimizer, carry: dict, data: dict, rows, scale: float, draws=None):
-    """(new carry, metrics, grads) of one ACT step on merged data with its loss scaled by `scale`; grads has
-    "weights" when an optimizer trains them and "rows" (of the gathered puzzle rows) when there are rows."""
+def gradients(head, optimizer, carry: dict, rows, scale: float, draws):
+    """(new carry, metrics, grads) of one ACT step from `carry` (halted rows reset) with its loss scaled by `scale`;
+    grads has "weights" when an optimizer trains them and "rows" (of the puzzle rows `rows`) when there are rows."""
 
     def loss_fn(params, rows):
         head.update(params)
-        new_carry, loss, metrics, _ = head.step(carry, data, rows, draws)
-        return scale * loss, (new_carry, metrics)
+        step = head.model(carry, rows, draws)
+        loss, metrics = head.loss_and_metrics(step)
+        return scale * loss, (step.carry, metrics)
 
     params = head.trainable_parameters()
     argnums = tuple(i for i, wanted in enumerate((optimizer is not None, rows is not None)) if wanted)
@@ -21,6 +22,19 @@ def gradients(head, optimizer, carry: dict, data: dict, rows, scale: float, draw
     head.update(params)  # drop the traced copies loss_fn installed
     grads = grads if len(argnums) > 1 else (grads,)
     return carry, metrics, {("weights", "rows")[i]: grad for i, grad in zip(argnums, grads)}
+
+
+def rank_draws(model, rows: int, rank: int = 0, ranks: int = 1):
+    """This rank's `rows` rows of the global batch's exploration numbers (None where the model does not explore):
+    every rank draws the whole global batch's from the same random state and keeps its own rows, so N ranks halt
+    the rows one process would."""
+    if not model.explores():
+        return None
+    uniform, min_steps = model.exploration_draws(rows * ranks)
+    if ranks == 1:
+        return uniform, min_steps
+    own = slice(rank * rows, (rank + 1) * rows)
+    return uniform[own], min_steps[own]
 
 
 def apply_updates(head, optimizer, grads: dict, ids: mx.array, lr, puzzle_lr, weight_decay: float) -> None:

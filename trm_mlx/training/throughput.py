@@ -17,13 +17,17 @@ import sys
 import time
 from pathlib import Path
 
-import mlx.core as mx
-import numpy as np
+from trm_mlx.blas import load_fast_blas
 
-from trm_mlx.device import describe
-from trm_mlx.training.config import preset_run
-from trm_mlx.training.state import create_train_state, num_params
-from trm_mlx.training.trainer import make_train_step, reduce_train_metrics, train_batch
+load_fast_blas()  # an entry module: the CPU BLAS loads before MLX does
+
+import mlx.core as mx  # noqa: E402
+import numpy as np  # noqa: E402
+
+from trm_mlx.training.config import preset_run  # noqa: E402
+from trm_mlx.training.state import create_train_state, num_params  # noqa: E402
+from trm_mlx.training.trainer import make_train_step, reduce_train_metrics, train_batch, training_runtime  # noqa: E402
+
 
 def rank_batches(metadata, global_batch: int, count: int, rank: int, world_size: int) -> list[dict[str, np.ndarray]]:
     """This rank's rows of ``count`` seeded global batches (every rank draws the same ones, as the loader does)."""
@@ -72,8 +76,9 @@ def measure(preset: str, rows_per_rank: int, warmup: int, steps: int, overrides:
     say(group, f"building the {preset} model")
     config, metadata = preset_run(preset, overrides, global_batch)
     start = time.perf_counter()
-    state = create_train_state(config, metadata, group)
-    step_fn, compiled_state = make_train_step(state, config, group)
+    runtime = training_runtime(config, group)
+    state = create_train_state(config, metadata, runtime)
+    step_fn, compiled_state = make_train_step(state, config, runtime)
     batches = rank_batches(metadata, global_batch, 4, group.rank(), world_size)
     setup_s = time.perf_counter() - start
     say(group, f"set-up {setup_s:.1f} s; compiling and running the first step")
@@ -133,7 +138,7 @@ def measure(preset: str, rows_per_rank: int, warmup: int, steps: int, overrides:
         "first_step_s": round(first_step_s, 2),
         "wall_s": round(time.perf_counter() - started, 1),
         "allreduce_mib_per_step": round(4 * num_params(state.head) / 2**20, 1),
-        "device": f"{describe()} [mlx {mx.__version__}]",
+        "device": f"{runtime.describe_backend()} [mlx {mx.__version__}]",
     }
 
 

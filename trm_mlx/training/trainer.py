@@ -9,14 +9,12 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
-from trm_mlx import device, kernels
 from trm_mlx.data import DatasetFormatError, PuzzleDataset
 from trm_mlx.data.builtin import DEFAULT_PATH as BUILTIN_SUDOKU_PATH
 from trm_mlx.data.builtin import ensure_builtin_sudoku
 from trm_mlx.evaluation.evaluators import create_evaluator
 from trm_mlx.evaluation.loop import evaluate
-from trm_mlx.lanes import count_here
-from trm_mlx.model.layers import ReasoningModule
+from trm_mlx.runtime import Runtime
 from trm_mlx.training.checkpointing import (
     find_train_state,
     global_carry,
@@ -42,15 +40,17 @@ from trm_mlx.training.lanes import make_lane_train_step
 from trm_mlx.training.logging import RunLogger
 from trm_mlx.training.schedule import warmup_cosine_lr
 from trm_mlx.training.state import TrainState, create_train_state, num_params
-from trm_mlx.training.step import apply_updates, gradients
+from trm_mlx.training.step import apply_updates, gradients, rank_draws
 
 
-def cpu_lanes(config: PretrainConfig, group: mx.distributed.Group | None = None) -> int:
-    """The lanes the step's batch is split over (`training/lanes.py`)."""
-    return count_here(config.cpu_lanes, group, config.global_batch_size)
+def training_runtime(config: PretrainConfig, group: mx.distributed.Group | None = None) -> Runtime:
+    """The runtime of a training run: the config's execution keys, its batch split into `cpu_lanes`, `group`."""
+    return Runtime.create(device=config.device, kernels=config.kernels, recompute=config.recompute,
+                          memory_limit=config.memory_limit, cpu_lanes=config.cpu_lanes,
+                          batch_size=config.global_batch_size, group=group)  # fmt: skip
 
 
-def make_train_step(state: TrainState, config: PretrainConfig, group: mx.distributed.Group | None = None):
+def make_train_step(state: TrainState, config: PretrainConfig, runtime: Runtime):
     """The whole optimizer step as one compiled function ``(carry, batch, lr, puzzle_lr) -> (carry, metrics)``.
 
     Forward, loss (scaled by 1/global batch), gradients of the weights and of the gathered puzzle rows, the
@@ -58,12 +58,12 @@ def make_train_step(state: TrainState, config: PretrainConfig, group: mx.distrib
     and MLX's random state (ACT exploration draws from it) are implicit inputs and outputs, so nothing is traced
     again and no value goes to the host. Learning rates are inputs: the schedule is evaluated on the host.
 
-    With several ranks (``group``) the collectives are part of the same graph: the weight gradients are summed over
-    the ranks, every rank's puzzle ids and row gradients are gathered before the sign-SGD sums them per row, and the
-    metrics are summed, so every rank applies the update of the whole global batch and keeps identical weights.
-    ACT exploration draws the global batch's random numbers on every rank, which keeps its own rows of them.
+    With several ranks (``runtime.group``) the collectives are part of the same graph: the weight gradients are
+    summed over the ranks, every rank's puzzle ids and row gradients are gathered before the sign-SGD sums them per
+    row, and the metrics are summed, so every rank applies the update of the whole global batch and keeps identical
+    weights. ACT exploration draws the global batch's random numbers on every rank, which keeps its own rows of them.
     """
-    lanes = cpu_lanes(config, group)
+    lanes = runtime.cpu_lanes
     if lanes > 1:
         if config.global_batch_size % lanes:
             raise ValueError(f"cpu_lanes={lanes} must divide global_batch_size={config.global_batch_size}")
@@ -71,14 +71,13 @@ def make_train_step(state: TrainState, config: PretrainConfig, group: mx.distrib
     head, model, optimizer = state.head, state.model, state.optimizer
     scale = 1.0 / config.global_batch_size
     compiled_state = [head.state, mx.random.state] + ([optimizer.state] if optimizer is not None else [])
-    parallel = group is not None and group.size() > 1
-    if parallel:
-        model.shard_batch(group.rank(), group.size())
+    group, parallel = runtime.group, runtime.ranks > 1
 
     def step(carry, batch, lr, puzzle_lr):
-        carry, data = model.begin_step(carry, batch)
-        carry, metrics, grads = gradients(head, optimizer, carry, data, model.gather_puzzle_rows(data), scale)
-        ids = data["puzzle_identifiers"]
+        carry = model.reset_halted(carry, batch)
+        draws = rank_draws(model, batch["inputs"].shape[0], runtime.rank, runtime.ranks)
+        carry, metrics, grads = gradients(head, optimizer, carry, model.puzzle_rows(carry), scale, draws)
+        ids = carry["current_data"]["puzzle_identifiers"]
         if parallel:
             metrics = sum_metrics(metrics, group)
             if "weights" in grads:
@@ -217,7 +216,7 @@ def save_training_state(config: PretrainConfig, state: TrainState, train_data, g
 
 
 def evaluate_and_checkpoint(
-    config, state, eval_data, evaluators, logger, is_last_iter: bool, train_data, group, watchdog
+    config, state, eval_data, evaluators, logger, is_last_iter: bool, train_data, runtime: Runtime, watchdog
 ) -> bool:
     """Evaluate (the EMA weights when ``ema``), write ``step_N`` of those weights, then the full training state;
     returns whether the training state was written.
@@ -232,19 +231,19 @@ def evaluate_and_checkpoint(
     try:
         if eval_data is not None:
             metrics = evaluate(
-                state.head, HeartbeatDataset(eval_data, watchdog), evaluators, save_outputs=config.eval_save_outputs,
-                save_dir=config.checkpoint_path, step=state.step, group=group, progress=not logger.bar.disable,
-                lanes=cpu_lanes(config, group),
+                state.head, HeartbeatDataset(eval_data, watchdog), runtime, evaluators,
+                save_outputs=config.eval_save_outputs, save_dir=config.checkpoint_path, step=state.step,
+                progress=not logger.bar.disable,
             )
             logger.evaluation(metrics, state.step)
-        if save and group.rank() == 0:
+        if save and runtime.rank == 0:
             save_model_checkpoint(config, state.model, state.step)
     finally:
         if live is not None:
             state.head.update(live)
         state.model.train()
     if save:
-        save_training_state(config, state, train_data, group)
+        save_training_state(config, state, train_data, runtime.group)
     return save
 
 
@@ -257,25 +256,10 @@ def resolve_names(config: PretrainConfig) -> PretrainConfig:
     return with_naming_defaults(config)
 
 
-def execution_summary(model, config: PretrainConfig, group: mx.distributed.Group | None = None) -> str:
-    """One line on how the step runs here: backend, fused kernels (self-checked now), block recomputation, memory
-    limit, CPU lanes."""
-    if device.backend() == "cpu":
-        fast = device.kernel_mode() != "reference"
-        kernels_line = "none; CPU fast paths (SwiGLU, attention, head split, token mixing)" if fast else "none"
-    else:
-        checked = kernels.check_all().items()
-        kernels_line = ", ".join(name for name, result in checked if result.ok and device.kernel_wanted(name)) or "none"
-    share = max((m.recompute for m in model.modules() if isinstance(m, ReasoningModule)), default=0.0)
-    recompute = {0.0: "none", 1.0: "blocks"}.get(share, f"{share:g} of the blocks")
-    return (f"backend: {device.describe()}; fused kernels ({device.kernel_mode()}): {kernels_line}; "
-            f"recompute: {recompute}; memory limit: {mx.get_memory_limit() / 2**30:.1f} GiB"
-            + (f"; CPU lanes: {cpu_lanes(config, group)}" if device.backend() == "cpu" else ""))
-
-
 def train(config: PretrainConfig, show_progress: bool = True, metrics_every: int = 100) -> dict:
     """Run training as ``pretrain.py`` does; returns the step reached and the last train and eval metrics.
-    ``metrics.jsonl`` gets a line of training metrics every ``metrics_every`` steps.
+    ``metrics.jsonl`` gets a line of training metrics every ``metrics_every`` steps. The process runs as the
+    config's execution keys say (``training_runtime``), the first line of the log.
 
     Under ``mlx.launch`` every process is one rank of a data-parallel run (see docs/DISTRIBUTED.md); rank 0 alone
     logs and writes checkpoints, and the returned metrics are the same on every rank.
@@ -292,12 +276,12 @@ def train(config: PretrainConfig, show_progress: bool = True, metrics_every: int
 def _train(config: PretrainConfig, show_progress: bool, metrics_every: int, group: mx.distributed.Group) -> dict:
     primary = group.rank() == 0
     timeout_s = watchdog_timeout()
+    runtime = training_runtime(config, group)
     config = resolve_names(config)
     if group.size() > 1:
         config = broadcast_object(config, group)  # rank 0's names (the run name has a random part)
         if config.global_batch_size % group.size():
             raise ValueError(f"global_batch_size={config.global_batch_size} is not a multiple of {group.size()} ranks")
-    device.select(config.device)
     epochs_per_iter = config.eval_interval if config.eval_interval is not None else config.epochs
     if config.epochs % epochs_per_iter != 0:
         raise ValueError(f"eval_interval={epochs_per_iter} must divide epochs={config.epochs}")
@@ -306,11 +290,11 @@ def _train(config: PretrainConfig, show_progress: bool, metrics_every: int, grou
     log = print if primary else (lambda _line: None)
     train_data, eval_data = open_datasets(config, epochs_per_iter, log, group)
     evaluators = create_evaluators(config, eval_data, log)
-    state = create_train_state(config, train_data.metadata, group)
-    log(execution_summary(state.model, config, group))
+    state = create_train_state(config, train_data.metadata, runtime)
+    log(runtime.summary())
     if config.resume is not None:
         load_train_state(find_train_state(config.resume), state, train_data, group)
-    step_fn, compiled_state = make_train_step(state, config, group)
+    step_fn, compiled_state = make_train_step(state, config, runtime)
     update_ema = make_ema_update(config.ema_rate)
 
     last_step = state.total_steps if config.max_steps is None else min(state.total_steps, config.max_steps)
@@ -380,7 +364,7 @@ def _train(config: PretrainConfig, show_progress: bool, metrics_every: int, grou
             if iter_id >= config.min_eval_interval:
                 is_last = iter_id == total_iters - 1
                 saved = evaluate_and_checkpoint(
-                    config, state, eval_data, evaluators, logger, is_last, train_data, group, watchdog
+                    config, state, eval_data, evaluators, logger, is_last, train_data, runtime, watchdog
                 )
                 watchdog.beat()
             if stop_requested():

@@ -1,0 +1,88 @@
+"""An optimised BLAS for MLX's CPU backend on Linux.
+
+The `mlx[cpu]` wheel links a reference BLAS (about 5 GFLOP/s on a laptop-class core); an optimised BLAS loaded with
+RTLD_GLOBAL *before* MLX's own library is loaded supplies the same symbols ~30x faster (docs/BENCHMARKS.md). Every
+command line calls `load_fast_blas` first, before anything imports `mlx.core`. Set TRM_MLX_BLAS to a library path to
+choose one, or to `off` to keep MLX's bundled BLAS.
+"""
+
+import ctypes
+import os
+import sys
+import warnings
+
+# Debian/Ubuntu (libopenblas0-pthread, libopenblas0-openmp), Fedora/RHEL, and a plain OpenBLAS install.
+CANDIDATES = (
+    "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3",
+    "/usr/lib/aarch64-linux-gnu/openblas-pthread/libblas.so.3",
+    "/usr/lib/x86_64-linux-gnu/openblas-openmp/libblas.so.3",
+    "/usr/lib/aarch64-linux-gnu/openblas-openmp/libblas.so.3",
+    "/usr/lib64/libopenblas.so.0",
+    "/usr/lib/libopenblas.so.0",
+    "/usr/local/lib/libopenblas.so.0",
+)
+
+INSTALL_HINT = (
+    "MLX's CPU build on Linux uses a slow reference BLAS. Install OpenBLAS for ~30x faster matrix products, e.g. "
+    "`sudo apt-get install libopenblas0-pthread` (Debian/Ubuntu) or `sudo dnf install openblas` (Fedora), "
+    "or point TRM_MLX_BLAS at a BLAS shared library."
+)
+
+loaded: str | None = None  # the library load_fast_blas loaded, if any
+
+
+def load_fast_blas() -> str | None:
+    """Load an optimised BLAS for MLX's CPU backend (Linux only, once); returns its path, or None (not on Linux,
+    TRM_MLX_BLAS=off, none found, or MLX already loaded)."""
+    global loaded
+    choice = os.environ.get("TRM_MLX_BLAS", "auto")
+    if not sys.platform.startswith("linux") or choice == "off" or loaded is not None:
+        return loaded
+    if "mlx.core" in sys.modules:
+        return None  # too late: MLX already bound its BLAS symbols
+    for path in CANDIDATES if choice == "auto" else (choice,):
+        if os.path.exists(path):
+            try:
+                ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+            except OSError as e:
+                warnings.warn(f"TRM_MLX_BLAS: could not load {path}: {e}")
+                continue
+            loaded = path
+            return path
+    if choice != "auto":
+        warnings.warn(f"TRM_MLX_BLAS={choice}: no such library")
+    return None
+
+
+def set_threads(count: int) -> None:
+    """OpenBLAS's thread count for MLX's CPU matrix products (nothing for another BLAS)."""
+    if loaded is not None:
+        setter = getattr(ctypes.CDLL(loaded), "openblas_set_num_threads", None)
+        if setter is not None:
+            setter(count)
+
+
+def openblas_core() -> str | None:
+    """The CPU kernels OpenBLAS runs (e.g. `Cooperlake`, `Haswell`), or None when the loaded BLAS is not OpenBLAS.
+
+    `OPENBLAS_CORETYPE` can force an older core than the CPU has, and a slower step with it (docs/BENCHMARKS.md).
+    """
+    if loaded is None:
+        return None
+    try:
+        corename = ctypes.CDLL(loaded).openblas_get_corename
+    except (OSError, AttributeError):
+        return None
+    corename.restype = ctypes.c_char_p
+    return corename().decode()
+
+
+def describe() -> str:
+    """The CPU BLAS in use, for logs and benchmark records."""
+    if loaded is None:
+        return f"MLX bundled reference BLAS; {INSTALL_HINT}"
+    core = openblas_core()
+    if core is None:
+        return loaded
+    forced = " forced by OPENBLAS_CORETYPE" if os.environ.get("OPENBLAS_CORETYPE") else ""
+    return f"{loaded}, OpenBLAS {core} kernels{forced}"
