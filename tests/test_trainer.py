@@ -108,16 +108,16 @@ def test_cpu_lanes_train_as_one_graph(arch, tiny_data, tmp_path):
 
 
 def test_auto_lanes_are_two_where_the_cores_and_the_batch_allow():
-    """`cpu_lanes: auto` (the default): two lanes on a CPU with two or more cores and OpenBLAS when they split the
+    """`cpu_lanes: auto` (the default): two lanes on a CPU with two or more cores and OpenBLAS or MKL when they split the
     batch evenly; one otherwise, and always one on a GPU or with several ranks."""
     from trm_mlx.runtime import lanes_here
 
-    cpu = dict(backend="cpu", ranks=1, openblas=True, cores=16)
+    cpu = dict(backend="cpu", ranks=1, shared_blas=True, cores=16)
     assert lanes_here("auto", **cpu, batch_size=64) == lanes_here("auto", **cpu, batch_size=None) == 2
     assert lanes_here("auto", **cpu, batch_size=63) == 1
     assert lanes_here(3, **cpu, batch_size=64) == 3
     assert lanes_here("auto", **{**cpu, "ranks": 2}, batch_size=64) == 1
-    assert lanes_here("auto", **{**cpu, "openblas": False}, batch_size=64) == 1  # Accelerate, MLX's reference BLAS
+    assert lanes_here("auto", **{**cpu, "shared_blas": False}, batch_size=64) == 1  # Accelerate, MLX's reference BLAS
     assert lanes_here("auto", **{**cpu, "cores": 1}, batch_size=64) == 1
     for requested in ("auto", 4):
         assert lanes_here(requested, **{**cpu, "backend": "cuda"}, batch_size=64) == 1

@@ -36,8 +36,8 @@ ATTENTION_TILE = {"cuda": 128}
 CPU_TAPE_WIDTH = 200
 
 # `cpu_lanes: auto`: two lanes were faster than one on every CPU and preset measured (Linux with OpenBLAS, 2 and 16
-# cores), more than two were not always (docs/BENCHMARKS.md, CPU lanes). Another BLAS's threads are not shared out
-# among the lanes (unmeasured), so there auto stays at one.
+# cores; with MKL, 2 cores), more than two were not always (docs/BENCHMARKS.md, CPU lanes). The threads of another
+# BLAS are not shared out among the lanes (blas.shares_threads), so there auto stays at one.
 AUTO_LANES = 2
 
 # glibc's mallopt parameters (malloc.h).
@@ -71,7 +71,7 @@ class Runtime:
         set_memory_limit(memory_limit)
         mode = kernel_mode(kernels)
         ranks = group.size() if group is not None else 1
-        lanes = lanes_here(cpu_lanes, backend, ranks, batch_size, blas.openblas_core() is not None, cpu_cores())
+        lanes = lanes_here(cpu_lanes, backend, ranks, batch_size, blas.shares_threads(), cpu_cores())
         return cls(backend, mode, fused_kernels(mode, backend), lanes, recompute_share(recompute, backend),
                    memory_limit, group)  # fmt: skip
 
@@ -208,13 +208,13 @@ def recompute_share(setting, backend: str) -> float:
     raise ValueError(f"recompute must be one of auto, blocks, none or a share in [0, 1], got {setting!r}")
 
 
-def lanes_here(requested, backend: str, ranks: int, batch_size: int | None, openblas: bool, cores: int) -> int:
+def lanes_here(requested, backend: str, ranks: int, batch_size: int | None, shared_blas: bool, cores: int) -> int:
     """The CPU lanes to run: on the CPU backend in a single process `requested`, where `auto` is AUTO_LANES if
-    OpenBLAS is loaded, the process has that many cores and they split `batch_size` evenly (when given), else 1;
+    the loaded BLAS shares its threads out among them (OpenBLAS, MKL), the process has that many cores and they split `batch_size` evenly (when given), else 1;
     elsewhere 1 (a GPU runs its step as one graph, and ranks already split the batch)."""
     if backend != "cpu" or ranks > 1:
         return 1
     if requested != "auto":
         return requested
     splits = batch_size is None or batch_size % AUTO_LANES == 0
-    return AUTO_LANES if openblas and cores >= AUTO_LANES and splits else 1
+    return AUTO_LANES if shared_blas and cores >= AUTO_LANES and splits else 1

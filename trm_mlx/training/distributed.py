@@ -55,6 +55,8 @@ def sum_gradients(grads: dict, group: mx.distributed.Group, bucket_bytes: int = 
 
     The original all-reduces (SUM) every parameter's gradient; concatenating them into a few large buffers gives the
     same sums with far fewer messages. Arrays of another dtype than the bucket's start a new bucket.
+    (`mlx.nn.utils.average_gradients` divides by the ranks, where the original sums, and stops bucketing altogether
+    when the tree mixes dtypes.)
     """
     buckets: list[list[tuple[str, mx.array]]] = []
     size = 0
