@@ -91,3 +91,34 @@ def test_cpu_lanes_share_the_mkl_threads_out():
     lanes, cores = map(int, lanes_and_cores.split())
     assert lanes == (2 if cores >= 2 else 1)
     assert int(threads) == max(1, cores // 2)
+
+
+LOAD_FIRST = """
+import sys, warnings
+warnings.simplefilter("error")
+import trm_mlx
+from trm_mlx import blas
+print("mlx.core" in sys.modules, blas.loaded)
+trm_mlx.load
+print("mlx.core" in sys.modules, blas.loaded is not None)
+"""
+
+MLX_FIRST = """
+import warnings
+import mlx.core
+import trm_mlx
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    trm_mlx.load
+print(any("reference BLAS" in str(w.message) for w in caught))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the BLAS choice is Linux's")
+def test_trm_mlx_load_brings_the_fast_blas_before_mlx():
+    """A user's script gets the fast BLAS from `trm_mlx.load` alone; importing mlx first earns a warning instead of
+    a silently slow model."""
+    before, after = run(LOAD_FIRST)
+    assert before == "False None"
+    assert after == "True True"
+    assert run(MLX_FIRST) == ["True"]

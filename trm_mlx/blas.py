@@ -61,8 +61,10 @@ def load_fast_blas() -> str | None:
     choice = os.environ.get("TRM_MLX_BLAS", "auto")
     if not sys.platform.startswith("linux") or choice == "off" or loaded is not None:
         return loaded
-    if "mlx.core" in sys.modules:
-        return None  # too late: MLX already bound its BLAS symbols
+    if "mlx.core" in sys.modules:  # too late: MLX already bound its BLAS symbols
+        warnings.warn("MLX was imported before trm_mlx.blas.load_fast_blas(), so its CPU matrix products use its slow "
+                      "reference BLAS: call load_fast_blas() (or trm_mlx.load) before importing mlx")
+        return None
     for path in candidates(choice):
         if os.path.exists(path):
             try:
