@@ -23,17 +23,21 @@ import sys
 import time
 from pathlib import Path
 
-import mlx.core as mx
-import torch
+from trm_mlx.blas import load_fast_blas
 
-import legacy.pretrain as lp
-from legacy.dataset.common import PuzzleDatasetMetadata as LegacyMetadata
-from scripts.plot_metrics import plot, read_metrics, series
-from trm_mlx.atomic import write_atomically
-from trm_mlx.data import PuzzleDataset
-from trm_mlx.training.config import compose, from_hydra
-from trm_mlx.training.logging import METRICS_FILE, MetricsFile
-from trm_mlx.training.trainer import train
+load_fast_blas()  # before MLX loads
+
+import mlx.core as mx  # noqa: E402
+import torch  # noqa: E402
+
+import legacy.pretrain as lp  # noqa: E402
+from legacy.dataset.common import PuzzleDatasetMetadata as LegacyMetadata  # noqa: E402
+from scripts.plot_metrics import plot, read_metrics, series  # noqa: E402
+from trm_mlx.atomic import write_atomically  # noqa: E402
+from trm_mlx.data import PuzzleDataset  # noqa: E402
+from trm_mlx.training.config import compose, from_hydra  # noqa: E402
+from trm_mlx.training.logging import METRICS_FILE, MetricsFile  # noqa: E402
+from trm_mlx.training.trainer import train  # noqa: E402
 
 SIDES = {"mlx": "trm-mlx", "legacy": "PyTorch reference"}
 EVAL_KEYS = ("accuracy", "exact_accuracy", "q_halt_accuracy", "steps", "lm_loss")

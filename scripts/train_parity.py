@@ -15,19 +15,23 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import mlx.core as mx
-import numpy as np
-import torch
+from trm_mlx.blas import load_fast_blas
 
-import legacy.pretrain as lp
-from legacy.dataset.common import PuzzleDatasetMetadata as LegacyMetadata
-from trm_mlx.checkpoint import model_arrays
-from trm_mlx.data import PuzzleDataset
-from trm_mlx.data.builtin import DEFAULT_PATH as BUILTIN_SUDOKU_PATH
-from trm_mlx.data.builtin import ensure_builtin_sudoku
-from trm_mlx.training.config import compose, from_hydra
-from trm_mlx.training.state import create_train_state
-from trm_mlx.training.trainer import make_train_step, reduce_train_metrics, train_batch, training_runtime
+load_fast_blas()  # before MLX loads
+
+import mlx.core as mx  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import legacy.pretrain as lp  # noqa: E402
+from legacy.dataset.common import PuzzleDatasetMetadata as LegacyMetadata  # noqa: E402
+from trm_mlx.checkpoint import model_arrays  # noqa: E402
+from trm_mlx.data import PuzzleDataset  # noqa: E402
+from trm_mlx.data.builtin import DEFAULT_PATH as BUILTIN_SUDOKU_PATH  # noqa: E402
+from trm_mlx.data.builtin import ensure_builtin_sudoku  # noqa: E402
+from trm_mlx.training.config import compose, from_hydra  # noqa: E402
+from trm_mlx.training.state import create_train_state  # noqa: E402
+from trm_mlx.training.trainer import make_train_step, reduce_train_metrics, train_batch, training_runtime  # noqa: E402
 
 # Exploration draws differ between torch and MLX generators; fp32 everywhere so the comparison is tight.
 PARITY_OVERRIDES = ["arch.halt_exploration_prob=0.0", "++arch.forward_dtype=float32", "device=cpu"]  # ++: the baseline yaml has no forward_dtype
