@@ -122,3 +122,24 @@ def test_trm_mlx_load_brings_the_fast_blas_before_mlx():
     assert before == "False None"
     assert after == "True True"
     assert run(MLX_FIRST) == ["True"]
+
+
+CHOSEN_ONCE = """
+import warnings
+from trm_mlx import blas
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    print(blas.load_fast_blas())
+    import mlx.core
+    print(blas.load_fast_blas())
+for w in caught:
+    print(w.message)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the BLAS choice is Linux's")
+def test_a_choice_made_before_mlx_stands_without_a_late_warning():
+    """Where no fast BLAS is found, the choice (MLX's own) is made once: a later call, after MLX loaded, keeps it
+    instead of warning that MLX came first."""
+    lines = run(CHOSEN_ONCE, TRM_MLX_BLAS="/nonexistent/libblas.so")
+    assert lines == ["None", "None", "TRM_MLX_BLAS=/nonexistent/libblas.so: no such library"]

@@ -30,9 +30,9 @@ INSTALL_HINT = (
     "`sudo apt-get install libopenblas0-pthread` (Debian/Ubuntu) or `sudo dnf install openblas` (Fedora), "
     "`pip install mkl` (x86-64), or point TRM_MLX_BLAS at a BLAS shared library."
 )
-CHOICES = ("auto", "openblas", "mkl", "off")
 
 loaded: str | None = None  # the library load_fast_blas loaded, if any
+chosen = False  # load_fast_blas has made its choice, before MLX loaded: later calls keep it
 
 
 def installed_mkl() -> list[str]:
@@ -57,14 +57,15 @@ def candidates(choice: str) -> list[str]:
 def load_fast_blas() -> str | None:
     """Load an optimised BLAS for MLX's CPU backend (Linux only, once); returns its path, or None (not on Linux,
     TRM_MLX_BLAS=off, none found, or MLX already loaded)."""
-    global loaded
+    global loaded, chosen
     choice = os.environ.get("TRM_MLX_BLAS", "auto")
-    if not sys.platform.startswith("linux") or choice == "off" or loaded is not None:
+    if not sys.platform.startswith("linux") or choice == "off" or chosen:
         return loaded
     if "mlx.core" in sys.modules:  # too late: MLX already bound its BLAS symbols
         warnings.warn("MLX was imported before trm_mlx.blas.load_fast_blas(), so its CPU matrix products use its slow "
                       "reference BLAS: call load_fast_blas() (or trm_mlx.load) before importing mlx")
         return None
+    chosen = True
     for path in candidates(choice):
         if os.path.exists(path):
             try:

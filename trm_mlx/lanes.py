@@ -25,7 +25,7 @@ class Lanes:
     def __init__(self, count: int):
         self.count = count
         self.streams = [mx.new_stream(mx.cpu) for _ in range(count)]
-        # The cores shared out: each lane's matrix products on its share of OpenBLAS's threads (unshared, every
+        # The cores shared out: each lane's matrix products on its share of the BLAS's threads (unshared, every
         # lane's products claim all the cores at once: docs/BENCHMARKS.md, CPU lanes).
         blas.set_threads(max(1, cpu_cores() // count))
 
