@@ -43,6 +43,9 @@ def run(checkpoint: str, data: str, thresholds: list[float], batch_size: int, li
     head = ACTLossHead(trm_mlx.load(checkpoint, forward_dtype=forward_dtype, runtime=runtime))
     records = []
     for threshold in [None, *thresholds]:
+        # One untimed batch first, so that compiling (minutes on a fresh GPU machine) is not counted.
+        warmup = limited(PuzzleDataset([data], "test", global_batch_size=batch_size), batch_size)
+        evaluate(head, warmup, runtime, progress=False, halt_threshold=threshold)
         dataset = limited(PuzzleDataset([data], "test", global_batch_size=batch_size), limit)
         began = time.perf_counter()
         metrics = evaluate(head, dataset, runtime, progress=False, halt_threshold=threshold)
