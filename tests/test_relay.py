@@ -187,10 +187,29 @@ def test_the_lease_script_relays_a_run_between_machines(tiny_data, tmp_path):
     first = subprocess.run(["bash", script, "1e-9", tmp_path / "machine_a", *run], capture_output=True, text=True,
                            env={**env, "RELAY_OUT": str(tmp_path / "parts")}, timeout=300)  # fmt: skip
     assert first.returncode == 0, first.stderr
-    assert json.loads((tmp_path / "parts" / MANIFEST).read_text())["step"] == 1
+    assert json.loads((tmp_path / "parts" / "step_1" / MANIFEST).read_text())["step"] == 1
     second = subprocess.run(["bash", script, "1e-9", tmp_path / "machine_b", *run], capture_output=True, text=True,
-                            env={**env, "RELAY_IN": str(tmp_path / "parts")}, timeout=300)  # fmt: skip
+                            env={**env, "RELAY_IN": str(tmp_path / "parts" / "step_1")}, timeout=300)  # fmt: skip
     assert second.returncode == 0, second.stderr
     assert "checked and joined" in second.stdout and "stopped at step 2" in second.stdout
     _, meta = saved_state(tmp_path / "machine_b")
     assert json.loads(meta)["step"] == 2
+
+
+def test_the_lease_script_packs_after_every_segment(tiny_data, tmp_path):
+    """RELAY_EVERY: three segments of one step each, a pack after each, the newest two kept; each pack resumes."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "relay_lease.sh"
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(script.parents[1]), "RELAY_PART_SIZE": "64KiB",
+           "RELAY_OUT": str(tmp_path / "parts"), "RELAY_EVERY": "1e-9"}  # fmt: skip
+    run = [f"data_paths=[{tiny_data}]", *TINY_RUN, "device=cpu", "epochs=4", "eval_interval=2", "+run_name=r"]
+
+    lease = subprocess.run(["bash", script, "3e-9", tmp_path / "machine", *run], capture_output=True, text=True,
+                           env=env, timeout=300)  # fmt: skip
+    assert lease.returncode == 0, lease.stderr
+    assert [line for line in lease.stdout.splitlines() if line.startswith("stopped at step")] == [
+        f"stopped at step {n} (max_minutes=1e-09); resume={tmp_path / 'machine'} continues" for n in (1, 2, 3)]
+    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == ["step_2", "step_3"]
+    for step in (2, 3):
+        unpack(tmp_path / "parts" / f"step_{step}", tmp_path / f"from_{step}")
+        _, meta = saved_state(tmp_path / f"from_{step}")
+        assert json.loads(meta)["step"] == step
