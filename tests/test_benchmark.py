@@ -15,6 +15,7 @@ import legacy.pretrain as lp
 from legacy.dataset.common import PuzzleDatasetMetadata as LegacyMetadata
 from scripts import bench_kernels, benchmark
 from trm_mlx.checkpoint import model_arrays
+from trm_mlx.data.cli import main as build_main
 from trm_mlx.data.metadata import PuzzleDatasetMetadata
 from trm_mlx.training import config as training_config
 from trm_mlx.training import throughput
@@ -72,8 +73,29 @@ def test_preset_shapes_come_from_the_preset_yaml(tmp_path, monkeypatch, request)
     assert (arch["seq_len"], arch["vocab_size"], arch["batch_size"]) == (30, 7, 96)
     assert bench_kernels.sizes("arc_attention")[:3] == (96, 30 + 16, 512)
 
+    arc2 = configs / "preset" / "arc2.yaml"
+    arc2.write_text(re.sub(r"^benchmark: .*\n", "", arc2.read_text(), flags=re.M))
     with pytest.raises(ValueError, match="no `benchmark` key"):
         training_config.preset_run("arc2")
+
+
+def test_every_preset_has_benchmark_shapes():
+    """The benchmarks run any preset without its data (``preset_run`` raises for a preset without shapes)."""
+    for path in sorted((REPO / "configs" / "preset").glob("*.yaml")):
+        training_config.preset_run(path.stem, [], 8)
+
+
+@pytest.mark.parametrize("preset, subsets", [("arc1", "training evaluation concept"),
+                                             ("arc2", "training2 evaluation2 concept")])  # fmt: skip
+def test_arc_presets_shapes_match_their_data(preset, subsets, shared_data, tmp_path):
+    """An ARC preset's identifiers: the groups its README build makes, each with 1,000 augmentations, + blank."""
+    out = tmp_path / preset
+    build_main(["arc", "--input-file-prefix", str(shared_data / "arc" / "arc-agi"), "--output-dir", str(out),
+                "--subsets", *subsets.split(), "--test-set-name", subsets.split()[1], "--num-aug", "0"])  # fmt: skip
+    built = json.loads((out / "train" / "dataset.json").read_text())
+    _, metadata = training_config.preset_run(preset, [], 8)
+    assert (metadata.seq_len, metadata.vocab_size) == (built["seq_len"], built["vocab_size"])
+    assert metadata.num_puzzle_identifiers == built["total_groups"] * 1001 + 1
 
 
 def test_bench_kernels_cases_follow_the_presets():
