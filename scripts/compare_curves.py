@@ -14,11 +14,16 @@ initial weights (seeded), which both load. Each side's metrics go to `<out>/<sid
 completes the pair writes the comparison. The reference runs under torch.compile on CUDA and eagerly elsewhere. Extra arguments are Hydra overrides, as for
 trm-train; `epochs` fixes the steps (the reference has no `max_steps`). ACT exploration draws different random
 numbers in the two frameworks, so with it on the curves agree statistically, not step for step.
+
+The reference trains in a child process that loads no BLAS of ours (`TRM_MLX_BLAS=off`), as `python -m
+legacy.pretrain` runs. In this process PyTorch's BLAS calls would bind to the BLAS loaded globally for MLX (same
+symbols, loaded first): with OpenBLAS on 2 cores, its threads inside PyTorch's, a reference step took 5-7x as long.
 """
 
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -94,6 +99,17 @@ def run_legacy(overrides: list[str], out: Path, every: int) -> Path:
     return out / METRICS_FILE
 
 
+def run_legacy_apart(overrides: list[str], out: Path, every: int) -> Path:
+    """``run_legacy`` in a child process without our BLAS (module docstring), this checkout first on its path."""
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "TRM_MLX_BLAS": "off",
+           "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}  # fmt: skip
+    code = "import sys, json, pathlib, scripts.compare_curves as c; c.run_legacy(json.loads(sys.argv[1]), " \
+           "pathlib.Path(sys.argv[2]), int(sys.argv[3]))"  # fmt: skip
+    subprocess.run([sys.executable, "-c", code, json.dumps(overrides), str(out), str(every)], env=env, check=True)
+    return out / METRICS_FILE
+
+
 def run_mlx(overrides: list[str], out: Path, every: int) -> Path:
     train(from_hydra(compose([*overrides, f"+checkpoint_path={out}"])), show_progress=False, metrics_every=every)
     mx.clear_cache()
@@ -128,7 +144,7 @@ def compare(data: str, out: Path, overrides: list[str], every: int = 100, sides=
         initial_weights(base, start)
     common = [*base, f"+load_checkpoint={start}"]
     timings = {}
-    for side, runner in (("legacy", run_legacy), ("mlx", run_mlx)):
+    for side, runner in (("legacy", run_legacy_apart), ("mlx", run_mlx)):
         if side in sides:
             began = time.perf_counter()
             runner(common, out / side, every)

@@ -2,6 +2,8 @@
 the same curves (tiny run, fp32, no exploration), with the figure and the summary written."""
 
 import json
+import subprocess
+import sys
 
 import matplotlib.image
 import pytest
@@ -33,3 +35,22 @@ def test_both_trainers_give_the_same_curves(tiny_data, tmp_path, capsys):
 
     assert matplotlib.image.imread(tmp_path / "curves.png").shape[1] > 800
     assert "max test accuracy difference" in capsys.readouterr().out
+
+
+def test_the_reference_trains_in_a_process_without_our_blas(tiny_data, tmp_path, monkeypatch):
+    """The BLAS loaded for MLX would also take PyTorch's matrix products (same symbols, loaded globally first): the
+    reference side trains in a child process that loads none."""
+    children = []
+    run = subprocess.run
+
+    def spy(args, **kwargs):
+        children.append(kwargs["env"])
+        return run(args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", spy)
+    overrides = [*TINY_RUN, "epochs=2", "eval_interval=2", "device=cpu"]
+    assert main(["--data", str(tiny_data), "--out", str(tmp_path), "--only", "legacy", *overrides]) == 0
+    assert len(children) == 1 and (tmp_path / "legacy" / "metrics.jsonl").exists()
+    probe = "import scripts.compare_curves, trm_mlx.blas; print(trm_mlx.blas.loaded)"
+    loaded = run([sys.executable, "-c", probe], env=children[0], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "None"
