@@ -3,7 +3,10 @@ from the same initial weights, and compare their training curves.
 
 Both sides run their own unmodified training loops with the same config (`cfg_pretrain` + overrides), so they
 sample the same batches and evaluate at the same steps (every `eval_interval` epochs). The reference draws the
-initial weights (seeded), which both load. Each side's metrics go to `<out>/<side>/metrics.jsonl` in one format
+initial weights (seeded), which both load. It draws the examples of a puzzle from NumPy's global RNG in its data
+worker, which PyTorch seeds with a number of its own, and trm_mlx from `RandomState(seed)`: the worker's RNG is
+seeded with `seed` here, so that both keep the same examples where a batch fills up in the middle of a puzzle (ARC,
+with several examples a puzzle). Each side's metrics go to `<out>/<side>/metrics.jsonl` in one format
 (a line per `--log-every` steps with the training metrics averaged over them, a line per evaluation, wall time);
 `<out>/curves.png` draws both, `<out>/summary.json` lists every common evaluation side by side.
 
@@ -14,11 +17,17 @@ initial weights (seeded), which both load. Each side's metrics go to `<out>/<sid
 completes the pair writes the comparison. The reference runs under torch.compile on CUDA and eagerly elsewhere. Extra arguments are Hydra overrides, as for
 trm-train; `epochs` fixes the steps (the reference has no `max_steps`). ACT exploration draws different random
 numbers in the two frameworks, so with it on the curves agree statistically, not step for step.
+
+The reference trains in a child process that loads no BLAS of ours (`TRM_MLX_BLAS=off`), as `python -m
+legacy.pretrain` runs. In this process PyTorch's BLAS calls would bind to the BLAS loaded globally for MLX (same
+symbols, loaded first): with OpenBLAS on 2 cores, its threads inside PyTorch's, a reference step took 5-7x as long.
 """
 
 import argparse
+import functools
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,6 +37,7 @@ from trm_mlx.blas import load_fast_blas
 load_fast_blas()  # before MLX loads
 
 import mlx.core as mx  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import legacy.pretrain as lp  # noqa: E402
@@ -79,18 +89,37 @@ def _plain(value):
     return {k: _plain(v) for k, v in value.items()} if isinstance(value, dict) else float(value)
 
 
+def _seed_numpy(seed: int, worker_id: int) -> None:
+    """The reference's data worker starts: NumPy's global RNG as trm_mlx's example draws start (module docstring)."""
+    np.random.seed(seed)
+
+
 def run_legacy(overrides: list[str], out: Path, every: int) -> Path:
     """``legacy/pretrain.py``'s loop as its command line runs it, its logged metrics written to ``metrics.jsonl``."""
     if torch.cuda.is_available():
         os.environ["TRM_LEGACY_COMPILE"] = "1"
     run = _MetricsRun(out / METRICS_FILE, every)
+    config = compose([*overrides, f"+checkpoint_path={out}"])
     wandb_init, lp._wandb_init = lp._wandb_init, lambda config: run
+    loader, lp.DataLoader = lp.DataLoader, functools.partial(lp.DataLoader, worker_init_fn=functools.partial(
+        _seed_numpy, config.seed))  # fmt: skip
     try:
-        lp.launch.__wrapped__(compose([*overrides, f"+checkpoint_path={out}"]))
+        lp.launch.__wrapped__(config)
     finally:
-        lp._wandb_init = wandb_init
+        lp._wandb_init, lp.DataLoader = wandb_init, loader
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+    return out / METRICS_FILE
+
+
+def run_legacy_apart(overrides: list[str], out: Path, every: int) -> Path:
+    """``run_legacy`` in a child process without our BLAS (module docstring), this checkout first on its path."""
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "TRM_MLX_BLAS": "off",
+           "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}  # fmt: skip
+    code = "import sys, json, pathlib, scripts.compare_curves as c; c.run_legacy(json.loads(sys.argv[1]), " \
+           "pathlib.Path(sys.argv[2]), int(sys.argv[3]))"  # fmt: skip
+    subprocess.run([sys.executable, "-c", code, json.dumps(overrides), str(out), str(every)], env=env, check=True)
     return out / METRICS_FILE
 
 
@@ -128,7 +157,7 @@ def compare(data: str, out: Path, overrides: list[str], every: int = 100, sides=
         initial_weights(base, start)
     common = [*base, f"+load_checkpoint={start}"]
     timings = {}
-    for side, runner in (("legacy", run_legacy), ("mlx", run_mlx)):
+    for side, runner in (("legacy", run_legacy_apart), ("mlx", run_mlx)):
         if side in sides:
             began = time.perf_counter()
             runner(common, out / side, every)

@@ -2,11 +2,15 @@
 the same curves (tiny run, fp32, no exploration), with the figure and the summary written."""
 
 import json
+import subprocess
+import sys
 
 import matplotlib.image
+import numpy as np
 import pytest
 
 from scripts.compare_curves import main
+from tiny_dataset import SEQ_LEN, VOCAB, _write_split
 from tiny_runs import TINY_RUN
 
 
@@ -33,3 +37,40 @@ def test_both_trainers_give_the_same_curves(tiny_data, tmp_path, capsys):
 
     assert matplotlib.image.imread(tmp_path / "curves.png").shape[1] > 800
     assert "max test accuracy difference" in capsys.readouterr().out
+
+
+def test_the_reference_trains_in_a_process_without_our_blas(tiny_data, tmp_path, monkeypatch):
+    """The BLAS loaded for MLX would also take PyTorch's matrix products (same symbols, loaded globally first): the
+    reference side trains in a child process that loads none."""
+    children = []
+    run = subprocess.run
+
+    def spy(args, **kwargs):
+        children.append(kwargs["env"])
+        return run(args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", spy)
+    overrides = [*TINY_RUN, "epochs=2", "eval_interval=2", "device=cpu"]
+    assert main(["--data", str(tiny_data), "--out", str(tmp_path), "--only", "legacy", *overrides]) == 0
+    assert len(children) == 1 and (tmp_path / "legacy" / "metrics.jsonl").exists()
+    probe = "import scripts.compare_curves, trm_mlx.blas; print(trm_mlx.blas.loaded)"
+    loaded = run([sys.executable, "-c", probe], env=children[0], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "None"
+
+
+def test_batches_that_end_inside_a_puzzle_keep_the_same_examples_on_both_sides(tmp_path):
+    """Three examples a puzzle, four rows a batch: each batch takes one example of its second puzzle, which the
+    reference draws from its data worker's NumPy RNG. Both sides must draw the same one (no exploration: the same
+    loss at every step)."""
+    data = tmp_path / "data"
+    rng = np.random.default_rng(1)
+    inputs = rng.integers(1, VOCAB, (24, SEQ_LEN)).astype(np.uint8)
+    labels = inputs[:, ::-1].copy()
+    _write_split(data, "train", inputs, labels, np.arange(1, 9), np.arange(0, 25, 3), np.arange(0, 9), num_ids=9)
+    _write_split(data, "test", inputs[:4], labels[:4], [1, 2], [0, 2, 4], [0, 1, 2], num_ids=9)
+    overrides = [*TINY_RUN, "epochs=3", "eval_interval=3", "arch.halt_exploration_prob=0.0", "device=cpu"]
+    assert main(["--data", str(data), "--out", str(tmp_path / "out"), "--log-every", "1", *overrides]) == 0
+    losses = [[json.loads(line)["train/lm_loss"] for line in (tmp_path / "out" / side / "metrics.jsonl").read_text()
+               .splitlines() if json.loads(line)["kind"] == "train"] for side in ("mlx", "legacy")]  # fmt: skip
+    assert len(losses[0]) == len(losses[1]) == 12  # 4 batches an epoch
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
