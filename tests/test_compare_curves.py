@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from scripts.compare_curves import main
-from tiny_dataset import SEQ_LEN, VOCAB, _write_split
+from tiny_dataset import SEQ_LEN, VOCAB, write_split
 from tiny_runs import TINY_RUN
 
 
@@ -66,8 +66,8 @@ def test_batches_that_end_inside_a_puzzle_keep_the_same_examples_on_both_sides(t
     rng = np.random.default_rng(1)
     inputs = rng.integers(1, VOCAB, (24, SEQ_LEN)).astype(np.uint8)
     labels = inputs[:, ::-1].copy()
-    _write_split(data, "train", inputs, labels, np.arange(1, 9), np.arange(0, 25, 3), np.arange(0, 9), num_ids=9)
-    _write_split(data, "test", inputs[:4], labels[:4], [1, 2], [0, 2, 4], [0, 1, 2], num_ids=9)
+    write_split(data, "train", inputs, labels, np.arange(1, 9), np.arange(0, 25, 3), np.arange(0, 9), num_ids=9)
+    write_split(data, "test", inputs[:4], labels[:4], [1, 2], [0, 2, 4], [0, 1, 2], num_ids=9)
     overrides = [*TINY_RUN, "epochs=3", "eval_interval=3", "arch.halt_exploration_prob=0.0", "device=cpu"]
     assert main(["--data", str(data), "--out", str(tmp_path / "out"), "--log-every", "1", *overrides]) == 0
     losses = [[json.loads(line)["train/lm_loss"] for line in (tmp_path / "out" / side / "metrics.jsonl").read_text()

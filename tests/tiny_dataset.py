@@ -20,7 +20,7 @@ SEQ_LEN = 6
 VOCAB = 5
 
 
-def _write_split(root: Path, split: str, inputs, labels, puzzle_ids, puzzle_indices, group_indices, num_ids: int):
+def write_split(root: Path, split: str, inputs, labels, puzzle_ids, puzzle_indices, group_indices, num_ids: int):
     directory = root / split
     directory.mkdir(parents=True)
     arrays = {
@@ -52,6 +52,6 @@ def write_tiny_dataset(root: Path) -> Path:
     rng = np.random.default_rng(0)
     inputs = rng.integers(1, VOCAB, (16, SEQ_LEN)).astype(np.uint8)
     labels = inputs[:, ::-1].copy()
-    _write_split(root, "train", inputs, labels, np.arange(1, 9), np.arange(0, 17, 2), np.arange(0, 9), num_ids=9)
-    _write_split(root, "test", inputs[:4], labels[:4], [1, 2], [0, 2, 4], [0, 1, 2], num_ids=9)
+    write_split(root, "train", inputs, labels, np.arange(1, 9), np.arange(0, 17, 2), np.arange(0, 9), num_ids=9)
+    write_split(root, "test", inputs[:4], labels[:4], [1, 2], [0, 2, 4], [0, 1, 2], num_ids=9)
     return root

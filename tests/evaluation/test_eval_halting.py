@@ -7,7 +7,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from tiny_dataset import _write_split
+from tiny_dataset import write_split
 from trm_mlx.data import PuzzleDataset
 from trm_mlx.evaluation import cli
 from trm_mlx.evaluation.loop import evaluate
@@ -39,7 +39,7 @@ def data(tmp_path_factory):
     inputs = rng.integers(1, 5, (11, 6)).astype(np.uint8)
     ids = rng.integers(1, 3, 11)
     for split in ("train", "test"):
-        _write_split(root, split, inputs, inputs[:, ::-1].copy(), ids, np.arange(12), [0, 11], num_ids=3)
+        write_split(root, split, inputs, inputs[:, ::-1].copy(), ids, np.arange(12), [0, 11], num_ids=3)
     return root
 
 
