@@ -14,7 +14,8 @@ with several examples a puzzle). Each side's metrics go to `<out>/<side>/metrics
         preset=sudoku_mlp epochs=7500 eval_interval=1500
 
 `--only legacy` (or `mlx`) trains one side, so that the two can run on different machine leases; the call that
-completes the pair writes the comparison. The reference runs under torch.compile on CUDA and eagerly elsewhere. Extra arguments are Hydra overrides, as for
+completes the pair writes the comparison. `--concurrent` trains both at once, for a GPU with room for both. The
+reference runs under torch.compile on CUDA and eagerly elsewhere. Extra arguments are Hydra overrides, as for
 trm-train; `epochs` fixes the steps (the reference has no `max_steps`). ACT exploration draws different random
 numbers in the two frameworks, so with it on the curves agree statistically, not step for step.
 
@@ -112,14 +113,20 @@ def run_legacy(overrides: list[str], out: Path, every: int) -> Path:
     return out / METRICS_FILE
 
 
-def run_legacy_apart(overrides: list[str], out: Path, every: int) -> Path:
-    """``run_legacy`` in a child process without our BLAS (module docstring), this checkout first on its path."""
+def _legacy_child(overrides: list[str], out: Path, every: int) -> tuple[list[str], dict]:
+    """Command line and environment of ``run_legacy`` in a child process without our BLAS (module docstring), this
+    checkout first on its path."""
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "TRM_MLX_BLAS": "off",
            "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}  # fmt: skip
     code = "import sys, json, pathlib, scripts.compare_curves as c; c.run_legacy(json.loads(sys.argv[1]), " \
            "pathlib.Path(sys.argv[2]), int(sys.argv[3]))"  # fmt: skip
-    subprocess.run([sys.executable, "-c", code, json.dumps(overrides), str(out), str(every)], env=env, check=True)
+    return [sys.executable, "-c", code, json.dumps(overrides), str(out), str(every)], env
+
+
+def run_legacy_apart(overrides: list[str], out: Path, every: int) -> Path:
+    args, env = _legacy_child(overrides, out, every)
+    subprocess.run(args, env=env, check=True)
     return out / METRICS_FILE
 
 
@@ -147,9 +154,11 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
     }
 
 
-def compare(data: str, out: Path, overrides: list[str], every: int = 100, sides=("legacy", "mlx")) -> dict | None:
+def compare(data: str, out: Path, overrides: list[str], every: int = 100, sides=("legacy", "mlx"),
+            concurrent: bool = False) -> dict | None:  # fmt: skip
     """Train ``sides`` into ``out`` and, once both sides' metrics are there (this call's or an earlier one's, e.g.
-    on another machine lease), write the summary and the figure; returns the summary, or None until then."""
+    on another machine lease), write the summary and the figure; returns the summary, or None until then. With
+    ``concurrent`` the reference's child process trains while trm_mlx trains in this one."""
     out.mkdir(parents=True, exist_ok=True)
     base = [f"data_paths=[{data}]", *overrides]
     start = out / "initial_weights.pt"
@@ -157,11 +166,21 @@ def compare(data: str, out: Path, overrides: list[str], every: int = 100, sides=
         initial_weights(base, start)
     common = [*base, f"+load_checkpoint={start}"]
     timings = {}
-    for side, runner in (("legacy", run_legacy_apart), ("mlx", run_mlx)):
-        if side in sides:
-            began = time.perf_counter()
-            runner(common, out / side, every)
-            timings[side] = time.perf_counter() - began
+    if concurrent and set(sides) == set(SIDES):
+        began = time.perf_counter()
+        args, env = _legacy_child(common, out / "legacy", every)
+        with subprocess.Popen(args, env=env) as reference:
+            run_mlx(common, out / "mlx", every)
+            timings["mlx"] = time.perf_counter() - began
+            if reference.wait():
+                raise subprocess.CalledProcessError(reference.returncode, args)
+        timings["legacy"] = time.perf_counter() - began
+    else:
+        for side, runner in (("legacy", run_legacy_apart), ("mlx", run_mlx)):
+            if side in sides:
+                began = time.perf_counter()
+                runner(common, out / side, every)
+                timings[side] = time.perf_counter() - began
     if not all((out / side / METRICS_FILE).exists() for side in SIDES):
         return None
     runs = {SIDES[side]: read_metrics(out / side / METRICS_FILE) for side in SIDES}
@@ -178,10 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-every", type=int, default=100, help="steps per line of training metrics")
     parser.add_argument("--only", choices=list(SIDES), help="train this side only (the other's metrics from an "
                         "earlier call into --out)")  # fmt: skip
+    parser.add_argument("--concurrent", action="store_true", help="train both sides at once (a GPU with memory "
+                        "for both); each side's wall time then includes the other's load")  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of cfg_pretrain, e.g. preset=sudoku_mlp")
     args = parser.parse_args(argv)
     sides = [args.only] if args.only else list(SIDES)
-    summary = compare(args.data, Path(args.out), args.overrides, args.log_every, sides)
+    summary = compare(args.data, Path(args.out), args.overrides, args.log_every, sides, args.concurrent)
     if summary is None:
         print(f"trained {args.only}; the comparison needs the other side's run in {args.out}")
         return 0

@@ -7,6 +7,7 @@ LM loss and accuracies, and test accuracy and exact accuracy at each evaluation,
 
 import argparse
 import json
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -65,7 +66,7 @@ def plot(runs: dict[str, list[dict]], out: str | Path, title: str = "") -> Path:
     if len(runs) > 1:
         axes.flat[0].legend()
     if title:
-        fig.suptitle(title)
+        fig.suptitle(textwrap.fill(title, 150))  # a long list of overrides stays inside the figure
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

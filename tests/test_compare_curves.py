@@ -61,7 +61,7 @@ def test_the_reference_trains_in_a_process_without_our_blas(tiny_data, tmp_path,
 def test_batches_that_end_inside_a_puzzle_keep_the_same_examples_on_both_sides(tmp_path):
     """Three examples a puzzle, four rows a batch: each batch takes one example of its second puzzle, which the
     reference draws from its data worker's NumPy RNG. Both sides must draw the same one (no exploration: the same
-    loss at every step)."""
+    loss at every step). Both sides train at once (``--concurrent``)."""
     data = tmp_path / "data"
     rng = np.random.default_rng(1)
     inputs = rng.integers(1, VOCAB, (24, SEQ_LEN)).astype(np.uint8)
@@ -69,7 +69,8 @@ def test_batches_that_end_inside_a_puzzle_keep_the_same_examples_on_both_sides(t
     write_split(data, "train", inputs, labels, np.arange(1, 9), np.arange(0, 25, 3), np.arange(0, 9), num_ids=9)
     write_split(data, "test", inputs[:4], labels[:4], [1, 2], [0, 2, 4], [0, 1, 2], num_ids=9)
     overrides = [*TINY_RUN, "epochs=3", "eval_interval=3", "arch.halt_exploration_prob=0.0", "device=cpu"]
-    assert main(["--data", str(data), "--out", str(tmp_path / "out"), "--log-every", "1", *overrides]) == 0
+    run = ["--data", str(data), "--out", str(tmp_path / "out"), "--log-every", "1", "--concurrent"]
+    assert main([*run, *overrides]) == 0
     losses = [[json.loads(line)["train/lm_loss"] for line in (tmp_path / "out" / side / "metrics.jsonl").read_text()
                .splitlines() if json.loads(line)["kind"] == "train"] for side in ("mlx", "legacy")]  # fmt: skip
     assert len(losses[0]) == len(losses[1]) == 12  # 4 batches an epoch
