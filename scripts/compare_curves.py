@@ -162,7 +162,7 @@ def compare(data: str, out: Path, overrides: list[str], every: int = 100, sides=
     out.mkdir(parents=True, exist_ok=True)
     base = [f"data_paths=[{data}]", *overrides]
     start = out / "initial_weights.pt"
-    if not start.exists():  # seeded: an earlier call's file holds the same weights
+    if sides and not start.exists():  # seeded: an earlier call's file holds the same weights
         initial_weights(base, start)
     common = [*base, f"+load_checkpoint={start}"]
     timings = {}
