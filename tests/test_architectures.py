@@ -59,3 +59,12 @@ def test_trained_checkpoint_evaluates(arch, tiny_data, tmp_path):
     # Evaluation runs every row for halt_max_steps (3) steps, unless the baseline halts adaptively (it doesn't here).
     assert metrics["all"]["steps"] == pytest.approx(3.0)
     assert metrics["all"]["accuracy"] == pytest.approx(result["eval"]["all"]["accuracy"], rel=1e-5)
+
+
+def test_the_baseline_ignores_mlp_t_as_the_original_does(tiny_data, tmp_path):
+    """The original's baseline has no mlp_t option (its config drops the key): its blocks attend either way."""
+    overrides = [f"data_paths=[{tiny_data}]", *TINY_RUN, *arch_overrides("transformers_baseline"), "+arch.mlp_t=True"]
+    report = run_parity(overrides, 2, tmp_path)
+    errors = dict(report.weight_errors)
+    assert not any("mlp_t" in name for name in errors)
+    assert max(errors.values()) <= 1e-4

@@ -2,20 +2,18 @@
 
 from .config import TRMConfig
 from .execution import Execution
-from .layers import Block, ReasoningModule
 from .recursive import ACTModel, RecursiveInner
 
 
 class BaselineInner(RecursiveInner):
     state_inits = {"z_H": "H_init"}
+    mlp_t_len = 0  # the original baseline has no mlp_t option: its blocks always attend
 
     def build_levels(self) -> None:
         c = self.config
         if c.pos_encodings not in ("rope", "learned"):
             raise ValueError(f"the Transformer baseline needs pos_encodings rope or learned, got {c.pos_encodings!r}")
-        blocks = [Block(c.hidden_size, c.num_heads, c.expansion, c.rms_norm_eps, self.execution)
-                  for _ in range(c.H_layers)]  # fmt: skip
-        self.H_level = ReasoningModule(blocks, self.execution)
+        self.H_level = self.level(c.H_layers)
 
     def recur(self, carry, x, rotary):
         z_H = self.H_level(carry["z_H"], x, rotary)
