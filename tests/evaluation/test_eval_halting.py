@@ -106,6 +106,30 @@ def test_a_full_batch_refilled_as_rows_halt_answers_as_rows_one_by_one(data, tmp
     assert full["all"]["steps"] == STEPS and "act_steps" not in full  # halt=max: the original's protocol
 
 
+def test_each_rows_losses_are_those_of_its_halting_step(data, runtime):
+    """Every row run alone for all ACT steps (halt=max keeps them running): its losses at its first step with
+    q_halt > 0 are what halt=q reports, averaged over the rows."""
+    head = ACTLossHead(halting_model())
+    expected = {"lm_loss": [], "q_halt_loss": []}
+    for _, batch, _ in PuzzleDataset([str(data)], "test", global_batch_size=1).iter_test():
+        arrays = {key: mx.array(value) for key, value in batch.items()}
+        carry = head.model.initial_carry(arrays)
+        for n in range(STEPS):
+            step = head.model(head.model.reset_halted(carry, arrays))
+            carry = step.carry
+            if step.q_halt.item() > 0 or n == STEPS - 1:
+                break
+        _, metrics = head.loss_and_metrics(step)
+        for key in expected:
+            expected[key].append(metrics[key].item())
+    assert len(expected["lm_loss"]) == 11
+
+    dataset = PuzzleDataset([str(data)], "test", global_batch_size=4)
+    result = evaluate(head, dataset, runtime, progress=False, halt_threshold=0.5)["all"]
+    for key, values in expected.items():
+        assert result[key] == pytest.approx(np.mean(values), rel=1e-4), key
+
+
 @pytest.mark.parametrize("override, expected", [
     ("halt=sometimes", "trm-eval: halt: Input should be 'max' or 'q'"),
     ("halt_threshold=1.5", "trm-eval: halt_threshold: Input should be less than 1"),

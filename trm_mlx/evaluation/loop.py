@@ -43,7 +43,7 @@ def compiled_eval_step(head, lanes: int = 1, halt_threshold: float | None = None
 
     def eval_step(carry, batch):
         step = model(model.reset_halted(carry, batch), halt_threshold=halt_threshold)
-        _, metrics = head.loss_and_metrics(step)
+        _, metrics = head.loss_and_metrics(step, halted_rows_only=halt_threshold is not None)
         return step.carry, metrics, {"preds": step.preds, "q_halt_logits": step.q_halt}
 
     whole = mx.compile(eval_step, inputs=head.state)

@@ -49,9 +49,10 @@ class ACTLossHead(nn.Module):
         self.model = model
         self.loss_fn = LOSS_FUNCTIONS[loss_type]
 
-    def loss_and_metrics(self, step: ACTStep) -> tuple[mx.array, dict]:
+    def loss_and_metrics(self, step: ACTStep, halted_rows_only: bool = False) -> tuple[mx.array, dict]:
         """The loss of one ACT step summed over every row, and its metrics: sums over the rows that halted in it
-        (`count` of them)."""
+        (`count` of them). With `halted_rows_only` the losses too are summed over those rows only: an evaluation
+        that stops each row where it halts scores each row's losses once, at its answer."""
         labels = step.carry["current_data"]["labels"]
         mask = labels != IGNORE_LABEL_ID
         count = mask.sum(-1)
@@ -69,8 +70,11 @@ class ACTLossHead(nn.Module):
         }
 
         logits = step.logits.astype(getattr(mx, self.model.execution.loss_dtype))
-        lm_loss = (self.loss_fn(logits, labels, mask) / divisor).sum()
-        q_halt_loss = binary_cross_entropy_with_logits(step.q_halt, seq_correct.astype(mx.float32)).sum()
+        row_lm_loss = (self.loss_fn(logits, labels, mask) / divisor).sum(-1)
+        row_q_halt_loss = binary_cross_entropy_with_logits(step.q_halt, seq_correct.astype(mx.float32))
+        if halted_rows_only:
+            row_lm_loss, row_q_halt_loss = mx.where(valid, row_lm_loss, 0), mx.where(valid, row_q_halt_loss, 0)
+        lm_loss, q_halt_loss = row_lm_loss.sum(), row_q_halt_loss.sum()
         metrics["lm_loss"] = lm_loss
         metrics["q_halt_loss"] = q_halt_loss
         q_continue_loss = 0
