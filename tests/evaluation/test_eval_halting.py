@@ -163,3 +163,24 @@ def test_the_tail_runs_in_smaller_batches(data):
     assert (slots.data["inputs"] == rows["inputs"][[2, 6]]).all()
     slots.refill(np.array([True, False]))
     assert slots.shrink().tolist() == [1] and slots.busy()
+
+
+def test_a_set_smaller_than_half_the_batch_starts_in_a_smaller_one_on_a_cpu(data, runtime, monkeypatch):
+    """11 examples, batch 32: the first step runs 16 rows (the next power of two), the answers as with batch 16."""
+    from trm_mlx.evaluation import loop
+
+    rows = []
+    compiled = loop.compiled_eval_step
+
+    def recording(*args, **kwargs):
+        step = compiled(*args, **kwargs)
+        return lambda carry, batch: rows.append(batch["inputs"].shape[0]) or step(carry, batch)
+
+    monkeypatch.setattr(loop, "compiled_eval_step", recording)
+    head = ACTLossHead(halting_model())
+    results = {size: evaluate(head, PuzzleDataset([str(data)], "test", global_batch_size=size), runtime,
+                              progress=False, halt_threshold=0.5) for size in (32, 16)}  # fmt: skip
+    assert runtime.backend == "cpu" and rows[0] == 16
+    assert results[32]["act_steps"] == results[16]["act_steps"]
+    assert results[32]["all"]["exact_accuracy"] == results[16]["all"]["exact_accuracy"]
+

@@ -194,6 +194,8 @@ def evaluate_halting(head, dataset: PuzzleDataset, runtime: Runtime, threshold: 
             slots = _Slots(batches, dataset.local_batch_size, dataset.metadata)
             if not slots.busy():
                 continue
+            if shrink_tail:  # a set smaller than half the batch starts in a smaller one
+                slots.shrink()
             arrays = slots.feed()
             carry = model.initial_carry(arrays)
             if not examples:
