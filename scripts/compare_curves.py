@@ -8,7 +8,8 @@ worker, which PyTorch seeds with a number of its own, and trm_mlx from `RandomSt
 seeded with `seed` here, so that both keep the same examples where a batch fills up in the middle of a puzzle (ARC,
 with several examples a puzzle). Each side's metrics go to `<out>/<side>/metrics.jsonl` in one format
 (a line per `--log-every` steps with the training metrics averaged over them, a line per evaluation, wall time);
-`<out>/curves.png` draws both, `<out>/summary.json` lists every common evaluation side by side.
+`<out>/curves.png` draws both, `<out>/summary.json` lists every common evaluation side by side and how far apart
+the training losses are against their step-to-step spread (`training_loss_agreement`).
 
     python -m scripts.compare_curves --data data/sudoku-extreme-1k-aug-1000 --out outputs/curves/sudoku \\
         preset=sudoku_mlp epochs=7500 eval_interval=1500
@@ -136,8 +137,30 @@ def run_mlx(overrides: list[str], out: Path, every: int) -> Path:
     return out / METRICS_FILE
 
 
+def training_loss_agreement(mlx: list[dict], legacy: list[dict]) -> dict:
+    """Where the two training-loss curves lie against each other's noise: each side's step-to-step spread (the
+    median change of its logged LM loss from one line to the next), the largest difference between the sides at a
+    common step, and the median difference over the larger spread. Two runs that differ by noise alone give about 1
+    (the difference of two noisy curves and a curve's change between lines have the same spread); a systematic gap
+    gives well above 1, the same arithmetic about 0."""
+    curves = {side: dict(zip(*series(records, "train", "train/lm_loss"))) for side, records in
+              (("mlx", mlx), ("legacy", legacy))}  # fmt: skip
+    steps = sorted(set(curves["mlx"]) & set(curves["legacy"]))
+    if len(steps) < 2:
+        return {}
+    spread = {side: float(np.median(np.abs(np.diff([curve[s] for s in sorted(curve)])))) for side, curve in
+              curves.items()}  # fmt: skip
+    differences = np.array([abs(curves["mlx"][s] - curves["legacy"][s]) for s in steps])
+    return {
+        "train_loss_spread": spread,
+        "train_loss_max_difference": float(differences.max()),
+        "train_loss_gap_to_spread": float(np.median(differences) / max(spread.values())),
+    }
+
+
 def summarize(runs: dict[str, list[dict]]) -> dict:
-    """Every evaluation step both sides have, their test metrics, and the largest test-accuracy difference."""
+    """Every evaluation step both sides have, their test metrics, the largest test-accuracy difference, and how the
+    training losses agree (``training_loss_agreement``)."""
     mlx, legacy = runs[SIDES["mlx"]], runs[SIDES["legacy"]]
     evals = {}
     for key in EVAL_KEYS:
@@ -150,6 +173,7 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
     return {
         "evaluations": [{"step": step, **sides} for step, sides in common.items()],
         "max_test_accuracy_difference": max(differences, default=None),
+        **training_loss_agreement(mlx, legacy),
         "wall_s": walls,
     }
 
@@ -211,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"step {row['step']}: test accuracy {mine['accuracy']:.4f} vs {theirs['accuracy']:.4f}, "
               f"exact {mine['exact_accuracy']:.4f} vs {theirs['exact_accuracy']:.4f}")
     print(f"{Path(args.out) / 'curves.png'}; max test accuracy difference {summary['max_test_accuracy_difference']}")
+    if "train_loss_gap_to_spread" in summary:
+        print(f"training LM loss: median difference {summary['train_loss_gap_to_spread']:.2f}x the step-to-step spread "
+              f"(largest difference {summary['train_loss_max_difference']:.3g}, spreads "
+              f"{summary['train_loss_spread']})")
     return 0
 
 

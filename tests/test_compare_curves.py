@@ -9,7 +9,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from scripts.compare_curves import main
+from scripts.compare_curves import main, training_loss_agreement
 from tiny_dataset import SEQ_LEN, VOCAB, write_split
 from tiny_runs import TINY_RUN
 
@@ -35,6 +35,7 @@ def test_both_trainers_give_the_same_curves(tiny_data, tmp_path, capsys):
         assert ours["train/lm_loss"] == pytest.approx(theirs["train/lm_loss"], rel=1e-4)
     assert train_lines[0][-1]["train/lm_loss"] < train_lines[0][0]["train/lm_loss"]  # it trained
 
+    assert summary["train_loss_gap_to_spread"] < 0.01 and min(summary["train_loss_spread"].values()) > 0
     assert matplotlib.image.imread(tmp_path / "curves.png").shape[1] > 800
     assert "max test accuracy difference" in capsys.readouterr().out
 
@@ -75,3 +76,21 @@ def test_batches_that_end_inside_a_puzzle_keep_the_same_examples_on_both_sides(t
                .splitlines() if json.loads(line)["kind"] == "train"] for side in ("mlx", "legacy")]  # fmt: skip
     assert len(losses[0]) == len(losses[1]) == 12  # 4 batches an epoch
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_training_losses_are_judged_against_each_sides_step_to_step_spread():
+    """Curves with noise of 0.2: 0.05 apart they differ by about their spread, 0.5 apart by well over it."""
+    rng = np.random.default_rng(0)
+    steps = range(10, 2010, 10)
+    noise = [rng.normal(0, 0.2, len(steps)) for _ in range(3)]
+
+    def curve(offset, jitter):
+        return [{"kind": "train", "step": s, "train/lm_loss": 2.0 - s / 1e4 + offset + j}
+                for s, j in zip(steps, jitter)]  # fmt: skip
+
+    mlx = curve(0.0, noise[0])
+    near, far = training_loss_agreement(mlx, curve(0.05, noise[1])), training_loss_agreement(mlx, curve(0.5, noise[2]))
+    assert 0.1 < near["train_loss_spread"]["mlx"] < 0.4
+    assert 0.7 < near["train_loss_gap_to_spread"] < 1.4 < 2 < far["train_loss_gap_to_spread"]
+    assert far["train_loss_max_difference"] > near["train_loss_max_difference"]
+
