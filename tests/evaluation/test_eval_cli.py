@@ -92,6 +92,23 @@ def expected_set_metrics(model, data_dir: Path, batch_size: int) -> tuple[dict, 
     return {k: v / counted.sum() for k, v in metrics.items()}, real
 
 
+def test_a_small_test_split_runs_in_a_batch_of_its_size_by_default(sudoku_build, tmp_path):
+    """24 examples: 32 rows (the next power of two) instead of 256, mostly padding; the same answers and metrics,
+    but for the Q-halt loss, whose sum counts the padding rows (as the original's does)."""
+    checkpoint = native_checkpoint(tmp_path, sudoku_build)
+    runs, rows = {}, {}
+    for batch in (None, 256):
+        out_dir = tmp_path / f"out_{batch}"
+        cfg = EvalConfig(checkpoint=str(checkpoint), data_paths=[str(sudoku_build)], global_batch_size=batch,
+                         output_dir=str(out_dir), save_outputs=["preds"], progress=False)  # fmt: skip
+        runs[batch] = run(cfg)
+        rows[batch] = np.load(out_dir / "all_preds.0.npz")["preds"]
+    assert (len(rows[None]), len(rows[256])) == (32, 256)
+    assert (rows[None][:24] == rows[256][:24]).all()
+    for key in ("accuracy", "exact_accuracy", "lm_loss", "q_halt_accuracy", "steps"):
+        assert runs[None]["all"][key] == pytest.approx(runs[256]["all"][key], rel=1e-5), key
+
+
 @pytest.mark.parametrize("lanes", [1, 2], ids=["one_graph", "cpu_lanes"])
 def test_sudoku_native_checkpoint_end_to_end(lanes, sudoku_build, tmp_path):
     checkpoint = native_checkpoint(tmp_path, sudoku_build)

@@ -35,6 +35,7 @@ from trm_mlx.training.config import hydra_config_path  # noqa: E402
 from trm_mlx.user_errors import one_line_errors  # noqa: E402
 
 DEFAULT_LOSS_TYPE = "stablemax_cross_entropy"
+DEFAULT_BATCH = 256
 
 
 class EvalConfig(pydantic.BaseModel):
@@ -50,7 +51,7 @@ class EvalConfig(pydantic.BaseModel):
     evaluators: list[str | dict] | None = None
     preds: list[str] | str | None = None
     output_dir: str | None = None
-    global_batch_size: int = pydantic.Field(256, ge=1)
+    global_batch_size: int | None = pydantic.Field(None, ge=1)
     save_outputs: list[str] = []
     render: bool = False
     render_limit: int = pydantic.Field(20, ge=0)
@@ -120,6 +121,10 @@ def _load_model(cfg: EvalConfig, runtime: Runtime):
     return model, loss_type
 
 
+def _multiple(rows: int, ranks: int) -> int:
+    return -(-rows // ranks) * ranks
+
+
 def _make_evaluators(cfg: EvalConfig, metadata):
     names = cfg.evaluators if cfg.evaluators is not None else default_evaluator_names(cfg.data_paths[0], metadata)
     keep = cfg.render_limit if cfg.render else 0
@@ -130,9 +135,15 @@ def _make_evaluators(cfg: EvalConfig, metadata):
 def _evaluate_checkpoint(cfg: EvalConfig, output_dir: Path, runtime: Runtime):
     model, loss_type = _load_model(cfg, runtime)
     head = ACTLossHead(model, loss_type=loss_type)
-    if cfg.global_batch_size % runtime.ranks:
+    if cfg.global_batch_size is not None and cfg.global_batch_size % runtime.ranks:
         raise ValueError(f"global_batch_size {cfg.global_batch_size} is not a multiple of {runtime.ranks} processes")
-    dataset = PuzzleDataset(cfg.data_paths, "test", cfg.global_batch_size, rank=runtime.rank, world_size=runtime.ranks)
+    batch = cfg.global_batch_size or _multiple(DEFAULT_BATCH, runtime.ranks)
+    dataset = PuzzleDataset(cfg.data_paths, "test", batch, rank=runtime.rank, world_size=runtime.ranks)
+    if cfg.global_batch_size is None:  # padding rows cost as much as real ones: a small test split, a small batch
+        largest = max(len(arrays.inputs) for arrays in dataset.sets.values())
+        smaller = _multiple(1 << max(largest - 1, 0).bit_length(), runtime.ranks)
+        if smaller < batch:
+            dataset = PuzzleDataset(cfg.data_paths, "test", smaller, rank=runtime.rank, world_size=runtime.ranks)
     data, arch = dataset.metadata, model.config
     if arch.seq_len is not None and data.seq_len != arch.seq_len:
         raise ValueError(f"{cfg.data_paths}: sequence length {data.seq_len} differs from the model's {arch.seq_len}")
