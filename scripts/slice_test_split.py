@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from trm_mlx.data.builders.common import atomic_output_dir, save_split, write_json
+from trm_mlx.data.grids import inverse_aug
 from trm_mlx.data.metadata import load_metadata
 
 ARC_TASKS_FILE = "test_puzzles.json"
-AUGMENTATION_SEPARATOR = "|||"  # identifiers of augmented puzzles: <task>|||<transform>|||<colour permutation>
 
 
 def _slice_set(test: Path, name: str, groups: int) -> dict[str, np.ndarray]:
@@ -56,7 +56,7 @@ def slice_test_split(data: str | Path, out: str | Path, groups: int) -> Path:
             save_split(tmp / "test", arrays, sliced, set_name)
         if (data / ARC_TASKS_FILE).exists():
             names = json.loads((data / "identifiers.json").read_text())
-            tasks = {names[i].split(AUGMENTATION_SEPARATOR)[0] for i in kept_identifiers}
+            tasks = {inverse_aug(names[i])[0] for i in kept_identifiers}  # the task each puzzle votes for
             all_tasks = json.loads((data / ARC_TASKS_FILE).read_text())
             write_json(tmp / ARC_TASKS_FILE, {task: puzzle for task, puzzle in all_tasks.items() if task in tasks})
     return Path(out)

@@ -11,7 +11,7 @@ from tiny_dataset import SEQ_LEN, VOCAB, write_split
 from trm_mlx.data import PuzzleDataset
 
 # Test split: three tasks (groups) of augmented puzzles; puzzle examples 2+1, 3, 1+1.
-NAMES = ["<blank>", "a", "a|||t1|||0123", "b", "c", "c|||t2|||0321"]
+NAMES = ["<blank>", "a", "a|||t1|||0123456789", "b", "c", "c|||t2|||9876543210"]
 TEST_IDS, TEST_PUZZLES, TEST_GROUPS = [1, 2, 3, 4, 5], [0, 2, 3, 6, 7, 8], [0, 2, 3, 5]
 
 
