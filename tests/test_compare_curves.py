@@ -93,4 +93,3 @@ def test_training_losses_are_judged_against_each_sides_step_to_step_spread():
     assert 0.1 < near["train_loss_spread"]["mlx"] < 0.4
     assert 0.7 < near["train_loss_gap_to_spread"] < 1.4 < 2 < far["train_loss_gap_to_spread"]
     assert far["train_loss_max_difference"] > near["train_loss_max_difference"]
-

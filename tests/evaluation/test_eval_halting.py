@@ -183,4 +183,3 @@ def test_a_set_smaller_than_half_the_batch_starts_in_a_smaller_one_on_a_cpu(data
     assert runtime.backend == "cpu" and rows[0] == 16
     assert results[32]["act_steps"] == results[16]["act_steps"]
     assert results[32]["all"]["exact_accuracy"] == results[16]["all"]["exact_accuracy"]
-
