@@ -194,7 +194,11 @@ def compare(data: str, out: Path, overrides: list[str], every: int = 100, sides=
         began = time.perf_counter()
         args, env = _legacy_child(common, out / "legacy", every)
         with subprocess.Popen(args, env=env) as reference:
-            run_mlx(common, out / "mlx", every)
+            try:
+                run_mlx(common, out / "mlx", every)
+            except BaseException:  # the error now, not after the reference's whole run
+                reference.kill()
+                raise
             timings["mlx"] = time.perf_counter() - began
             if reference.wait():
                 raise subprocess.CalledProcessError(reference.returncode, args)

@@ -93,3 +93,26 @@ def test_training_losses_are_judged_against_each_sides_step_to_step_spread():
     assert 0.1 < near["train_loss_spread"]["mlx"] < 0.4
     assert 0.7 < near["train_loss_gap_to_spread"] < 1.4 < 2 < far["train_loss_gap_to_spread"]
     assert far["train_loss_max_difference"] > near["train_loss_max_difference"]
+
+
+def test_a_failing_trm_mlx_side_stops_the_concurrent_reference(tiny_data, tmp_path, monkeypatch):
+    """With ``--concurrent``, an error on the trm_mlx side ends the reference's child at once: the error shows now,
+    not after the reference's whole run."""
+    import scripts.compare_curves as compare_curves
+
+    children = []
+    popen = subprocess.Popen
+
+    def spy(args, **kwargs):
+        children.append(popen([sys.executable, "-c", "import time; time.sleep(120)"], **kwargs))
+        return children[-1]
+
+    def fail(*args):
+        raise RuntimeError("trm_mlx side failed")
+
+    monkeypatch.setattr(subprocess, "Popen", spy)
+    monkeypatch.setattr(compare_curves, "run_mlx", fail)
+    overrides = [*TINY_RUN, "epochs=2", "eval_interval=2", "device=cpu"]
+    with pytest.raises(RuntimeError, match="trm_mlx side failed"):
+        main(["--data", str(tiny_data), "--out", str(tmp_path), "--concurrent", *overrides])
+    assert len(children) == 1 and children[0].returncode is not None and children[0].returncode < 0
