@@ -61,15 +61,26 @@ def run(checkpoint: str, data: str, thresholds: list[float], batch_size: int, li
 
 
 def figure(records: list[dict], path: Path, title: str) -> None:
-    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
-    for record in records:
-        ax.scatter(record["mean_act_steps"], record["exact_accuracy"])
-        ax.annotate(f"{record['halt']}: {record['examples_per_s']:.3g} ex/s", (record["mean_act_steps"],
-                    record["exact_accuracy"]), textcoords="offset points", xytext=(5, 5), fontsize=8)  # fmt: skip
-    ax.set_xlabel("mean ACT steps per example")
-    ax.set_ylabel("exact accuracy")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
+    """Exact accuracy against mean ACT steps, one point per rule; beside it how many examples halted at each step."""
+    fig, (points, spread) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    halting = [i for i, r in enumerate(records) if r["act_steps"]]
+    width = 0.8 / max(len(halting), 1)
+    for i, record in enumerate(records):
+        label = f"{record['halt']}: {record['examples_per_s']:.3g} ex/s"
+        points.scatter(record["mean_act_steps"], record["exact_accuracy"], label=label, color=f"C{i}", alpha=0.8)
+    for place, i in enumerate(halting):
+        steps = sorted(int(k) for k in records[i]["act_steps"])
+        counts = [records[i]["act_steps"][str(k)] for k in steps]
+        offset = (place - (len(halting) - 1) / 2) * width
+        spread.bar([k + offset for k in steps], counts, width, label=records[i]["halt"], color=f"C{i}")
+    points.set(xlabel="mean ACT steps per example", ylabel="exact accuracy")
+    points.legend(fontsize=8)
+    spread.set(xlabel="ACT steps used", ylabel="examples")
+    if halting:
+        spread.legend(fontsize=8)
+    for ax in (points, spread):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=9)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -83,11 +94,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=768)
     parser.add_argument("--limit", type=int, help="only the first N test examples")
     parser.add_argument("--forward-dtype", help="e.g. float32 on a CPU")
+    parser.add_argument("--plot-only", action="store_true", help="draw the figure from OUT/halting.jsonl")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    records = run(args.checkpoint, args.data, args.thresholds, args.batch_size, args.limit, args.forward_dtype)
-    (out / "halting.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if args.plot_only:
+        records = [json.loads(line) for line in (out / "halting.jsonl").read_text().splitlines()]
+    else:
+        records = run(args.checkpoint, args.data, args.thresholds, args.batch_size, args.limit, args.forward_dtype)
+        (out / "halting.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     title = f"{Path(args.checkpoint).name} on {Path(args.data).name} ({records[0]['examples']} test examples)"
     figure(records, out / "halting.png", title)
 

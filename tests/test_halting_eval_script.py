@@ -18,3 +18,7 @@ def test_both_protocols_side_by_side(tiny_data, tmp_path):
     assert records[0]["mean_act_steps"] == 3 and records[0]["act_steps"] is None  # the tiny model's halt_max_steps
     assert all(sum(r["act_steps"].values()) == 3 for r in records[1:])
     assert matplotlib.image.imread(tmp_path / "out" / "halting.png").shape[1] > 400
+
+    (tmp_path / "out" / "halting.png").unlink()  # --plot-only redraws it from the JSON lines, evaluating nothing
+    main(["--checkpoint", "absent", "--data", "absent", "--out", str(tmp_path / "out"), "--plot-only"])
+    assert matplotlib.image.imread(tmp_path / "out" / "halting.png").shape[1] > 800
