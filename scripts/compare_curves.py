@@ -17,8 +17,18 @@ the training losses are against their step-to-step spread (`training_loss_agreem
 `--only legacy` (or `mlx`) trains one side, so that the two can run on different machine leases; the call that
 completes the pair writes the comparison. `--concurrent` trains both at once, for a GPU with room for both. The
 reference runs under torch.compile on CUDA and eagerly elsewhere. Extra arguments are Hydra overrides, as for
-trm-train; `epochs` fixes the steps (the reference has no `max_steps`). ACT exploration draws different random
-numbers in the two frameworks, so with it on the curves agree statistically, not step for step.
+trm-train; `max_steps` stops both sides (the reference when its metrics reach that step). ACT exploration draws
+different random numbers in the two frameworks, so with it on the curves agree statistically, not step for step.
+
+A trm-train run already made (for instance one relayed over machine leases) can stand for the trm_mlx side: the
+reference trains the same recipe from that run's initial weights (`--init mlx`: trm-train's seeded init, re-drawn)
+and `--mlx-run <run>/metrics.jsonl` brings the run's metrics in, up to `max_steps` (two calls, the first on a GPU
+lease):
+
+    python -m scripts.compare_curves --data data/sudoku-extreme-1k-aug-1000 --out outputs/curves/sudoku \
+        --only legacy --init mlx preset=sudoku_mlp max_steps=10000
+    python -m scripts.compare_curves --data data/sudoku-extreme-1k-aug-1000 --out outputs/curves/sudoku \
+        --only mlx --mlx-run checkpoints/sudoku_mlp/metrics.jsonl preset=sudoku_mlp max_steps=10000
 
 The reference trains in a child process that loads no BLAS of ours (`TRM_MLX_BLAS=off`), as `python -m
 legacy.pretrain` runs. In this process PyTorch's BLAS calls would bind to the BLAS loaded globally for MLX (same
@@ -46,37 +56,50 @@ import legacy.pretrain as lp  # noqa: E402
 from legacy.dataset.common import PuzzleDatasetMetadata as LegacyMetadata  # noqa: E402
 from scripts.plot_metrics import plot, read_metrics, series  # noqa: E402
 from trm_mlx.atomic import write_atomically  # noqa: E402
+from trm_mlx.checkpoint import save_original  # noqa: E402
 from trm_mlx.data import PuzzleDataset  # noqa: E402
 from trm_mlx.training.config import compose, from_hydra  # noqa: E402
+from trm_mlx.runtime import Runtime  # noqa: E402
 from trm_mlx.training.logging import METRICS_FILE, MetricsFile  # noqa: E402
+from trm_mlx.training.state import create_train_state  # noqa: E402
 from trm_mlx.training.trainer import train  # noqa: E402
 
 SIDES = {"mlx": "trm-mlx", "legacy": "PyTorch reference"}
 EVAL_KEYS = ("accuracy", "exact_accuracy", "q_halt_accuracy", "steps", "lm_loss")
 
 
-def initial_weights(overrides: list[str], path: Path) -> Path:
-    """The reference model's seeded initial weights, as an original-format checkpoint both sides load."""
+def initial_weights(overrides: list[str], path: Path, drawn_by: str = "legacy") -> Path:
+    """Seeded initial weights, as an original-format checkpoint both sides load: the reference's init, or with
+    ``drawn_by="mlx"`` trm-train's (those a trm-train run of the same recipe and seed starts from)."""
     config = from_hydra(compose(overrides))
-    metadata = LegacyMetadata(**PuzzleDataset(config.data_paths, "train", config.global_batch_size).metadata.model_dump())
-    torch.manual_seed(config.seed)
-    state = lp.init_train_state(lp.PretrainConfig(**config.model_dump()), metadata, rank=0, world_size=1,
-                                device=torch.device("cpu"))  # fmt: skip
+    metadata = PuzzleDataset(config.data_paths, "train", config.global_batch_size).metadata
     path.parent.mkdir(parents=True, exist_ok=True)
+    if drawn_by == "mlx":
+        save_original(path, create_train_state(config, metadata, Runtime.create()).model)
+        return path
+    torch.manual_seed(config.seed)
+    state = lp.init_train_state(lp.PretrainConfig(**config.model_dump()), LegacyMetadata(**metadata.model_dump()),
+                                rank=0, world_size=1, device=torch.device("cpu"))  # fmt: skip
     torch.save(lp.checkpoint_state_dict(state.model), path)
     return path
+
+
+class _StopTraining(Exception):
+    """Raised from the reference's metrics logging at ``max_steps``, which its loop does not know."""
 
 
 class _MetricsRun:
     """Stands in for the reference's wandb run: every logged step goes to a ``MetricsFile``."""
 
-    def __init__(self, path: Path, every: int):
-        self.file = MetricsFile(path, every=every)
+    def __init__(self, path: Path, every: int, max_steps: int | None):
+        self.file, self.max_steps = MetricsFile(path, every=every), max_steps
 
     def log(self, metrics: dict, step: int) -> None:
         values = {key: _plain(value) for key, value in metrics.items()}
         if "train/lm_loss" in values:
             self.file.train_step(values, step)
+            if self.max_steps is not None and step >= self.max_steps:
+                raise _StopTraining
         elif any(isinstance(value, dict) for value in values.values()):
             self.file.evaluation(values, step)
 
@@ -100,13 +123,15 @@ def run_legacy(overrides: list[str], out: Path, every: int) -> Path:
     """``legacy/pretrain.py``'s loop as its command line runs it, its logged metrics written to ``metrics.jsonl``."""
     if torch.cuda.is_available():
         os.environ["TRM_LEGACY_COMPILE"] = "1"
-    run = _MetricsRun(out / METRICS_FILE, every)
     config = compose([*overrides, f"+checkpoint_path={out}"])
+    run = _MetricsRun(out / METRICS_FILE, every, config.max_steps)
     wandb_init, lp._wandb_init = lp._wandb_init, lambda config: run
     loader, lp.DataLoader = lp.DataLoader, functools.partial(lp.DataLoader, worker_init_fn=functools.partial(
         _seed_numpy, config.seed))  # fmt: skip
     try:
         lp.launch.__wrapped__(config)
+    except _StopTraining:
+        pass
     finally:
         lp._wandb_init, lp.DataLoader = wandb_init, loader
         if torch.cuda.is_available():
@@ -179,15 +204,23 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
 
 
 def compare(data: str, out: Path, overrides: list[str], every: int = 100, sides=("legacy", "mlx"),
-            concurrent: bool = False) -> dict | None:  # fmt: skip
+            concurrent: bool = False, init: str = "legacy", mlx_run: Path | None = None) -> dict | None:  # fmt: skip
     """Train ``sides`` into ``out`` and, once both sides' metrics are there (this call's or an earlier one's, e.g.
     on another machine lease), write the summary and the figure; returns the summary, or None until then. With
-    ``concurrent`` the reference's child process trains while trm_mlx trains in this one."""
+    ``concurrent`` the reference's child process trains while trm_mlx trains in this one. ``init`` says whose
+    seeded init draws the initial weights; ``mlx_run``, the metrics of a trm-train run already made (from
+    trm-train's init), stands for the trm_mlx side up to ``max_steps``."""
     out.mkdir(parents=True, exist_ok=True)
     base = [f"data_paths=[{data}]", *overrides]
+    if mlx_run is not None:
+        last = from_hydra(compose(base)).max_steps
+        lines = [line for line in Path(mlx_run).read_text().splitlines() if last is None or json.loads(line)["step"] <= last]
+        (out / "mlx").mkdir(exist_ok=True)
+        write_atomically(out / "mlx" / METRICS_FILE, "".join(line + "\n" for line in lines))
+        sides = [side for side in sides if side != "mlx"]
     start = out / "initial_weights.pt"
     if sides and not start.exists():  # seeded: an earlier call's file holds the same weights
-        initial_weights(base, start)
+        initial_weights(base, start, init)
     common = [*base, f"+load_checkpoint={start}"]
     timings = {}
     if concurrent and set(sides) == set(SIDES):
@@ -227,10 +260,15 @@ def main(argv: list[str] | None = None) -> int:
                         "earlier call into --out)")  # fmt: skip
     parser.add_argument("--concurrent", action="store_true", help="train both sides at once (a GPU with memory "
                         "for both); each side's wall time then includes the other's load")  # fmt: skip
+    parser.add_argument("--init", choices=list(SIDES), default="legacy", help="whose seeded init draws the initial "
+                        "weights (mlx: those of a trm-train run of the same recipe and seed)")  # fmt: skip
+    parser.add_argument("--mlx-run", type=Path, help="metrics.jsonl of a trm-train run already made (e.g. relayed "
+                        "over leases; its own init: use --init mlx) as the trm_mlx side, up to max_steps")  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of cfg_pretrain, e.g. preset=sudoku_mlp")
     args = parser.parse_args(argv)
     sides = [args.only] if args.only else list(SIDES)
-    summary = compare(args.data, Path(args.out), args.overrides, args.log_every, sides, args.concurrent)
+    summary = compare(args.data, Path(args.out), args.overrides, args.log_every, sides, args.concurrent, args.init,
+                      args.mlx_run)  # fmt: skip
     if summary is None:
         print(f"trained {args.only}; the comparison needs the other side's run in {args.out}")
         return 0

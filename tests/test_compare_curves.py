@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from scripts.compare_curves import main, training_loss_agreement
+from trm_mlx.training.config import compose, from_hydra
+from trm_mlx.training.trainer import train
 from tiny_dataset import SEQ_LEN, VOCAB, write_split
 from tiny_runs import TINY_RUN
 
@@ -116,3 +118,27 @@ def test_a_failing_trm_mlx_side_stops_the_concurrent_reference(tiny_data, tmp_pa
     with pytest.raises(RuntimeError, match="trm_mlx side failed"):
         main(["--data", str(tiny_data), "--out", str(tmp_path), "--concurrent", *overrides])
     assert len(children) == 1 and children[0].returncode is not None and children[0].returncode < 0
+
+
+def test_a_trm_train_run_already_made_stands_for_the_trm_mlx_side(tiny_data, tmp_path):
+    """``--init mlx`` gives the reference the initial weights a trm-train run of the same recipe drew itself,
+    ``max_steps`` stops the reference, and ``--mlx-run`` brings that run's metrics in up to it: the reference then
+    repeats the run step for step (no exploration)."""
+    overrides = [*TINY_RUN, "epochs=4", "eval_interval=2", "arch.halt_exploration_prob=0.0", "device=cpu"]
+    run_dir = tmp_path / "run"
+    train(from_hydra(compose([f"data_paths=[{tiny_data}]", *overrides, f"+checkpoint_path={run_dir}"])),
+          show_progress=False, metrics_every=1)  # fmt: skip
+    out = tmp_path / "out"
+    common = ["--data", str(tiny_data), "--out", str(out), "--log-every", "1", *overrides, "max_steps=10"]
+    assert main([*common, "--only", "legacy", "--init", "mlx"]) == 0  # e.g. on a GPU lease
+    assert main([*common, "--only", "mlx", "--mlx-run", str(run_dir / "metrics.jsonl")]) == 0  # trains nothing
+
+    def train_losses(side):
+        lines = [json.loads(line) for line in (out / side / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["train/lm_loss"] for r in lines if r["kind"] == "train"}
+
+    ours, theirs = train_losses("mlx"), train_losses("legacy")
+    assert list(ours) == list(theirs) == list(range(1, 11))
+    assert [ours[s] for s in ours] == pytest.approx([theirs[s] for s in ours], rel=1e-5)
+    summary = json.loads((out / "summary.json").read_text())
+    assert [row["step"] for row in summary["evaluations"]] == [8]  # the run's evaluations up to step 10
