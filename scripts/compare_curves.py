@@ -58,8 +58,8 @@ from scripts.plot_metrics import plot, read_metrics, series  # noqa: E402
 from trm_mlx.atomic import write_atomically  # noqa: E402
 from trm_mlx.checkpoint import save_original  # noqa: E402
 from trm_mlx.data import PuzzleDataset  # noqa: E402
-from trm_mlx.training.config import compose, from_hydra  # noqa: E402
 from trm_mlx.runtime import Runtime  # noqa: E402
+from trm_mlx.training.config import compose, from_hydra  # noqa: E402
 from trm_mlx.training.logging import METRICS_FILE, MetricsFile  # noqa: E402
 from trm_mlx.training.state import create_train_state  # noqa: E402
 from trm_mlx.training.trainer import train  # noqa: E402
@@ -194,7 +194,8 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
                 evals.setdefault(step, {}).setdefault(side, {})[key] = value
     common = {step: sides for step, sides in sorted(evals.items()) if len(sides) == 2}
     differences = [abs(s["mlx"]["accuracy"] - s["legacy"]["accuracy"]) for s in common.values()]
-    walls = {side: max((r["wall_s"] for r in records), default=None) for side, records in (("mlx", mlx), ("legacy", legacy))}
+    walls = {side: max((r["wall_s"] for r in records), default=None)
+             for side, records in (("mlx", mlx), ("legacy", legacy))}  # fmt: skip
     return {
         "evaluations": [{"step": step, **sides} for step, sides in common.items()],
         "max_test_accuracy_difference": max(differences, default=None),
@@ -214,7 +215,8 @@ def compare(data: str, out: Path, overrides: list[str], every: int = 100, sides=
     base = [f"data_paths=[{data}]", *overrides]
     if mlx_run is not None:
         last = from_hydra(compose(base)).max_steps
-        lines = [line for line in Path(mlx_run).read_text().splitlines() if last is None or json.loads(line)["step"] <= last]
+        lines = [line for line in Path(mlx_run).read_text().splitlines()
+                 if last is None or json.loads(line)["step"] <= last]  # fmt: skip
         (out / "mlx").mkdir(exist_ok=True)
         write_atomically(out / "mlx" / METRICS_FILE, "".join(line + "\n" for line in lines))
         sides = [side for side in sides if side != "mlx"]
