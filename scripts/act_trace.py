@@ -1,0 +1,154 @@
+"""Every test row's answer and Q logit after each ACT step, and what halting rules would give, from one pass.
+
+`halt=max` runs every row for all `halt_max_steps`; a row's computation does not depend on the other rows, so its
+first s steps are what any halting rule runs before stopping it at step s. One such pass therefore gives, for each
+rule, the exact accuracy and mean ACT steps it would reach (not its speed: `scripts/halting_eval.py` times the rules
+it runs): a cap at every step, the Q head at thresholds, and stopping once a row's answer has stayed the same for k
+steps. Writes trace.npz, rules.jsonl and act_trace.png (exact accuracy against mean ACT steps for each rule; the
+step at which each solved row first had its final answer).
+
+    python -m scripts.act_trace --checkpoint model.safetensors --data data/sudoku-sample --out outputs/trace \\
+        [--batch-size 16] [--forward-dtype float32] [--thresholds 0.5 0.8] [--patience 1 2 4]
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from trm_mlx.blas import load_fast_blas  # noqa: E402
+
+load_fast_blas()  # before MLX loads
+
+import mlx.core as mx  # noqa: E402
+
+import trm_mlx  # noqa: E402
+from trm_mlx.data import PuzzleDataset  # noqa: E402
+from trm_mlx.data.dataset import IGNORE_LABEL_ID  # noqa: E402
+from trm_mlx.evaluation.boards import real_rows  # noqa: E402
+from trm_mlx.evaluation.loop import compiled_eval_step  # noqa: E402
+from trm_mlx.evaluation.preds import save_predictions  # noqa: E402
+from trm_mlx.model import ACTLossHead  # noqa: E402
+from trm_mlx.runtime import Runtime  # noqa: E402
+
+
+def trace(model, dataset: PuzzleDataset) -> dict[str, np.ndarray]:
+    """`preds` [rows, steps, seq], `q_halt_logits` [rows, steps], `labels` and `inputs` [rows, seq] of the test
+    split's real rows, in the split's order."""
+    model.eval()
+    step = compiled_eval_step(ACTLossHead(model))
+    parts = {key: [] for key in ("preds", "q_halt_logits", "labels", "inputs")}
+    batches = sum(-(-len(arrays.inputs) // dataset.local_batch_size) for arrays in dataset.sets.values())
+    for _, batch, _ in tqdm(dataset.iter_test(), desc="trace", unit="batch", total=batches, leave=False):
+        keep = real_rows(batch["inputs"], dataset.metadata.pad_id)
+        arrays = {key: mx.array(value) for key, value in batch.items()}
+        carry = model.initial_carry(arrays)
+        preds, q = [], []
+        for _ in range(model.config.halt_max_steps):
+            carry, _, outputs = step(carry, arrays)
+            mx.eval(carry, outputs)
+            preds.append(np.array(outputs["preds"])[keep])
+            q.append(np.array(outputs["q_halt_logits"], np.float32)[keep])
+        parts["preds"].append(np.stack(preds, axis=1))
+        parts["q_halt_logits"].append(np.stack(q, axis=1))
+        parts["labels"].append(np.asarray(batch["labels"])[keep])
+        parts["inputs"].append(np.asarray(batch["inputs"])[keep])
+    return {key: np.concatenate(value) for key, value in parts.items()}
+
+
+def correct_by_step(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """[rows, steps]: whether the row's answer after that step is exact (labelled cells all right)."""
+    labels = arrays["labels"][:, None, :]
+    return ((arrays["preds"] == labels) | (labels == IGNORE_LABEL_ID)).all(axis=-1)
+
+
+def unchanged_for(preds: np.ndarray) -> np.ndarray:
+    """[rows, steps]: for how many steps before this one the row's answer has been this step's."""
+    same = np.zeros(preds.shape[:2], np.int64)
+    for s in range(1, preds.shape[1]):
+        same[:, s] = np.where((preds[:, s] == preds[:, s - 1]).all(axis=-1), same[:, s - 1] + 1, 0)
+    return same
+
+
+def rule_result(name: str, stop: np.ndarray, correct: np.ndarray) -> dict:
+    """Stopping each row at its first True step of ``stop`` [rows, steps] (the last step at the latest)."""
+    stop = stop.copy()
+    stop[:, -1] = True
+    first = stop.argmax(axis=1)
+    return {"rule": name, "mean_act_steps": float(first.mean() + 1),
+            "exact_accuracy": float(correct[np.arange(len(first)), first].mean())}  # fmt: skip
+
+
+def rules(arrays: dict[str, np.ndarray], thresholds: list[float], patience: list[int]) -> list[dict]:
+    correct = correct_by_step(arrays)
+    steps = correct.shape[1]
+    index = np.arange(steps)[None, :]
+    q = arrays["q_halt_logits"]
+    results = [rule_result(f"cap {s}", np.broadcast_to(index >= s - 1, correct.shape), correct) for s in
+               range(1, steps + 1)]  # fmt: skip
+    results += [rule_result(f"q>{t:g}", q > np.log(t / (1 - t)), correct) for t in thresholds]
+    same = unchanged_for(arrays["preds"])
+    results += [rule_result(f"unchanged {k}", same >= k, correct) for k in patience]
+    return results
+
+
+def final_answer_steps(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """For each row right after the last step: the first step from which its answer stayed right."""
+    correct = correct_by_step(arrays)
+    solved = correct[:, -1]
+    wrong_after = np.where(~correct[solved], np.arange(correct.shape[1]), -1).max(axis=1)
+    return wrong_after + 2  # 1-based step after the last wrong one
+
+
+def figure(results: list[dict], arrays: dict[str, np.ndarray], path: Path, title: str) -> None:
+    fig, (trade, first) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    caps = [r for r in results if r["rule"].startswith("cap")]
+    trade.plot([r["mean_act_steps"] for r in caps], [r["exact_accuracy"] for r in caps], "o-", color="C0",
+               markersize=3, label="every row stops at step s")  # fmt: skip
+    for i, r in enumerate(r for r in results if not r["rule"].startswith("cap")):
+        trade.scatter(r["mean_act_steps"], r["exact_accuracy"], color=f"C{i + 1}", label=r["rule"], zorder=3)
+    trade.set(xlabel="mean ACT steps per example", ylabel="exact accuracy")
+    trade.legend(fontsize=8)
+    steps = arrays["preds"].shape[1]
+    first.hist(final_answer_steps(arrays), bins=np.arange(1, steps + 2) - 0.5, color="C0")
+    first.set(xlabel="ACT step from which a solved row's answer stays right", ylabel="examples")
+    for ax in (trade, first):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=9)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--data", required=True, help="a built dataset; its test split is traced")
+    parser.add_argument("--out", required=True, help="folder for trace.npz, rules.jsonl and act_trace.png")
+    parser.add_argument("--batch-size", type=int, default=768)
+    parser.add_argument("--forward-dtype", help="e.g. float32 on a CPU")
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.8])
+    parser.add_argument("--patience", type=int, nargs="+", default=[1, 2, 4])
+    args = parser.parse_args(argv)
+    if not all(0 < t < 1 for t in args.thresholds):
+        parser.error(f"--thresholds {args.thresholds}: each must be a probability in (0, 1)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = trm_mlx.load(args.checkpoint, forward_dtype=args.forward_dtype, runtime=Runtime.create(cpu_lanes=1))
+    arrays = trace(model, PuzzleDataset([args.data], "test", global_batch_size=args.batch_size))
+    save_predictions(out / "trace.npz", arrays)
+    results = rules(arrays, args.thresholds, args.patience)
+    (out / "rules.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
+    for r in results:
+        print(json.dumps(r))
+    title = f"{Path(args.checkpoint).name} on {Path(args.data).name} ({len(arrays['labels'])} test examples)"
+    figure(results, arrays, out / "act_trace.png", title)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""scripts/act_trace.py: per-step answers from one halt=max pass, and the halting rules simulated on them, against
+the evaluation loop's own halt=max and halt=q runs; rules on a hand-made trace."""
+
+import json
+
+import matplotlib.image
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import trm_mlx
+from scripts.act_trace import final_answer_steps, main, rules, trace, unchanged_for
+from tiny_runs import train_tiny
+from trm_mlx.data import PuzzleDataset
+from trm_mlx.evaluation.loop import evaluate
+from trm_mlx.model import ACTLossHead
+from trm_mlx.runtime import Runtime
+
+
+def _hand_trace():
+    # three rows of one cell, three steps: row 0 right from step 2 on, row 1 always wrong and changing,
+    # row 2 right at step 1 and unchanged after
+    preds = np.array([[[5], [7], [7]], [[1], [2], [3]], [[7], [7], [7]]])
+    q = np.array([[-1.0, 2.0, 2.0], [-3.0, -3.0, -3.0], [0.5, 0.5, 0.5]])
+    return {"preds": preds, "q_halt_logits": q, "labels": np.array([[7], [9], [7]]), "inputs": np.ones((3, 1), int)}
+
+
+def test_rules_on_a_hand_made_trace():
+    arrays = _hand_trace()
+    assert unchanged_for(arrays["preds"]).tolist() == [[0, 0, 1], [0, 0, 0], [0, 1, 2]]
+    by_name = {r["rule"]: r for r in rules(arrays, thresholds=[0.5, 0.9], patience=[1])}
+    assert by_name["cap 1"] == {"rule": "cap 1", "mean_act_steps": 1.0, "exact_accuracy": pytest.approx(1 / 3)}
+    assert by_name["cap 3"]["exact_accuracy"] == pytest.approx(2 / 3)
+    # q > 0.5 (logit > 0): rows stop at steps 2, 3 (never halts), 1; sigmoid(2) = 0.88 < 0.9: only the cap stops
+    assert by_name["q>0.5"] == {"rule": "q>0.5", "mean_act_steps": 2.0, "exact_accuracy": pytest.approx(2 / 3)}
+    assert by_name["q>0.9"]["mean_act_steps"] == 3.0
+    assert by_name["unchanged 1"] == {"rule": "unchanged 1", "mean_act_steps": pytest.approx(8 / 3),
+                                      "exact_accuracy": pytest.approx(2 / 3)}  # fmt: skip
+    assert final_answer_steps(arrays).tolist() == [2, 1]
+
+
+def test_the_trace_agrees_with_the_evaluation_loop(tiny_data, tmp_path):
+    train_tiny(tiny_data, tmp_path / "run", "max_steps=8")
+    checkpoint = str(tmp_path / "run" / "step_8")
+    main(["--checkpoint", checkpoint, "--data", str(tiny_data), "--out", str(tmp_path / "out"), "--batch-size", "4"])
+    with np.load(tmp_path / "out" / "trace.npz") as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    records = [json.loads(line) for line in (tmp_path / "out" / "rules.jsonl").read_text().splitlines()]
+    assert matplotlib.image.imread(tmp_path / "out" / "act_trace.png").shape[1] > 800
+
+    runtime = Runtime.create(cpu_lanes=1)
+    head = ACTLossHead(trm_mlx.load(checkpoint, runtime=runtime))
+    steps = head.model.config.halt_max_steps
+    assert arrays["preds"].shape[1] == steps and len(arrays["labels"]) > 0
+
+    def dataset():
+        return PuzzleDataset([str(tiny_data)], "test", global_batch_size=4)
+
+    full = evaluate(head, dataset(), runtime, progress=False, save_outputs=["inputs", "preds"], save_dir=tmp_path)
+    with np.load(tmp_path / "all_preds.0.npz") as saved:
+        real = saved["inputs"].any(axis=1)
+        np.testing.assert_array_equal(saved["preds"][real], arrays["preds"][:, -1])
+    cap = next(r for r in records if r["rule"] == f"cap {steps}")
+    assert cap["exact_accuracy"] == pytest.approx(full["all"]["exact_accuracy"])
+
+    # a Q head whose logits differ between rows (the tiny model's sit at their initial -5): the halting
+    # evaluation's own run of a threshold that two rows pass at step 1 agrees with the rule on the trace
+    q_head = head.model.inner.q_head
+    q_head.weight = mx.random.normal(q_head.weight.shape, key=mx.random.key(0))
+    arrays = trace(head.model, dataset())
+    first = np.sort(arrays["q_halt_logits"][:, 0])
+    logit = (first[1] + first[2]) / 2
+    assert first[2] - first[1] > 0.01  # far from rounding
+    threshold = float(1 / (1 + np.exp(-logit)))
+    simulated = rules(arrays, [threshold], [])[-1]
+    halting = evaluate(head, dataset(), runtime, progress=False, halt_threshold=threshold)
+    assert simulated["mean_act_steps"] == pytest.approx(halting["all"]["steps"])
+    assert simulated["exact_accuracy"] == pytest.approx(halting["all"]["exact_accuracy"])
+    assert 1 < simulated["mean_act_steps"] < steps
