@@ -3,12 +3,13 @@
 `halt=max` runs every row for all `halt_max_steps`; a row's computation does not depend on the other rows, so its
 first s steps are what any halting rule runs before stopping it at step s. One such pass therefore gives, for each
 rule, the exact accuracy and mean ACT steps it would reach (not its speed: `scripts/halting_eval.py` times the rules
-it runs): a cap at every step, the Q head at thresholds, and stopping once a row's answer has stayed the same for k
-steps. Writes trace.npz, rules.jsonl and act_trace.png (exact accuracy against mean ACT steps for each rule; the
+it runs): a cap at every step, the Q head at thresholds, stopping once a row's answer has stayed the same for k
+steps, and an oracle that stops each solved row where its answer stays right (the most any rule saves without losing
+an answer). Writes trace.npz, rules.jsonl and act_trace.png (exact accuracy against mean ACT steps for each rule; the
 step at which each solved row first had its final answer).
 
     python -m scripts.act_trace --checkpoint model.safetensors --data data/sudoku-sample --out outputs/trace \\
-        [--batch-size 16] [--forward-dtype float32] [--thresholds 0.5 0.8] [--patience 1 2 4]
+        [--batch-size 16] [--forward-dtype float32] [--thresholds 0.5 0.8] [--patience 1 2 4] [--caps 6 8]
 """
 
 import argparse
@@ -85,16 +86,26 @@ def rule_result(name: str, stop: np.ndarray, correct: np.ndarray) -> dict:
             "exact_accuracy": float(correct[np.arange(len(first)), first].mean())}  # fmt: skip
 
 
-def rules(arrays: dict[str, np.ndarray], thresholds: list[float], patience: list[int]) -> list[dict]:
+def rules(arrays: dict[str, np.ndarray], thresholds: list[float], patience: list[int],
+          caps: list[int] = ()) -> list[dict]:  # fmt: skip
+    """Every cap; each threshold alone and with each of ``caps``; each patience; the oracle."""
     correct = correct_by_step(arrays)
     steps = correct.shape[1]
     index = np.arange(steps)[None, :]
     q = arrays["q_halt_logits"]
     results = [rule_result(f"cap {s}", np.broadcast_to(index >= s - 1, correct.shape), correct) for s in
                range(1, steps + 1)]  # fmt: skip
-    results += [rule_result(f"q>{t:g}", q > np.log(t / (1 - t)), correct) for t in thresholds]
+    for t in thresholds:
+        halts = q > np.log(t / (1 - t))
+        results.append(rule_result(f"q>{t:g}", halts, correct))
+        results += [rule_result(f"q>{t:g}, cap {c}", halts | (index >= c - 1), correct) for c in caps]
     same = unchanged_for(arrays["preds"])
     results += [rule_result(f"unchanged {k}", same >= k, correct) for k in patience]
+    # the best any rule can do without losing an answer: solved rows stop where their answer stays right, others run
+    solved = correct[:, -1]
+    final = np.full(len(solved), steps + 1)
+    final[solved] = final_answer_steps(arrays)
+    results.append(rule_result("oracle", index + 1 >= final[:, None], correct))
     return results
 
 
@@ -108,11 +119,14 @@ def final_answer_steps(arrays: dict[str, np.ndarray]) -> np.ndarray:
 
 def figure(results: list[dict], arrays: dict[str, np.ndarray], path: Path, title: str) -> None:
     fig, (trade, first) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    caps = [r for r in results if r["rule"].startswith("cap")]
-    trade.plot([r["mean_act_steps"] for r in caps], [r["exact_accuracy"] for r in caps], "o-", color="C0",
-               markersize=3, label="every row stops at step s")  # fmt: skip
-    for i, r in enumerate(r for r in results if not r["rule"].startswith("cap")):
-        trade.scatter(r["mean_act_steps"], r["exact_accuracy"], color=f"C{i + 1}", label=r["rule"], zorder=3)
+    families: dict[str, list[dict]] = {}  # "cap", "q>t" (alone and with caps), each "unchanged k"
+    for r in results:
+        families.setdefault("cap" if r["rule"].startswith("cap") else r["rule"].split(",")[0], []).append(r)
+    for i, (family, members) in enumerate(families.items()):
+        members = sorted(members, key=lambda r: r["mean_act_steps"])
+        label = "every row stops at step s" if family == "cap" else family + (", with caps" if len(members) > 1 else "")
+        trade.plot([r["mean_act_steps"] for r in members], [r["exact_accuracy"] for r in members],
+                   "o-" if len(members) > 1 else "s", color=f"C{i}", markersize=4, label=label)  # fmt: skip
     trade.set(xlabel="mean ACT steps per example", ylabel="exact accuracy")
     trade.legend(fontsize=8)
     steps = arrays["preds"].shape[1]
@@ -134,15 +148,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--forward-dtype", help="e.g. float32 on a CPU")
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.8])
     parser.add_argument("--patience", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--caps", type=int, nargs="*", default=[6, 8, 10, 12], help="caps combined with each threshold")
+    parser.add_argument("--rules-only", action="store_true", help="the rules and figure from OUT/trace.npz")
     args = parser.parse_args(argv)
     if not all(0 < t < 1 for t in args.thresholds):
         parser.error(f"--thresholds {args.thresholds}: each must be a probability in (0, 1)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model = trm_mlx.load(args.checkpoint, forward_dtype=args.forward_dtype, runtime=Runtime.create(cpu_lanes=1))
-    arrays = trace(model, PuzzleDataset([args.data], "test", global_batch_size=args.batch_size))
-    save_predictions(out / "trace.npz", arrays)
-    results = rules(arrays, args.thresholds, args.patience)
+    if args.rules_only:
+        with np.load(out / "trace.npz") as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    else:
+        model = trm_mlx.load(args.checkpoint, forward_dtype=args.forward_dtype, runtime=Runtime.create(cpu_lanes=1))
+        arrays = trace(model, PuzzleDataset([args.data], "test", global_batch_size=args.batch_size))
+        save_predictions(out / "trace.npz", arrays)
+    results = rules(arrays, args.thresholds, args.patience, args.caps)
     (out / "rules.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
     for r in results:
         print(json.dumps(r))

@@ -28,14 +28,18 @@ def _hand_trace():
 def test_rules_on_a_hand_made_trace():
     arrays = _hand_trace()
     assert unchanged_for(arrays["preds"]).tolist() == [[0, 0, 1], [0, 0, 0], [0, 1, 2]]
-    by_name = {r["rule"]: r for r in rules(arrays, thresholds=[0.5, 0.9], patience=[1])}
+    by_name = {r["rule"]: r for r in rules(arrays, thresholds=[0.5, 0.9], patience=[1], caps=[2])}
     assert by_name["cap 1"] == {"rule": "cap 1", "mean_act_steps": 1.0, "exact_accuracy": pytest.approx(1 / 3)}
     assert by_name["cap 3"]["exact_accuracy"] == pytest.approx(2 / 3)
     # q > 0.5 (logit > 0): rows stop at steps 2, 3 (never halts), 1; sigmoid(2) = 0.88 < 0.9: only the cap stops
     assert by_name["q>0.5"] == {"rule": "q>0.5", "mean_act_steps": 2.0, "exact_accuracy": pytest.approx(2 / 3)}
     assert by_name["q>0.9"]["mean_act_steps"] == 3.0
+    assert by_name["q>0.9, cap 2"] == {"rule": "q>0.9, cap 2", "mean_act_steps": 2.0,
+                                       "exact_accuracy": pytest.approx(2 / 3)}  # fmt: skip
+    assert by_name["q>0.5, cap 2"]["mean_act_steps"] == pytest.approx(5 / 3)  # rows stop at 2, 2, 1
     assert by_name["unchanged 1"] == {"rule": "unchanged 1", "mean_act_steps": pytest.approx(8 / 3),
                                       "exact_accuracy": pytest.approx(2 / 3)}  # fmt: skip
+    assert by_name["oracle"] == {"rule": "oracle", "mean_act_steps": 2.0, "exact_accuracy": pytest.approx(2 / 3)}
     assert final_answer_steps(arrays).tolist() == [2, 1]
 
 
@@ -72,7 +76,7 @@ def test_the_trace_agrees_with_the_evaluation_loop(tiny_data, tmp_path):
     logit = (first[1] + first[2]) / 2
     assert first[2] - first[1] > 0.01  # far from rounding
     threshold = float(1 / (1 + np.exp(-logit)))
-    simulated = rules(arrays, [threshold], [])[-1]
+    simulated = next(r for r in rules(arrays, [threshold], []) if r["rule"] == f"q>{threshold:g}")
     halting = evaluate(head, dataset(), runtime, progress=False, halt_threshold=threshold)
     assert simulated["mean_act_steps"] == pytest.approx(halting["all"]["steps"])
     assert simulated["exact_accuracy"] == pytest.approx(halting["all"]["exact_accuracy"])
