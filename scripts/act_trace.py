@@ -34,7 +34,7 @@ from trm_mlx.data import PuzzleDataset  # noqa: E402
 from trm_mlx.data.dataset import IGNORE_LABEL_ID  # noqa: E402
 from trm_mlx.evaluation.boards import real_rows  # noqa: E402
 from trm_mlx.evaluation.loop import compiled_eval_step  # noqa: E402
-from trm_mlx.evaluation.preds import save_predictions  # noqa: E402
+from trm_mlx.evaluation.preds import read_predictions_file, save_predictions  # noqa: E402
 from trm_mlx.model import ACTLossHead  # noqa: E402
 from trm_mlx.runtime import Runtime  # noqa: E402
 
@@ -104,20 +104,20 @@ def rules(arrays: dict[str, np.ndarray], thresholds: list[float], patience: list
     # the best any rule can do without losing an answer: solved rows stop where their answer stays right, others run
     solved = correct[:, -1]
     final = np.full(len(solved), steps + 1)
-    final[solved] = final_answer_steps(arrays)
+    final[solved] = final_answer_steps(correct)
     results.append(rule_result("oracle", index + 1 >= final[:, None], correct))
     return results
 
 
-def final_answer_steps(arrays: dict[str, np.ndarray]) -> np.ndarray:
-    """For each row right after the last step: the first step from which its answer stayed right."""
-    correct = correct_by_step(arrays)
+def final_answer_steps(correct: np.ndarray) -> np.ndarray:
+    """For each row right after the last step (``correct_by_step``): the first step from which its answer stayed
+    right."""
     solved = correct[:, -1]
     wrong_after = np.where(~correct[solved], np.arange(correct.shape[1]), -1).max(axis=1)
     return wrong_after + 2  # 1-based step after the last wrong one
 
 
-def figure(results: list[dict], arrays: dict[str, np.ndarray], path: Path, title: str) -> None:
+def figure(results: list[dict], correct: np.ndarray, path: Path, title: str) -> None:
     fig, (trade, first) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     families: dict[str, list[dict]] = {}  # "cap", "q>t" (alone and with caps), each "unchanged k"
     for r in results:
@@ -129,8 +129,8 @@ def figure(results: list[dict], arrays: dict[str, np.ndarray], path: Path, title
                    "o-" if len(members) > 1 else "s", color=f"C{i}", markersize=4, label=label)  # fmt: skip
     trade.set(xlabel="mean ACT steps per example", ylabel="exact accuracy")
     trade.legend(fontsize=8)
-    steps = arrays["preds"].shape[1]
-    first.hist(final_answer_steps(arrays), bins=np.arange(1, steps + 2) - 0.5, color="C0")
+    steps = correct.shape[1]
+    first.hist(final_answer_steps(correct), bins=np.arange(1, steps + 2) - 0.5, color="C0")
     first.set(xlabel="ACT step from which a solved row's answer stays right", ylabel="examples")
     for ax in (trade, first):
         ax.grid(alpha=0.3)
@@ -156,8 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.rules_only:
-        with np.load(out / "trace.npz") as npz:
-            arrays = {key: npz[key] for key in npz.files}
+        arrays = read_predictions_file(out / "trace.npz")
     else:
         model = trm_mlx.load(args.checkpoint, forward_dtype=args.forward_dtype, runtime=Runtime.create(cpu_lanes=1))
         arrays = trace(model, PuzzleDataset([args.data], "test", global_batch_size=args.batch_size))
@@ -167,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     for r in results:
         print(json.dumps(r))
     title = f"{Path(args.checkpoint).name} on {Path(args.data).name} ({len(arrays['labels'])} test examples)"
-    figure(results, arrays, out / "act_trace.png", title)
+    figure(results, correct_by_step(arrays), out / "act_trace.png", title)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import trm_mlx
-from scripts.act_trace import final_answer_steps, main, rules, trace, unchanged_for
+from scripts.act_trace import correct_by_step, final_answer_steps, main, rules, trace, unchanged_for
 from tiny_runs import train_tiny
 from trm_mlx.data import PuzzleDataset
 from trm_mlx.evaluation.loop import evaluate
@@ -40,7 +40,7 @@ def test_rules_on_a_hand_made_trace():
     assert by_name["unchanged 1"] == {"rule": "unchanged 1", "mean_act_steps": pytest.approx(8 / 3),
                                       "exact_accuracy": pytest.approx(2 / 3)}  # fmt: skip
     assert by_name["oracle"] == {"rule": "oracle", "mean_act_steps": 2.0, "exact_accuracy": pytest.approx(2 / 3)}
-    assert final_answer_steps(arrays).tolist() == [2, 1]
+    assert final_answer_steps(correct_by_step(arrays)).tolist() == [2, 1]
 
 
 def test_the_trace_agrees_with_the_evaluation_loop(tiny_data, tmp_path):
