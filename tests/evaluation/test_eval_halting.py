@@ -10,6 +10,7 @@ import pytest
 from tiny_dataset import write_split
 from trm_mlx.data import PuzzleDataset
 from trm_mlx.evaluation import cli
+from trm_mlx.evaluation.boards import BoardEvaluator
 from trm_mlx.evaluation.loop import evaluate
 from trm_mlx.model import ACTLossHead, create_model
 
@@ -77,13 +78,13 @@ def test_a_row_stops_at_its_first_halting_step(data):
 
 def _by_input(metrics_dir):
     saved = np.load(metrics_dir / "all_preds.0.npz")
-    return {row.tobytes(): (p.tolist(), float(q)) for row, p, q in zip(saved["inputs"], saved["preds"],
-                                                                        saved["q_halt_logits"])}  # fmt: skip
+    return {row.tobytes(): (p.tolist(), float(q), int(n)) for row, p, q, n in zip(saved["inputs"], saved["preds"],
+            saved["q_halt_logits"], saved["steps"])}  # fmt: skip
 
 
 def test_a_full_batch_refilled_as_rows_halt_answers_as_rows_one_by_one(data, tmp_path, runtime):
     head = ACTLossHead(halting_model())
-    outputs = ["inputs", "preds", "q_halt_logits"]
+    outputs = ["inputs", "preds", "q_halt_logits", "steps"]
     runs = {}
     for size in (4, 1):
         dataset = PuzzleDataset([str(data)], "test", global_batch_size=size)
@@ -97,10 +98,16 @@ def test_a_full_batch_refilled_as_rows_halt_answers_as_rows_one_by_one(data, tmp
         assert batched["all"][key] == pytest.approx(single["all"][key], rel=1e-6), key
     mean_steps = sum(int(n) * c for n, c in batched["act_steps"].items()) / 11
     assert batched["all"]["steps"] == pytest.approx(mean_steps)
-    one_by_one = _by_input(tmp_path / "1")
-    for key, (preds, q) in _by_input(tmp_path / "4").items():
-        # the same answers; Q values up to fp32 rounding, which the batch size changes (matrix blocking)
+    one_by_one, by_input = _by_input(tmp_path / "1"), _by_input(tmp_path / "4")
+    for key, (preds, q, steps) in by_input.items():
+        # the same answers and steps; Q values up to fp32 rounding, which the batch size changes (matrix blocking)
         assert one_by_one[key][0] == preds and one_by_one[key][1] == pytest.approx(q, rel=1e-4)
+        assert one_by_one[key][2] == steps
+    # each example's saved steps: the first step whose q_halt > 0, from every row run for all steps
+    _, batch, _ = next(PuzzleDataset([str(data)], "test", global_batch_size=11).iter_test())
+    q, _ = steps_of_every_row(head.model, batch["inputs"], batch["puzzle_identifiers"])
+    halts = np.concatenate([q[:, :-1] > 0, np.ones((11, 1), bool)], axis=1)
+    assert [by_input[row.tobytes()][2] for row in batch["inputs"]] == (halts.argmax(1) + 1).tolist()
 
     full = evaluate(head, PuzzleDataset([str(data)], "test", global_batch_size=4), runtime, progress=False)
     assert full["all"]["steps"] == STEPS and "act_steps" not in full  # halt=max: the original's protocol
@@ -128,6 +135,47 @@ def test_each_rows_losses_are_those_of_its_halting_step(data, runtime):
     result = evaluate(head, dataset, runtime, progress=False, halt_threshold=0.5)["all"]
     for key, values in expected.items():
         assert result[key] == pytest.approx(np.mean(values), rel=1e-4), key
+
+
+class Boards(BoardEvaluator):
+    """A board evaluator without checks that records the numbers of the examples in the order they arrive."""
+
+    name = "boards"
+    check_names = ()
+
+    def checks(self, inputs, preds):
+        return {}
+
+    def begin_eval(self):
+        super().begin_eval()
+        self.arrival = []
+
+    def update_batch(self, batch, outputs):
+        self.arrival.extend(batch.get("numbers", []))
+        super().update_batch(batch, outputs)
+
+
+def test_the_report_numbers_examples_by_their_place_in_the_test_split(data, runtime):
+    """halt=q hands examples over as they finish; the boards kept for the report are still the first ones of the
+    test split, with the steps each used."""
+    head = ACTLossHead(halting_model())
+    dataset = PuzzleDataset([str(data)], "test", global_batch_size=4)
+    kept, arrivals = {}, {}
+    for threshold in (None, 0.5):
+        boards = Boards(pad_id=dataset.metadata.pad_id, keep_examples=3)
+        evaluate(head, dataset, runtime, [boards], progress=False, halt_threshold=threshold)
+        kept[threshold], arrivals[threshold] = boards.examples, boards.arrival
+    assert sorted(arrivals[0.5]) == list(range(11)) and arrivals[0.5] != sorted(arrivals[0.5])  # out of order
+    _, batch, _ = next(PuzzleDataset([str(data)], "test", global_batch_size=11).iter_test())
+    q, preds = steps_of_every_row(head.model, batch["inputs"], batch["puzzle_identifiers"])
+    first = np.concatenate([q[:, :-1] > 0, np.ones((11, 1), bool)], axis=1).argmax(1)
+    for threshold, boards in kept.items():
+        assert [board.number for board in boards] == [0, 1, 2]
+        for board in boards:
+            np.testing.assert_array_equal(board.inputs, batch["inputs"][board.number])
+            at = STEPS - 1 if threshold is None else first[board.number]
+            assert board.steps == at + 1
+            np.testing.assert_array_equal(board.preds, preds[board.number, at])
 
 
 @pytest.mark.parametrize("override, expected", [

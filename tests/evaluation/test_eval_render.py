@@ -10,6 +10,7 @@ import pytest
 from test_eval_boards import MAZE, SOLUTION, maze_tokens, sudoku_cases, tokens
 
 from trm_mlx.evaluation import render
+from trm_mlx.evaluation.boards import KeptBoard
 from trm_mlx.evaluation.arc import ARCEvaluator
 from trm_mlx.evaluation.sudoku import SudokuEvaluator
 
@@ -66,8 +67,9 @@ def test_board_report_marks_wrong_cells_in_headless_chromium(tmp_path):
     shortest = [(0, 1), (1, 1), (2, 1), (2, 2), (2, 3), (1, 3), (0, 3)]
     maze_pred = maze_tokens(MAZE, shortest[:3] + [(2, 4), (1, 4)])  # wrong: cells (2,4), (1,4) and missing ones
     sections = [
-        render.Section("Sudoku", render.board_rows("Sudoku", [(0, puzzle, swapped, tokens(SOLUTION))])),
-        render.Section("Maze", render.board_rows("Maze", [(0, maze_tokens(MAZE), maze_pred, maze_tokens(MAZE, shortest))])),
+        render.Section("Sudoku", render.board_rows("Sudoku", [KeptBoard(0, puzzle, swapped, tokens(SOLUTION))])),
+        render.Section("Maze", render.board_rows("Maze", [KeptBoard(0, maze_tokens(MAZE), maze_pred,
+                                                                    maze_tokens(MAZE, shortest))])),
     ]  # fmt: skip
     assert sections[0].rows[0].heading == "Sudoku example 0 · 2 wrong cells"
     metrics = {"all": {"accuracy": 0.5, "exact_accuracy": 0.25, "steps": 16.0}}
@@ -107,8 +109,21 @@ def test_the_report_shows_the_first_the_wrong_or_a_random_sample():
     with pytest.raises(ValueError, match="keep='worst'"):
         SudokuEvaluator(keep="worst")
 
-    rows = render.board_rows("Sudoku", [(n, c[0], c[1], c[2]) for n, c in enumerate(cases)])
+    rows = render.board_rows("Sudoku", [KeptBoard(n, c[0], c[1], c[2]) for n, c in enumerate(cases)])
     assert [row.wrong for row in rows] == [False, True, True, True, True]
+    assert all("ACT step" not in row.heading for row in rows)  # no steps in the outputs: none in the headings
     assert render.select_items(rows, "wrong", 2, is_wrong=lambda row: row.wrong) == rows[1:3]
     with pytest.raises(ValueError, match="render_select='all'"):
         render.select_items(rows, "all", 2, is_wrong=lambda row: row.wrong)
+
+
+def test_a_kept_board_shows_the_act_steps_it_used():
+    """Under halt=q each example's steps come with its outputs; the report's heading gives them."""
+    cases = sudoku_cases()
+    batch = {"inputs": np.stack([c[0] for c in cases]), "labels": np.stack([c[2] for c in cases])}
+    outputs = {"preds": np.stack([c[1] for c in cases]), "steps": np.array([3, 16, 1, 7, 9])}
+    evaluator = SudokuEvaluator(keep_examples=2, keep="wrong")
+    evaluator.update_batch(batch, outputs)
+    assert [(kept.number, kept.steps) for kept in evaluator.examples] == [(1, 16), (2, 1)]
+    headings = [row.heading for row in render.board_rows("Sudoku", evaluator.examples)]
+    assert headings[0].endswith(" · 16 ACT steps") and headings[1].endswith(" · 1 ACT step")

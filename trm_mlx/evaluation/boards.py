@@ -1,5 +1,7 @@
 """Shared bookkeeping of the evaluators that check each predicted board on its own (Sudoku, Maze)."""
 
+from typing import NamedTuple
+
 import mlx.core as mx
 import numpy as np
 
@@ -11,12 +13,24 @@ def real_rows(inputs: np.ndarray, pad_id: int) -> np.ndarray:
     return ~(np.asarray(inputs) == pad_id).all(axis=1)
 
 
+class KeptBoard(NamedTuple):
+    """A board kept for the report: its number in the test split, and the ACT steps it used when the outputs say."""
+
+    number: int
+    inputs: np.ndarray
+    preds: np.ndarray
+    labels: np.ndarray | None
+    steps: int | None = None
+
+
 class BoardEvaluator:
     """Counts per-board checks (`checks` returns one boolean per board for each name in `check_names`) and exact
     matches with the labels when the batch has them. Keeps `keep_examples` boards for the report, chosen by
     `keep`: the first ones, the first wrong ones (not exact, or failing a check where there are no labels), or a
-    uniform sample of all boards (reservoir sampling, seeded); each as (number among all boards, inputs, preds,
-    labels or None)."""
+    uniform sample of all boards (reservoir sampling, seeded), as `KeptBoard`s in the order of their numbers.
+
+    A board's number is its position among the boards seen, or `batch["numbers"]` where the batch has it: its
+    position in the test split when the evaluation hands boards over out of order (`halt=q`, as rows finish)."""
 
     name: str
     check_names: tuple[str, ...]
@@ -36,14 +50,16 @@ class BoardEvaluator:
 
     def begin_eval(self) -> None:
         self.counts = dict.fromkeys(("count", "labelled", "exact", *self.check_names), 0)
-        self.examples: list[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]] = []
+        self.examples: list[KeptBoard] = []
         self._sampler = np.random.default_rng(self.seed)
 
     def update_batch(self, batch: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
         keep = real_rows(batch["inputs"], self.pad_id)
         inputs, preds = np.asarray(batch["inputs"])[keep], np.asarray(outputs["preds"])[keep]
         labels = np.asarray(batch["labels"])[keep] if "labels" in batch else None
-        first_number = self.counts["count"]
+        steps = np.asarray(outputs["steps"])[keep] if "steps" in outputs else None
+        seen = self.counts["count"]
+        numbers = np.asarray(batch["numbers"])[keep] if "numbers" in batch else seen + np.arange(len(inputs))
         self.counts["count"] += len(inputs)
         checks = self.checks(inputs, preds)
         for key, passed in checks.items():
@@ -56,21 +72,26 @@ class BoardEvaluator:
         else:
             correct = np.logical_and.reduce(list(checks.values())) if checks else np.ones(len(inputs), bool)
         for i in range(len(inputs)):
-            self._offer((first_number + i, inputs[i], preds[i], None if labels is None else labels[i]), correct[i])
+            example = KeptBoard(int(numbers[i]), inputs[i], preds[i], None if labels is None else labels[i],
+                                None if steps is None else int(steps[i]))  # fmt: skip
+            self._offer(example, correct[i], seen + i)
 
-    def _offer(self, example: tuple, correct: bool) -> None:
-        room = len(self.examples) < self.keep_examples
-        if self.keep == "first" or (self.keep == "wrong" and not correct):
-            if room:
-                self.examples.append(example)
-        elif self.keep == "random" and self.keep_examples:
-            if room:
-                self.examples.append(example)
-            else:  # reservoir sampling: the n-th board replaces a kept one with probability keep_examples / n
-                slot = int(self._sampler.integers(example[0] + 1))
-                if slot < self.keep_examples:
-                    self.examples[slot] = example
-                    self.examples.sort(key=lambda kept: kept[0])
+    def _offer(self, example: KeptBoard, correct: bool, seen: int) -> None:
+        """Consider the `seen`-th board (counting from 0) for the report."""
+        if not self.keep_examples or (self.keep == "wrong" and correct):
+            return
+        if len(self.examples) < self.keep_examples:
+            self.examples.append(example)
+        elif self.keep == "random":  # reservoir sampling: the n-th board replaces a kept one with probability k / n
+            slot = int(self._sampler.integers(seen + 1))
+            if slot >= self.keep_examples:
+                return
+            self.examples[slot] = example
+        elif example.number < self.examples[-1].number:  # first, wrong: the lowest numbers
+            self.examples[-1] = example
+        else:
+            return
+        self.examples.sort(key=lambda kept: kept.number)
 
     def result(self, save_dir=None, group: mx.distributed.Group | None = None) -> dict:
         """Fractions of boards passing each check, and `exact_accuracy` when labels were seen."""

@@ -20,7 +20,7 @@ from trm_mlx.evaluation.preds import save_predictions
 from trm_mlx.lanes import Lanes, add, concatenate_rows
 from trm_mlx.runtime import Runtime
 
-SAVABLE = ("inputs", "labels", "puzzle_identifiers", "preds", "q_halt_logits")
+SAVABLE = ("inputs", "labels", "puzzle_identifiers", "preds", "q_halt_logits", "steps")
 
 # On CUDA, evaluation runs with MLX's memory limit at most the memory in use plus this many carries (one batch's):
 # without a cap MLX holds the dead inputs of the queued ACT steps, several times the capped peak at the same speed
@@ -34,8 +34,8 @@ def eval_memory_cap(runtime: Runtime, carry: dict):
 
 
 def compiled_eval_step(head, lanes: int = 1, halt_threshold: float | None = None):
-    """One ACT step as a compiled function (carry, batch) -> (carry, metrics, {preds, q_halt_logits}); the weights
-    are implicit inputs. `halt_threshold`: see `ACTModel.__call__`.
+    """One ACT step as a compiled function (carry, batch) -> (carry, metrics, {preds, q_halt_logits, steps}); the
+    weights are implicit inputs; `steps` counts each row's ACT steps so far. `halt_threshold`: see `ACTModel.__call__`.
 
     With `lanes` > 1, a batch whose rows split evenly runs over that many CPU lanes (`trm_mlx.lanes`).
     """
@@ -44,7 +44,8 @@ def compiled_eval_step(head, lanes: int = 1, halt_threshold: float | None = None
     def eval_step(carry, batch):
         step = model(model.reset_halted(carry, batch), halt_threshold=halt_threshold)
         _, metrics = head.loss_and_metrics(step, halted_rows_only=halt_threshold is not None)
-        return step.carry, metrics, {"preds": step.preds, "q_halt_logits": step.q_halt}
+        outputs = {"preds": step.preds, "q_halt_logits": step.q_halt, "steps": step.carry["steps"]}
+        return step.carry, metrics, outputs
 
     whole = mx.compile(eval_step, inputs=head.state)
     if lanes == 1:
@@ -168,8 +169,10 @@ def evaluate_halting(head, dataset: PuzzleDataset, runtime: Runtime, threshold: 
     that halt early; examples are read from the set's batches as slots free up. Once the set's examples run out,
     the rows still running continue in halved batches on a CPU. Each example is scored once, at its halting step,
     so the per-set metrics are those of its answer; evaluators (ARC voting with each answer's sigmoid(q_halt))
-    see every example once, in the order they finish. Saved outputs are in that order too, with their inputs.
-    `act_steps` counts the examples by the ACT steps they used.
+    see every example once, in the order they finish, with its position among this process's test examples as
+    `numbers` (the board evaluators' numbering under `halt=max`). Saved outputs are in that order too, with their
+    inputs.
+    `act_steps` counts the examples by the ACT steps they used; each example's own count is its `steps` output.
     """
     model = head.model
     model.eval()
@@ -185,13 +188,14 @@ def evaluate_halting(head, dataset: PuzzleDataset, runtime: Runtime, threshold: 
     used_steps = np.zeros(max_steps + 1, np.int64)
     total = math.ceil(sum(len(s.inputs) for s in dataset.sets.values()) / runtime.ranks)
     examples = 0
+    read = 0  # this process's examples of the sets before the current one
 
     eval_step = compiled_eval_step(head, runtime.cpu_lanes, threshold)
     start = time.perf_counter()
     with tqdm(total=total, desc="eval", unit="example", leave=None, disable=not progress or runtime.rank != 0) as bar, \
             ExitStack() as memory:  # fmt: skip
         for set_name, batches in _rows_by_set(dataset):
-            slots = _Slots(batches, dataset.local_batch_size, dataset.metadata)
+            slots = _Slots(batches, dataset.local_batch_size, dataset.metadata, first_number=read)
             if not slots.busy():
                 continue
             if shrink_tail:  # a set smaller than half the batch starts in a smaller one
@@ -209,12 +213,13 @@ def evaluate_halting(head, dataset: PuzzleDataset, runtime: Runtime, threshold: 
                     sums[set_name][key] = sums[set_name].get(key, 0.0) + value.item()
                 if finished.any():
                     batch = {key: value[finished] for key, value in slots.data.items()}
+                    batch["numbers"] = slots.numbers[finished]
                     host = {key: np.array(value)[finished] for key, value in outputs.items()}
                     for evaluator in evaluators:
                         evaluator.update_batch(batch, host)
                     for key in save_outputs:
                         saved[key].append(batch[key] if key in batch else host[key])
-                    used_steps += np.bincount(np.array(carry["steps"])[finished], minlength=max_steps + 1)
+                    used_steps += np.bincount(host["steps"], minlength=max_steps + 1)
                     examples += int(finished.sum())
                     bar.update(int(finished.sum()))
                     bar.set_postfix(examples_per_s=f"{examples / (time.perf_counter() - start):.1f}")
@@ -224,6 +229,7 @@ def evaluate_halting(head, dataset: PuzzleDataset, runtime: Runtime, threshold: 
                     index = mx.array(keep)
                     carry = tree_map(lambda value: value[index], carry)
                     arrays = slots.feed()
+            read = slots.next_number
     elapsed = time.perf_counter() - start
     if runtime.ranks > 1:
         used_steps = np.sum(all_gather_objects(used_steps, group), axis=0)
@@ -247,12 +253,13 @@ def _rows_by_set(dataset: PuzzleDataset):
 
 
 class _Slots:
-    """The rows of a fixed-size batch during a halting evaluation: which example each slot holds, and the next
-    examples (taken from the set's batches as they are needed) for slots whose rows halted; padding once the set's
-    examples run out."""
+    """The rows of a fixed-size batch during a halting evaluation: which example each slot holds (and its number,
+    counting the set's examples from `first_number` in the order they are read), and the next examples (taken from
+    the set's batches as they are needed) for slots whose rows halted; padding once the set's examples run out."""
 
-    def __init__(self, batches, size: int, metadata):
+    def __init__(self, batches, size: int, metadata, first_number: int = 0):
         self.batches = batches
+        self.next_number = first_number
         self.pending = next(batches, None)  # rows read but not yet in a slot
         self.fill = {"inputs": metadata.pad_id, "labels": IGNORE_LABEL_ID,
                      "puzzle_identifiers": metadata.blank_identifier_id}  # fmt: skip
@@ -260,6 +267,7 @@ class _Slots:
         self.data = {key: np.full((size, *value.shape[1:]), self.fill[key], value.dtype)
                      for key, value in template.items()}  # fmt: skip
         self.real = np.zeros(size, bool)
+        self.numbers = np.zeros(size, np.int64)
         self._place(np.ones(size, bool))
 
     def busy(self) -> bool:
@@ -283,6 +291,7 @@ class _Slots:
         target = 1 << (busy - 1).bit_length()
         keep = np.concatenate([np.flatnonzero(self.real), np.flatnonzero(~self.real)[: target - busy]])
         self.real = self.real[keep]
+        self.numbers = self.numbers[keep]
         self.data = {key: value[keep] for key, value in self.data.items()}
         return keep
 
@@ -305,3 +314,5 @@ class _Slots:
             if not len(self.pending["inputs"]):
                 self.pending = next(self.batches, None)
         self.real[slots] = True
+        self.numbers[slots] = self.next_number + np.arange(count)
+        self.next_number += count

@@ -14,6 +14,7 @@ import jinja2
 import numpy as np
 
 from trm_mlx.atomic import write_atomically
+from trm_mlx.evaluation.boards import KeptBoard
 from trm_mlx.evaluation.maze import GOAL, OPEN, PATH, START, WALL, maze_wrong_cells
 from trm_mlx.evaluation.sudoku import sudoku_wrong_cells
 
@@ -120,11 +121,11 @@ def arc_rows(test_puzzles: dict, submission: dict, limit: int, select: str = "fi
     return [row for rows in chosen for row in rows]
 
 
-def board_rows(kind: str, examples: list[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]]) -> list[Row]:
+def board_rows(kind: str, examples: list[KeptBoard]) -> list[Row]:
     """One row per kept Sudoku or Maze example (the evaluator chose them): input, prediction with its wrong cells
-    marked, and the label when known."""
+    marked, and the label when known; the heading gives the ACT steps the example used when they are known."""
     rows = []
-    for number, inputs, preds, labels in examples:
+    for number, inputs, preds, labels, steps in examples:
         if kind == "Sudoku":
             wrong = sudoku_wrong_cells(inputs, preds, labels)
             boards = [sudoku_board("input", inputs, inputs), sudoku_board("prediction", inputs, preds, wrong)]
@@ -138,7 +139,10 @@ def board_rows(kind: str, examples: list[tuple[int, np.ndarray, np.ndarray, np.n
         else:
             raise ValueError(f"no board pictures for {kind!r} (Sudoku or Maze)")
         count = int(wrong.sum())
-        rows.append(Row(f"{kind} example {number} · {count} wrong cell{'s' * (count != 1)}", boards, count > 0))
+        heading = f"{kind} example {number} · {count} wrong cell{'s' * (count != 1)}"
+        if steps is not None:
+            heading += f" · {steps} ACT step{'s' * (steps != 1)}"
+        rows.append(Row(heading, boards, count > 0))
     return rows
 
 
