@@ -171,8 +171,8 @@ def evaluate_halting(head, dataset: PuzzleDataset, runtime: Runtime, threshold: 
     so the per-set metrics are those of its answer; evaluators (ARC voting with each answer's sigmoid(q_halt))
     see every example once, in the order they finish, with its position among this process's test examples as
     `numbers` (the board evaluators' numbering under `halt=max`). Saved outputs are in that order too, with their
-    inputs.
-    `act_steps` counts the examples by the ACT steps they used; each example's own count is its `steps` output.
+    inputs. `act_steps` counts the examples by the ACT steps they used; each example's own count is its `steps`
+    output.
     """
     model = head.model
     model.eval()
