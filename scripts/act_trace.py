@@ -5,7 +5,9 @@ first s steps are what any halting rule runs before stopping it at step s. One s
 rule, the exact accuracy and mean ACT steps it would reach (not its speed: `scripts/halting_eval.py` times the rules
 it runs): a cap at every step, the Q head at thresholds, stopping once a row's answer has stayed the same for k
 steps, and an oracle that stops each solved row where its answer stays right (the most any rule saves without losing
-an answer). Writes trace.npz, rules.jsonl and act_trace.png (exact accuracy against mean ACT steps for each rule; the
+an answer). With the first threshold, it also gives up on rows at one step by what the model shows there (a low Q
+logit, an answer still moving), at every step and with every threshold on that signal, and keeps the best of those
+rules. Writes trace.npz, rules.jsonl and act_trace.png (exact accuracy against mean ACT steps for each rule; the
 step at which each solved row first had its final answer).
 
     python -m scripts.act_trace --checkpoint model.safetensors --data data/sudoku-sample --out outputs/trace \\
@@ -77,6 +79,44 @@ def unchanged_for(preds: np.ndarray) -> np.ndarray:
     return same
 
 
+def cells_changed(preds: np.ndarray) -> np.ndarray:
+    """[rows, steps]: how many cells of the row's answer differ from the step before (all of them at the first)."""
+    changed = np.full(preds.shape[:2], preds.shape[2], np.int64)
+    changed[:, 1:] = (preds[:, 1:] != preds[:, :-1]).sum(axis=-1)
+    return changed
+
+
+def give_up_rules(family: str, describe, halts: np.ndarray, score: np.ndarray, correct: np.ndarray) -> list[dict]:
+    """Rules that stop rows at their first step of ``halts`` and, at one step k, give up on the rows still running
+    whose ``score`` [rows, steps] there is at least a threshold (a high score: hopeless), their answer being step k's.
+    Of every step and every threshold (the score's values at that step), those that no other reaches with as few
+    mean ACT steps and higher exact accuracy: what the best threshold on this signal gives, the labels known.
+    ``describe(value)`` words the threshold."""
+    rows, steps = correct.shape
+    stop = halts.copy()
+    stop[:, -1] = True
+    first = stop.argmax(axis=1)
+    base_steps, base_right = int((first + 1).sum()), int(correct[np.arange(rows), first].sum())
+    points = []
+    for k in range(steps - 1):  # 0-based; giving up at the last step stops nothing earlier
+        running = np.flatnonzero(first > k)
+        if not len(running):
+            continue
+        order = running[np.argsort(-score[running, k], kind="stable")]
+        values = score[order, k]
+        saved = np.cumsum(first[order] - k)
+        gained = np.cumsum(correct[order, k].astype(np.int64) - correct[order, first[order]])
+        for i in np.flatnonzero(np.append(values[1:] != values[:-1], True)):  # every row scoring >= values[i]
+            points.append(((base_steps - saved[i]) / rows, (base_right + gained[i]) / rows, k + 1, values[i]))
+    results, best = [], -1.0
+    for mean_steps, accuracy, step, value in sorted(points, key=lambda p: (p[0], -p[1])):
+        if accuracy > best:
+            best = accuracy
+            results.append({"rule": f"{family}: step {step}, {describe(value)}", "mean_act_steps": float(mean_steps),
+                            "exact_accuracy": float(accuracy)})  # fmt: skip
+    return results
+
+
 def rule_result(name: str, stop: np.ndarray, correct: np.ndarray) -> dict:
     """Stopping each row at its first True step of ``stop`` [rows, steps] (the last step at the latest)."""
     stop = stop.copy()
@@ -88,7 +128,8 @@ def rule_result(name: str, stop: np.ndarray, correct: np.ndarray) -> dict:
 
 def rules(arrays: dict[str, np.ndarray], thresholds: list[float], patience: list[int],
           caps: list[int] = ()) -> list[dict]:  # fmt: skip
-    """Every cap; each threshold alone and with each of ``caps``; each patience; the oracle."""
+    """Every cap; each threshold alone and with each of ``caps``; each patience; the oracle; with the first
+    threshold, the best rules that give up on a low Q logit or on an answer still moving."""
     correct = correct_by_step(arrays)
     steps = correct.shape[1]
     index = np.arange(steps)[None, :]
@@ -106,6 +147,13 @@ def rules(arrays: dict[str, np.ndarray], thresholds: list[float], patience: list
     final = np.full(len(solved), steps + 1)
     final[solved] = final_answer_steps(correct)
     results.append(rule_result("oracle", index + 1 >= final[:, None], correct))
+    if thresholds:
+        t = thresholds[0]
+        halts = q > np.log(t / (1 - t))
+        results += give_up_rules(f"q>{t:g}, give up on a low Q", lambda v: f"q_halt logit <= {-v:.3g}", halts, -q,
+                                 correct)  # fmt: skip
+        results += give_up_rules(f"q>{t:g}, give up on a moving answer", lambda v: f">= {v} cells changed", halts,
+                                 cells_changed(arrays["preds"]), correct)  # fmt: skip
     return results
 
 
@@ -119,14 +167,22 @@ def final_answer_steps(correct: np.ndarray) -> np.ndarray:
 
 def figure(results: list[dict], correct: np.ndarray, path: Path, title: str) -> None:
     fig, (trade, first) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    families: dict[str, list[dict]] = {}  # "cap", "q>t" (alone and with caps), each "unchanged k"
+    families: dict[str, list[dict]] = {}  # "cap", "q>t" (alone and with caps), each "unchanged k", the give-ups
     for r in results:
-        families.setdefault("cap" if r["rule"].startswith("cap") else r["rule"].split(",")[0], []).append(r)
+        rule = r["rule"]
+        family = "cap" if rule.startswith("cap") else rule.split(":")[0] if ":" in rule else rule.split(",")[0]
+        families.setdefault(family, []).append(r)
     for i, (family, members) in enumerate(families.items()):
         members = sorted(members, key=lambda r: r["mean_act_steps"])
-        label = "every row stops at step s" if family == "cap" else family + (", with caps" if len(members) > 1 else "")
-        trade.plot([r["mean_act_steps"] for r in members], [r["exact_accuracy"] for r in members],
-                   "o-" if len(members) > 1 else "s", color=f"C{i}", markersize=4, label=label)  # fmt: skip
+        shape, zorder = "o-" if len(members) > 1 else "s", 2
+        if family == "cap":
+            label = "every row stops at step s"
+        elif "give up" in family:  # many points: a line beneath the others
+            label, shape, zorder = f"{family} (best step and threshold)", "-", 1
+        else:
+            label = family + (", with caps" if len(members) > 1 else "")
+        trade.plot([r["mean_act_steps"] for r in members], [r["exact_accuracy"] for r in members], shape,
+                   color=f"C{i}", markersize=4, zorder=zorder, label=label)  # fmt: skip
     trade.set(xlabel="mean ACT steps per example", ylabel="exact accuracy")
     trade.legend(fontsize=8)
     steps = correct.shape[1]

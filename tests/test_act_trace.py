@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import trm_mlx
-from scripts.act_trace import correct_by_step, final_answer_steps, main, rules, trace, unchanged_for
+from scripts.act_trace import cells_changed, correct_by_step, final_answer_steps, main, rules, trace, unchanged_for
 from tiny_runs import train_tiny
 from trm_mlx.data import PuzzleDataset
 from trm_mlx.evaluation.loop import evaluate
@@ -41,6 +41,17 @@ def test_rules_on_a_hand_made_trace():
                                       "exact_accuracy": pytest.approx(2 / 3)}  # fmt: skip
     assert by_name["oracle"] == {"rule": "oracle", "mean_act_steps": 2.0, "exact_accuracy": pytest.approx(2 / 3)}
     assert final_answer_steps(correct_by_step(arrays)).tolist() == [2, 1]
+
+    # giving up, with q > 0.5 (rows stop at 2, 3, 1): at step 1 on row 1 (the lowest Q) 4/3 steps, nothing lost;
+    # on rows 0 and 1, 1 step and row 0's later answer lost; at step 2 on row 1, 5/3 steps (beaten by the first)
+    assert cells_changed(arrays["preds"]).tolist() == [[1, 1, 0], [1, 1, 1], [1, 0, 0]]
+    give_up = [(r["rule"], r["mean_act_steps"], r["exact_accuracy"]) for r in by_name.values() if "give up" in r["rule"]]
+    assert give_up == [
+        ("q>0.5, give up on a low Q: step 1, q_halt logit <= -1", 1.0, pytest.approx(1 / 3)),
+        ("q>0.5, give up on a low Q: step 1, q_halt logit <= -3", pytest.approx(4 / 3), pytest.approx(2 / 3)),
+        ("q>0.5, give up on a moving answer: step 1, >= 1 cells changed", 1.0, pytest.approx(1 / 3)),
+        ("q>0.5, give up on a moving answer: step 2, >= 1 cells changed", pytest.approx(5 / 3), pytest.approx(2 / 3)),
+    ]
 
 
 def test_the_trace_agrees_with_the_evaluation_loop(tiny_data, tmp_path):
