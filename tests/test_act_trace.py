@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import trm_mlx
-from scripts.act_trace import cells_changed, correct_by_step, final_answer_steps, main, rules, trace, unchanged_for
+from scripts.act_trace import (cells_changed, correct_by_step, final_answer_steps, give_up_rules, main, rule_result,
+                               rules, trace, unchanged_for)
 from tiny_runs import train_tiny
 from trm_mlx.data import PuzzleDataset
 from trm_mlx.evaluation.loop import evaluate
@@ -92,3 +93,33 @@ def test_the_trace_agrees_with_the_evaluation_loop(tiny_data, tmp_path):
     assert simulated["mean_act_steps"] == pytest.approx(halting["all"]["steps"])
     assert simulated["exact_accuracy"] == pytest.approx(halting["all"]["exact_accuracy"])
     assert 1 < simulated["mean_act_steps"] < steps
+
+
+def test_give_up_rules_are_the_best_of_every_step_and_threshold():
+    """On a random trace, every rule that gives up on at least one running row, run on its own (the stop matrix
+    built from its step and threshold): a kept rule reaches its accuracy or more in its mean steps or fewer, and
+    each kept one is what its own rule gives."""
+    rng = np.random.default_rng(0)
+    rows, steps = 40, 6
+    correct = rng.random((rows, steps)) < np.linspace(0.1, 0.7, steps)
+    halts = rng.random((rows, steps)) < 0.15
+    score = rng.integers(0, 5, (rows, steps)).astype(float)
+    kept = give_up_rules("g", lambda v: f"score >= {v:g}", halts, score, correct)
+    first = np.concatenate([halts[:, :-1], np.ones((rows, 1), bool)], axis=1).argmax(axis=1)
+    every = []
+    for k in range(steps):
+        for value in np.unique(score[:, k]):
+            if not (score[first > k, k] >= value).any():
+                continue  # gives up on no row: the threshold rule alone
+            stop = halts.copy()
+            stop[:, k] |= score[:, k] >= value
+            every.append((rule_result("", stop, correct), k + 1, value))
+    for result, k, value in every:
+        beaten = [r for r in kept if r["mean_act_steps"] <= result["mean_act_steps"] + 1e-12]
+        assert beaten and max(r["exact_accuracy"] for r in beaten) >= result["exact_accuracy"] - 1e-12
+    for r in kept:
+        step, value = r["rule"].split("step ")[1].split(", score >= ")
+        match = [res for res, k, v in every if k == int(step) and v == float(value)]
+        assert match and match[0]["mean_act_steps"] == pytest.approx(r["mean_act_steps"])
+        assert match[0]["exact_accuracy"] == pytest.approx(r["exact_accuracy"])
+    assert len(kept) > 3
