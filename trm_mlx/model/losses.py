@@ -36,7 +36,8 @@ LOSS_FUNCTIONS = {"stablemax_cross_entropy": stablemax_cross_entropy, "softmax_c
 
 
 def binary_cross_entropy_with_logits(x: mx.array, target: mx.array) -> mx.array:
-    return mx.maximum(x, 0) - x * target + mx.log1p(mx.exp(-mx.abs(x)))
+    """Per row; its gradient is sigmoid(x) - target everywhere, x = 0 included."""
+    return nn.losses.binary_cross_entropy(x, target, with_logits=True, reduction="none")
 
 
 class ACTLossHead(nn.Module):
