@@ -79,7 +79,9 @@ def parity_batches(config, steps: int) -> list[dict]:
     return batches
 
 
-def run_parity(overrides: list[str], steps: int, work_dir: Path) -> ParityReport:
+def run_parity(overrides: list[str], steps: int, work_dir: Path, q_head_std: float = 0.0) -> ParityReport:
+    """``q_head_std`` > 0 starts the Q head from N(0, std) weights and a zero bias (the original: zeros and -5), so
+    that rows halt on the Q head at different steps and the carry of the halted rows alone is reset."""
     config = from_hydra(compose([*overrides, *PARITY_OVERRIDES]))
     legacy_config = lp.PretrainConfig(**config.model_dump())
     dataset = PuzzleDataset(config.data_paths, "train", config.global_batch_size)
@@ -88,6 +90,11 @@ def run_parity(overrides: list[str], steps: int, work_dir: Path) -> ParityReport
     torch.manual_seed(config.seed)
     legacy = lp.init_train_state(legacy_config, metadata, rank=0, world_size=1, device=torch.device("cpu"))
     legacy.model.train()
+    if q_head_std > 0:
+        q_head = legacy.model.model.inner.q_head
+        with torch.no_grad():
+            q_head.weight.normal_(0, q_head_std)
+            q_head.bias.zero_()
     start = work_dir / "start"
     torch.save(lp.checkpoint_state_dict(legacy.model), start)
 
@@ -117,13 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--data", default=BUILTIN_SUDOKU_PATH, help="dataset folder (default: the built-in Sudoku)")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="relative; exit status 1 when exceeded")
+    parser.add_argument("--q-head-std", type=float, default=0.0,
+                        help="start the Q head from N(0, std) weights, so that rows halt at different steps")  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. arch.hidden_size=64")
     args = parser.parse_args(argv)
     if Path(args.data).resolve() == Path(BUILTIN_SUDOKU_PATH).resolve():
         ensure_builtin_sudoku(args.data)
     overrides = [f"data_paths=[{args.data}]", "evaluators=[]", *args.overrides]
     with tempfile.TemporaryDirectory() as work_dir:
-        report = run_parity(overrides, args.steps, Path(work_dir))
+        report = run_parity(overrides, args.steps, Path(work_dir), args.q_head_std)
     print(report.summary())
     ok = report.max_metric_error <= args.tolerance and report.max_weight_error <= args.tolerance
     print("PASS" if ok else "FAIL")

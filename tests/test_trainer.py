@@ -22,14 +22,19 @@ from trm_mlx.training.trainer import train
 
 
 @pytest.mark.parametrize(
-    "variant, steps",
-    [([], 20), (["freeze_weights=True"], 8), (["arch.puzzle_emb_ndim=0", "arch.puzzle_emb_len=0"], 8)],
-    ids=["default", "freeze_weights", "no_puzzle_embedding"],
-)
-def test_training_equals_the_pytorch_reference(variant, steps, tiny_data, tmp_path):
-    report = run_parity([f"data_paths=[{tiny_data}]", *TINY_RUN, *variant], steps=steps, work_dir=tmp_path)
+    "variant, steps, q_head_std",
+    [([], 20, 0.0), ([], 20, 1.0), (["freeze_weights=True"], 8, 0.0),
+     (["arch.puzzle_emb_ndim=0", "arch.puzzle_emb_len=0"], 8, 0.0)],
+    ids=["default", "rows_halting_on_the_q_head", "freeze_weights", "no_puzzle_embedding"],
+)  # fmt: skip
+def test_training_equals_the_pytorch_reference(variant, steps, q_head_std, tiny_data, tmp_path):
+    report = run_parity([f"data_paths=[{tiny_data}]", *TINY_RUN, *variant], steps=steps, work_dir=tmp_path,
+                        q_head_std=q_head_std)  # fmt: skip
     assert len(report.mlx_metrics) == steps
     assert any(m["train/count"] > 0 for m in report.legacy_metrics)  # rows halted: the carry was really exercised
+    if q_head_std:  # rows halted before the last ACT step, at different steps: only theirs were reset
+        mean_steps = [m["train/steps"] for m in report.legacy_metrics]
+        assert any(0 < s < 3 and s != int(s) for s in mean_steps), mean_steps
     for ours, theirs in zip(report.mlx_metrics, report.legacy_metrics):
         assert ours["train/lr"] == theirs["train/lr"]
         for key in ("train/lm_loss", "train/q_halt_loss"):
