@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=BUILTIN_SUDOKU_PATH, help="dataset folder (default: the built-in Sudoku)")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="relative; exit status 1 when exceeded")
     parser.add_argument("--q-head-std", type=float, default=0.0,
-                        help="start the Q head from N(0, std) weights, so that rows halt at different steps")  # fmt: skip
+                        help="start the Q head from N(0, std) weights: rows halt at different steps")  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. arch.hidden_size=64")
     args = parser.parse_args(argv)
     if Path(args.data).resolve() == Path(BUILTIN_SUDOKU_PATH).resolve():

@@ -46,7 +46,7 @@ def test_rules_on_a_hand_made_trace():
     # giving up, with q > 0.5 (rows stop at 2, 3, 1): at step 1 on row 1 (the lowest Q) 4/3 steps, nothing lost;
     # on rows 0 and 1, 1 step and row 0's later answer lost; at step 2 on row 1, 5/3 steps (beaten by the first)
     assert cells_changed(arrays["preds"]).tolist() == [[1, 1, 0], [1, 1, 1], [1, 0, 0]]
-    give_up = [(r["rule"], r["mean_act_steps"], r["exact_accuracy"]) for r in by_name.values() if "give up" in r["rule"]]
+    give_up = [(name, r["mean_act_steps"], r["exact_accuracy"]) for name, r in by_name.items() if "give up" in name]
     assert give_up == [
         ("q>0.5, give up on a low Q: step 1, q_halt logit <= -1", 1.0, pytest.approx(1 / 3)),
         ("q>0.5, give up on a low Q: step 1, q_halt logit <= -3", pytest.approx(4 / 3), pytest.approx(2 / 3)),
