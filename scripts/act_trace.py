@@ -150,7 +150,7 @@ def rules(arrays: dict[str, np.ndarray], thresholds: list[float], patience: list
     if thresholds:
         t = thresholds[0]
         halts = q > np.log(t / (1 - t))
-        results += give_up_rules(f"q>{t:g}, give up on a low Q", lambda v: f"q_halt logit <= {-v:.3g}", halts, -q,
+        results += give_up_rules(f"q>{t:g}, give up on a low Q", lambda v: f"q_halt logit <= {-v:.4g}", halts, -q,
                                  correct)  # fmt: skip
         results += give_up_rules(f"q>{t:g}, give up on a moving answer", lambda v: f">= {v} cells changed", halts,
                                  cells_changed(arrays["preds"]), correct)  # fmt: skip
