@@ -71,19 +71,20 @@ def correct_by_step(arrays: dict[str, np.ndarray]) -> np.ndarray:
     return ((arrays["preds"] == labels) | (labels == IGNORE_LABEL_ID)).all(axis=-1)
 
 
-def unchanged_for(preds: np.ndarray) -> np.ndarray:
-    """[rows, steps]: for how many steps before this one the row's answer has been this step's."""
-    same = np.zeros(preds.shape[:2], np.int64)
-    for s in range(1, preds.shape[1]):
-        same[:, s] = np.where((preds[:, s] == preds[:, s - 1]).all(axis=-1), same[:, s - 1] + 1, 0)
-    return same
-
-
 def cells_changed(preds: np.ndarray) -> np.ndarray:
     """[rows, steps]: how many cells of the row's answer differ from the step before (all of them at the first)."""
     changed = np.full(preds.shape[:2], preds.shape[2], np.int64)
     changed[:, 1:] = (preds[:, 1:] != preds[:, :-1]).sum(axis=-1)
     return changed
+
+
+def unchanged_for(changed: np.ndarray) -> np.ndarray:
+    """[rows, steps]: for how many steps before this one the row's answer has been this step's (``changed``:
+    `cells_changed`)."""
+    same = np.zeros(changed.shape, np.int64)
+    for s in range(1, changed.shape[1]):
+        same[:, s] = np.where(changed[:, s] == 0, same[:, s - 1] + 1, 0)
+    return same
 
 
 def give_up_rules(family: str, describe, halts: np.ndarray, score: np.ndarray, correct: np.ndarray) -> list[dict]:
@@ -136,11 +137,12 @@ def rules(arrays: dict[str, np.ndarray], thresholds: list[float], patience: list
     q = arrays["q_halt_logits"]
     results = [rule_result(f"cap {s}", np.broadcast_to(index >= s - 1, correct.shape), correct) for s in
                range(1, steps + 1)]  # fmt: skip
+    halts = {t: q > np.log(t / (1 - t)) for t in thresholds}
     for t in thresholds:
-        halts = q > np.log(t / (1 - t))
-        results.append(rule_result(f"q>{t:g}", halts, correct))
-        results += [rule_result(f"q>{t:g}, cap {c}", halts | (index >= c - 1), correct) for c in caps]
-    same = unchanged_for(arrays["preds"])
+        results.append(rule_result(f"q>{t:g}", halts[t], correct))
+        results += [rule_result(f"q>{t:g}, cap {c}", halts[t] | (index >= c - 1), correct) for c in caps]
+    changed = cells_changed(arrays["preds"])
+    same = unchanged_for(changed)
     results += [rule_result(f"unchanged {k}", same >= k, correct) for k in patience]
     # the best any rule can do without losing an answer: solved rows stop where their answer stays right, others run
     solved = correct[:, -1]
@@ -149,11 +151,10 @@ def rules(arrays: dict[str, np.ndarray], thresholds: list[float], patience: list
     results.append(rule_result("oracle", index + 1 >= final[:, None], correct))
     if thresholds:
         t = thresholds[0]
-        halts = q > np.log(t / (1 - t))
-        results += give_up_rules(f"q>{t:g}, give up on a low Q", lambda v: f"q_halt logit <= {-v:.4g}", halts, -q,
-                                 correct)  # fmt: skip
-        results += give_up_rules(f"q>{t:g}, give up on a moving answer", lambda v: f">= {v} cells changed", halts,
-                                 cells_changed(arrays["preds"]), correct)  # fmt: skip
+        results += give_up_rules(f"q>{t:g}, give up on a low Q", lambda v: f"q_halt logit <= {-v:.4g}", halts[t],
+                                 -q, correct)  # fmt: skip
+        results += give_up_rules(f"q>{t:g}, give up on a moving answer", lambda v: f">= {v} cells changed",
+                                 halts[t], changed, correct)  # fmt: skip
     return results
 
 

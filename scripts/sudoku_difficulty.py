@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from trm_mlx.atomic import atomic_file
+from trm_mlx.evaluation.boards import real_rows
 from trm_mlx.evaluation.preds import load_predictions
 
 CELLS = range(81)
@@ -175,9 +176,8 @@ def accuracy_by_difficulty(records: list[dict], predictions: dict[str, np.ndarra
     weighted by the reference source's share of puzzles in each bucket."""
     rating = {r["question"]: r for r in records}
     correct_by = defaultdict(list)
-    for tokens, labels, preds in zip(predictions["inputs"], predictions["labels"], predictions["preds"]):
-        if not tokens.any():
-            continue  # padding row
+    real = real_rows(predictions["inputs"], pad_id=0)  # not batch padding
+    for tokens, labels, preds in zip(*(predictions[key][real] for key in ("inputs", "labels", "preds"))):
         record = rating.get(_question(tokens))
         if record is None:
             raise ValueError(f"a predicted puzzle is not in the ratings: {_question(tokens)}")

@@ -28,7 +28,7 @@ def _hand_trace():
 
 def test_rules_on_a_hand_made_trace():
     arrays = _hand_trace()
-    assert unchanged_for(arrays["preds"]).tolist() == [[0, 0, 1], [0, 0, 0], [0, 1, 2]]
+    assert unchanged_for(cells_changed(arrays["preds"])).tolist() == [[0, 0, 1], [0, 0, 0], [0, 1, 2]]
     by_name = {r["rule"]: r for r in rules(arrays, thresholds=[0.5, 0.9], patience=[1], caps=[2])}
     assert by_name["cap 1"] == {"rule": "cap 1", "mean_act_steps": 1.0, "exact_accuracy": pytest.approx(1 / 3)}
     assert by_name["cap 3"]["exact_accuracy"] == pytest.approx(2 / 3)

@@ -57,7 +57,6 @@ def _reference_loss_head(logits, q_halt, labels, halted, steps, loss_type):
 def test_the_loss_head_matches_the_reference_on_solved_wrong_halted_and_empty_rows(loss_type):
     """Rows whose answer is exact (the Q-halt target 1), exact but for ignored cells, wrong, and without labels;
     some halted (their metrics count), some not (their losses count all the same)."""
-    pytest.importorskip("torch", reason="the reference needs PyTorch (pip install -e '.[legacy]')")
     from trm_mlx.model.losses import ACTLossHead
     from trm_mlx.model.recursive import ACTStep
 
