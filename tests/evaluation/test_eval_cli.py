@@ -269,3 +269,17 @@ def test_default_output_folders_of_two_runs_differ():
     first = EvalConfig(checkpoint="checkpoints/p/run_a/step_400", data_paths=["d"]).default_output_dir()
     second = EvalConfig(checkpoint="checkpoints/p/run_b/step_400", data_paths=["d"]).default_output_dir()
     assert first == Path("outputs/eval/run_a/step_400") and second == Path("outputs/eval/run_b/step_400")
+
+
+def test_without_data_paths_a_checkpoint_is_evaluated_on_its_run_s_test_data(sudoku_build, tmp_path):
+    checkpoint = original_checkpoint(tmp_path, sudoku_build)  # all_config.yaml names sudoku_build
+    common = dict(checkpoint=str(checkpoint), global_batch_size=16, progress=False)
+    named = run(EvalConfig(**common, data_paths=[str(sudoku_build)], output_dir=str(tmp_path / "named")))
+    default = run(EvalConfig(**common, output_dir=str(tmp_path / "default")))
+    assert default["all"] == named["all"] and default["Sudoku/count"] == named["Sudoku/count"] == 24
+
+    (checkpoint.parent / "all_config.yaml").write_text(yaml.safe_dump({"arch": {"name": TRM, **TINY}}))
+    with pytest.raises(ValueError, match="config names no data: give the built dataset"):
+        run(EvalConfig(**common, output_dir=str(tmp_path / "none")))
+    with pytest.raises(ValueError, match="data_paths is empty"):
+        EvalConfig(preds="all_preds.0.npz")

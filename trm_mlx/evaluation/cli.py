@@ -30,12 +30,13 @@ from trm_mlx.evaluation.loop import evaluate  # noqa: E402
 from trm_mlx.evaluation.preds import load_predictions  # noqa: E402
 from trm_mlx.model import ACTLossHead, create_model  # noqa: E402
 from trm_mlx.runtime import Runtime  # noqa: E402
-from trm_mlx.training.checkpointing import read_state_weights  # noqa: E402
+from trm_mlx.training.checkpointing import find_train_state, read_state_weights, read_train_state_meta  # noqa: E402
 from trm_mlx.training.config import hydra_config_path  # noqa: E402
 from trm_mlx.user_errors import one_line_errors  # noqa: E402
 
 DEFAULT_LOSS_TYPE = "stablemax_cross_entropy"
 DEFAULT_BATCH = 256
+NO_DATA = "give the built dataset(s) to evaluate on, e.g. data_paths=[data/x]"
 
 
 class EvalConfig(pydantic.BaseModel):
@@ -47,7 +48,7 @@ class EvalConfig(pydantic.BaseModel):
     ema: bool = False
     forward_dtype: str | None = None
     loss_type: str | None = None
-    data_paths: list[str]
+    data_paths: list[str] = []
     evaluators: list[str | dict] | None = None
     preds: list[str] | str | None = None
     output_dir: str | None = None
@@ -64,10 +65,10 @@ class EvalConfig(pydantic.BaseModel):
 
     @pydantic.model_validator(mode="after")
     def _one_source(self):
-        if not self.data_paths:
-            raise ValueError("data_paths is empty: give the built dataset(s) to evaluate on, e.g. data_paths=[data/x]")
         if (self.checkpoint is None) == (self.preds is None):
             raise ValueError("give exactly one of checkpoint=FILE (run a model) or preds=FILE (re-score predictions)")
+        if self.preds is not None and not self.data_paths:
+            raise ValueError(f"data_paths is empty: {NO_DATA}")
         return self
 
     @property
@@ -88,6 +89,26 @@ def _read_config_file(path: str) -> dict:
     return config
 
 
+def _checkpoint_config(cfg: EvalConfig) -> dict | None:
+    """The checkpoint's training config: `config=FILE`, a training state's own, or the all_config.yaml beside it."""
+    if cfg.config is not None:
+        return _read_config_file(cfg.config)
+    path = Path(cfg.checkpoint)
+    if path.is_dir():
+        return read_train_state_meta(find_train_state(path))["config"]
+    return read_all_config(path)
+
+
+def _with_training_data(cfg: EvalConfig) -> EvalConfig:
+    """Without `data_paths`, a checkpoint is evaluated on the test split its run evaluated on (`data_paths_test`,
+    else `data_paths` of its config), as the path is written there (relative to where the run was started)."""
+    config = _checkpoint_config(cfg) or {}
+    paths = list(config.get("data_paths_test") or config.get("data_paths") or [])
+    if not paths:
+        raise ValueError(f"data_paths is empty and {cfg.checkpoint}'s config names no data: {NO_DATA}")
+    return cfg.model_copy(update={"data_paths": paths})
+
+
 def _load_model(cfg: EvalConfig, runtime: Runtime):
     """The model to evaluate and its loss type.
 
@@ -96,10 +117,9 @@ def _load_model(cfg: EvalConfig, runtime: Runtime):
     original's EMA checkpoints). `config=FILE` replaces the checkpoint's config; `arch` entries override it.
     """
     path = Path(cfg.checkpoint)
-    config = _read_config_file(cfg.config) if cfg.config is not None else None
+    config = _checkpoint_config(cfg)
     if path.is_dir():
-        _, weights, meta = read_state_weights(path, ema=cfg.ema)
-        config = config or meta["config"]
+        _, weights, _ = read_state_weights(path, ema=cfg.ema)
     else:
         if cfg.ema:
             raise ValueError(
@@ -107,7 +127,7 @@ def _load_model(cfg: EvalConfig, runtime: Runtime):
                 "a run with ema=True already holds the EMA weights"
             )
         weights, native_arch = read_weights(path)
-        config = config or read_all_config(path) or ({"arch": native_arch} if native_arch else None)
+        config = config or ({"arch": native_arch} if native_arch else None)
         if config is None:
             raise ValueError(f"{path}: no config: pass config=FILE, or put the run's all_config.yaml beside it")
     merged = {**config, "arch": {**config["arch"], **cfg.arch}, "data_paths": cfg.data_paths}
@@ -193,6 +213,10 @@ def run(cfg: EvalConfig) -> dict:
     """Evaluate (or re-score), write metrics.json (and submission.json, the report) on rank 0; return the metrics."""
     runtime = Runtime.create(device=cfg.device, cpu_lanes=cfg.cpu_lanes, group=mx.distributed.init())
     output_dir = Path(cfg.output_dir) if cfg.output_dir else cfg.default_output_dir()
+    if cfg.checkpoint is not None and not cfg.data_paths:
+        cfg = _with_training_data(cfg)
+        if runtime.rank == 0:
+            print(f"data_paths: {cfg.data_paths} (from the checkpoint's config)", file=sys.stderr)
     if cfg.preds is not None:
         metrics, evaluators = _rescore(cfg, output_dir)
     else:
