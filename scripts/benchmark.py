@@ -43,6 +43,10 @@ EVAL_KEYS = ("preds", "q_halt_logits")
 PRESETS = {
     "tiny": "demo", "sudoku_mlp": "sudoku_mlp", "sudoku_att": "sudoku_att", "maze_att": "maze", "arc_att": "arc1",
 }  # fmt: skip
+# `tiny` is a small attention model for CPUs (attention being what CPUs run worst): the demo's sizes with attention.
+PRESET_OVERRIDES = {
+    "tiny": ["arch.mlp_t=False", "arch.pos_encodings=rope", "arch.L_cycles=3", "global_batch_size=64"],
+}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -55,7 +59,8 @@ def resolve_run(preset: str, batch_size: int | None, dtype: str | None, override
     from trm_mlx.training.config import preset_run
 
     extra = [f"arch.forward_dtype={dtype}"] if dtype else []
-    config, metadata = preset_run(PRESETS[preset], [*extra, *overrides], batch_size)
+    recipe = [*PRESET_OVERRIDES.get(preset, []), *extra, *overrides]
+    config, metadata = preset_run(PRESETS[preset], recipe, batch_size)
     return config.model_dump(), metadata.model_dump()
 
 

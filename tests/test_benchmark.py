@@ -55,6 +55,14 @@ def test_paper_presets(name, l_cycles, mlp_t, data_shape, batch):
     assert benchmark.resolve_run(name, 16, "float32", [])[0]["global_batch_size"] == 16
 
 
+def test_tiny_is_the_demo_with_attention():
+    config, metadata = benchmark.resolve_run("tiny", None, None, [])
+    arch = config["arch"]
+    assert (arch["hidden_size"], arch["H_cycles"], arch["L_cycles"], arch["halt_max_steps"]) == (64, 2, 3, 8)
+    assert (arch["mlp_t"], arch["pos_encodings"], arch["forward_dtype"]) == (False, "rope", "float32")
+    assert config["global_batch_size"] == 64 and metadata["seq_len"] == 81
+
+
 def test_preset_shapes_come_from_the_preset_yaml(tmp_path, monkeypatch, request):
     """Each benchmark reads a preset's shapes from its YAML: edited there, they change in every one of them."""
     configs = tmp_path / "configs"

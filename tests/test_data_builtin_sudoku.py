@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from trm_mlx.data import PuzzleDataset, ensure_builtin_sudoku
+from trm_mlx.data.cli import main as build_data
 from trm_mlx.data.sudoku_generator import count_solutions, generate_puzzle, solve
 
 # Wikipedia's example puzzle and its unique solution.
@@ -43,6 +44,13 @@ def test_generated_puzzles_are_unique_minimal_and_seeded():
         assert count_solutions(weaker, limit=2) == 2
 
 
+@pytest.mark.parametrize("blanks", [1, 5, 20, 40])
+def test_generated_puzzles_have_the_blanks_asked_for(blanks):
+    puzzle, solution = generate_puzzle(random.Random(blanks), blanks)
+    assert puzzle.count(0) == blanks and all(p in (0, s) for p, s in zip(puzzle, solution))
+    assert is_valid_solution(solution) and count_solutions(puzzle, limit=3) == 1
+
+
 def test_builtin_dataset(tmp_path):
     path = tmp_path / "builtin"
     assert ensure_builtin_sudoku(path, num_train=3, num_test=2, num_aug=3, seed=5) == path
@@ -53,6 +61,7 @@ def test_builtin_dataset(tmp_path):
     assert inputs.shape == (12, 81)
     for x, y in zip(inputs - 1, labels - 1):
         assert is_valid_solution(y) and count_solutions(list(x), limit=2) == 1
+        assert 10 <= (x == 0).sum() <= 30  # the default blanks
     batches = list(train.iter_train())
     assert len(batches) == 3 and all(b["inputs"].shape == (1, 81) for _, b, _ in batches)  # one puzzle per group
     assert len(list(PuzzleDataset([str(path)], "test", 4).iter_test())) == 1
@@ -65,7 +74,22 @@ def test_builtin_dataset(tmp_path):
     assert json.loads((path / "builtin_sudoku.json").read_text())["num_aug"] == 1
     np.testing.assert_array_equal(np.load(path / "train" / "all__inputs.npy")[::2], inputs[::4])  # same puzzles
 
+    ensure_builtin_sudoku(path, num_train=3, num_test=2, num_aug=1, seed=5, blanks=(81, 81))  # minimal puzzles
+    assert 55 <= (np.load(path / "test" / "all__inputs.npy") == 1).sum(axis=1).min()  # 26 clues at most
+    with pytest.raises(ValueError, match="blanks 9, 8"):
+        ensure_builtin_sudoku(path, blanks=(9, 8))
+
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "x").write_text("")
     with pytest.raises(FileExistsError, match="not a built-in Sudoku dataset"):
         ensure_builtin_sudoku(tmp_path / "mine")
+
+
+def test_build_data_command(tmp_path, capsys):
+    build_data(["builtin-sudoku", "--output-dir", str(tmp_path / "b"), "--num-train", "2", "--num-test", "1",
+                "--num-aug", "0", "--blanks", "7", "7"])  # fmt: skip
+    assert (np.load(tmp_path / "b" / "train" / "all__inputs.npy") == 1).sum(axis=1).tolist() == [7, 7]
+    with pytest.raises(SystemExit):
+        build_data(["builtin-sudoku", "--output-dir", str(tmp_path / "c"), "--blanks", "9", "8"])
+    assert "--blanks 9 8: need LOW <= HIGH <= 81" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()

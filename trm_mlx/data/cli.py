@@ -66,12 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
     builtin_sudoku.add_argument("--num-test", type=_positive, default=builtin.DEFAULT_NUM_TEST)
     builtin_sudoku.add_argument("--num-aug", type=_non_negative, default=builtin.DEFAULT_NUM_AUG)
     builtin_sudoku.add_argument("--seed", type=int, default=builtin.DEFAULT_SEED)
+    builtin_sudoku.add_argument("--blanks", type=_positive, nargs=2, metavar=("LOW", "HIGH"),
+                                default=builtin.DEFAULT_BLANKS,
+                                help="blank cells per puzzle, drawn uniformly (81 81: minimal puzzles)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = vars(build_parser().parse_args(argv))
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
     command = args.pop("command")
+    if command == "builtin-sudoku" and not args["blanks"][0] <= args["blanks"][1] <= 81:
+        parser.error(f"--blanks {' '.join(map(str, args['blanks']))}: need LOW <= HIGH <= 81")
     try:
         if command == "arc":
             path = build_arc(ARCBuildConfig(**args))
@@ -81,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
             path = build_maze(MazeBuildConfig(**args))
         else:
             path = builtin.ensure_builtin_sudoku(
-                args["output_dir"], args["num_train"], args["num_test"], args["num_aug"], args["seed"]
+                args["output_dir"], args["num_train"], args["num_test"], args["num_aug"], args["seed"],
+                tuple(args["blanks"]),
             )
     except (DatasetFormatError, FileExistsError) as e:
         sys.exit(f"trm-build-data {command}: {e}")

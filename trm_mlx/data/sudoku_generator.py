@@ -2,8 +2,8 @@
 
 Boards are lists of 81 ints (row-major, 0 = blank). The solver is a depth-first search over bitmasks that always
 branches on the blank cell with the fewest candidates; the generator fills a random complete grid, then clears cells
-in random order, keeping a cell blank only if the puzzle still has exactly one solution, so every puzzle it returns
-is unique and minimal (no clue can be removed).
+in random order, keeping a cell blank only if the puzzle still has exactly one solution, until it has the blanks
+asked for or no clue can be removed (a minimal puzzle).
 """
 
 import random
@@ -100,12 +100,18 @@ def random_solution(rng: random.Random) -> list[int]:
     return found[0]
 
 
-def generate_puzzle(rng: random.Random) -> tuple[list[int], list[int]]:
-    """(puzzle, solution): a minimal puzzle with exactly one solution."""
+def generate_puzzle(rng: random.Random, blanks: int = 81) -> tuple[list[int], list[int]]:
+    """(puzzle, solution): a puzzle with exactly one solution and `blanks` blank cells, or fewer where no further
+    clue can be removed (the default, 81, always gives a minimal puzzle)."""
     solution = random_solution(rng)
     puzzle = list(solution)
+    cleared = 0
     for cell in rng.sample(range(81), 81):
+        if cleared == blanks:
+            break
         puzzle[cell] = 0
-        if count_solutions(puzzle, 2) != 1:
+        if count_solutions(puzzle, 2) == 1:
+            cleared += 1
+        else:
             puzzle[cell] = solution[cell]
     return puzzle, solution
