@@ -99,25 +99,24 @@ def _checkpoint_config(cfg: EvalConfig) -> dict | None:
     return read_all_config(path)
 
 
-def _with_training_data(cfg: EvalConfig) -> EvalConfig:
+def _with_training_data(cfg: EvalConfig, config: dict | None) -> EvalConfig:
     """Without `data_paths`, a checkpoint is evaluated on the test split its run evaluated on (`data_paths_test`,
-    else `data_paths` of its config), as the path is written there (relative to where the run was started)."""
-    config = _checkpoint_config(cfg) or {}
+    else `data_paths` of its `config`), as the path is written there (relative to where the run was started)."""
+    config = config or {}
     paths = list(config.get("data_paths_test") or config.get("data_paths") or [])
     if not paths:
         raise ValueError(f"data_paths is empty and {cfg.checkpoint}'s config names no data: {NO_DATA}")
     return cfg.model_copy(update={"data_paths": paths})
 
 
-def _load_model(cfg: EvalConfig, runtime: Runtime):
-    """The model to evaluate and its loss type.
+def _load_model(cfg: EvalConfig, config: dict | None, runtime: Runtime):
+    """The model to evaluate and its loss type; `config`: `_checkpoint_config`'s.
 
     `checkpoint` is a checkpoint file (native, or original with all_config.yaml beside it) or a trm-train
     training-state folder, whose EMA weights `ema=true` selects (the puzzle table stays the live one, as in the
     original's EMA checkpoints). `config=FILE` replaces the checkpoint's config; `arch` entries override it.
     """
     path = Path(cfg.checkpoint)
-    config = _checkpoint_config(cfg)
     if path.is_dir():
         _, weights, _ = read_state_weights(path, ema=cfg.ema)
     else:
@@ -152,8 +151,8 @@ def _make_evaluators(cfg: EvalConfig, metadata):
             for spec in names]  # fmt: skip
 
 
-def _evaluate_checkpoint(cfg: EvalConfig, output_dir: Path, runtime: Runtime):
-    model, loss_type = _load_model(cfg, runtime)
+def _evaluate_checkpoint(cfg: EvalConfig, config: dict | None, output_dir: Path, runtime: Runtime):
+    model, loss_type = _load_model(cfg, config, runtime)
     head = ACTLossHead(model, loss_type=loss_type)
     if cfg.global_batch_size is not None and cfg.global_batch_size % runtime.ranks:
         raise ValueError(f"global_batch_size {cfg.global_batch_size} is not a multiple of {runtime.ranks} processes")
@@ -213,14 +212,15 @@ def run(cfg: EvalConfig) -> dict:
     """Evaluate (or re-score), write metrics.json (and submission.json, the report) on rank 0; return the metrics."""
     runtime = Runtime.create(device=cfg.device, cpu_lanes=cfg.cpu_lanes, group=mx.distributed.init())
     output_dir = Path(cfg.output_dir) if cfg.output_dir else cfg.default_output_dir()
-    if cfg.checkpoint is not None and not cfg.data_paths:
-        cfg = _with_training_data(cfg)
-        if runtime.rank == 0:
-            print(f"data_paths: {cfg.data_paths} (from the checkpoint's config)", file=sys.stderr)
     if cfg.preds is not None:
         metrics, evaluators = _rescore(cfg, output_dir)
     else:
-        metrics, evaluators = _evaluate_checkpoint(cfg, output_dir, runtime)
+        config = _checkpoint_config(cfg)
+        if not cfg.data_paths:
+            cfg = _with_training_data(cfg, config)
+            if runtime.rank == 0:
+                print(f"data_paths: {cfg.data_paths} (from the checkpoint's config)", file=sys.stderr)
+        metrics, evaluators = _evaluate_checkpoint(cfg, config, output_dir, runtime)
     if runtime.rank == 0:
         write_json_atomic(output_dir / "metrics.json", metrics)
         if cfg.render:
