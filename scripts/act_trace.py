@@ -43,7 +43,11 @@ from trm_mlx.runtime import Runtime  # noqa: E402
 
 def trace(model, dataset: PuzzleDataset) -> dict[str, np.ndarray]:
     """`preds` [rows, steps, seq], `q_halt_logits` [rows, steps], `labels` and `inputs` [rows, seq] of the test
-    split's real rows, in the split's order."""
+    split's real rows, in the split's order. The rules read halting from ``q_halt`` alone, as a model trained with
+    ``no_ACT_continue=True`` (every recipe of the paper) halts; a Q-continue model halts on ``q_halt - q_continue``."""
+    if not model.config.no_ACT_continue:
+        raise ValueError("the model halts where q_halt > q_continue (no_ACT_continue=False); the trace "
+                         "records q_halt alone, so its halting rules would not be the model's")
     model.eval()
     step = compiled_eval_step(ACTLossHead(model))
     parts = {key: [] for key in ("preds", "q_halt_logits", "labels", "inputs")}
@@ -216,7 +220,11 @@ def main(argv: list[str] | None = None) -> None:
         arrays = read_predictions_file(out / "trace.npz")
     else:
         model = trm_mlx.load(args.checkpoint, forward_dtype=args.forward_dtype, runtime=Runtime.create(cpu_lanes=1))
-        arrays = trace(model, PuzzleDataset([args.data], "test", global_batch_size=args.batch_size))
+        dataset = PuzzleDataset([args.data], "test", global_batch_size=args.batch_size)
+        try:
+            arrays = trace(model, dataset)
+        except ValueError as error:
+            parser.error(f"--checkpoint {args.checkpoint}: {error}")
         save_predictions(out / "trace.npz", arrays)
     results = rules(arrays, args.thresholds, args.patience, args.caps)
     (out / "rules.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))

@@ -94,6 +94,11 @@ def test_the_trace_agrees_with_the_evaluation_loop(tiny_data, tmp_path):
     assert simulated["exact_accuracy"] == pytest.approx(halting["all"]["exact_accuracy"])
     assert 1 < simulated["mean_act_steps"] < steps
 
+    # a Q-continue model halts on q_halt - q_continue, which the trace does not record: refused, not misread
+    head.model.config.no_ACT_continue = False
+    with pytest.raises(ValueError, match="no_ACT_continue=False"):
+        trace(head.model, dataset())
+
 
 def test_give_up_rules_are_the_best_of_every_step_and_threshold():
     """On a random trace, every rule that gives up on at least one running row, run on its own (the stop matrix
