@@ -39,6 +39,7 @@ import argparse
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -157,6 +158,8 @@ def run_legacy_apart(overrides: list[str], out: Path, every: int) -> Path:
 
 
 def run_mlx(overrides: list[str], out: Path, every: int) -> Path:
+    """trm-train's run in ``out``, which it replaces: the tool's own folder for this side, from an earlier call."""
+    shutil.rmtree(out, ignore_errors=True)
     train(from_hydra(compose([*overrides, f"+checkpoint_path={out}"])), show_progress=False, metrics_every=every)
     mx.clear_cache()
     return out / METRICS_FILE

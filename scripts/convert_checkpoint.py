@@ -15,6 +15,7 @@ import yaml
 
 import trm_mlx
 from trm_mlx.checkpoint import save_native, save_original
+from trm_mlx.user_errors import one_line_errors
 
 
 def main(argv=None) -> int:
@@ -26,12 +27,16 @@ def main(argv=None) -> int:
     parser.add_argument("--no-compiled-prefix", action="store_true", help="original keys without `_orig_mod.`")
     args = parser.parse_args(argv)
 
-    config = yaml.safe_load(Path(args.config).read_text()) if args.config else None
-    model = trm_mlx.load(args.source, config=config)
-    if args.to == "native":
-        save_native(args.target, model)
-    else:
-        save_original(args.target, model, compiled_prefix=not args.no_compiled_prefix)
+    with one_line_errors("convert_checkpoint"):
+        try:
+            config = yaml.safe_load(Path(args.config).read_text()) if args.config else None
+        except yaml.YAMLError as e:  # not a ValueError: one_line_errors would show its traceback
+            raise ValueError(f"{args.config}: not valid YAML ({e})") from e
+        model = trm_mlx.load(args.source, config=config)
+        if args.to == "native":
+            save_native(args.target, model)
+        else:
+            save_original(args.target, model, compiled_prefix=not args.no_compiled_prefix)
     print(f"wrote {args.target}")
     return 0
 

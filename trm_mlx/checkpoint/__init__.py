@@ -91,8 +91,10 @@ def read_all_config(path) -> dict | None:
     config_file = Path(path).parent / "all_config.yaml"
     if not config_file.is_file():
         return None
-    with open(config_file) as f:
-        config = yaml.safe_load(f)
+    try:
+        config = yaml.safe_load(config_file.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{config_file}: not valid YAML ({e})") from None
     if not isinstance(config, dict) or not isinstance(config.get("arch"), dict):
         raise ValueError(f"{config_file}: expected a mapping with an 'arch' section")
     return config

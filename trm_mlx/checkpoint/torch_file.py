@@ -47,9 +47,9 @@ def _rebuild_parameter(tensor, *_):
 
 
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, file, archive: zipfile.ZipFile, root: str, path: Path):
+    def __init__(self, file, archive: zipfile.ZipFile, root: str):
         super().__init__(file)
-        self.archive, self.root, self.path = archive, root, path
+        self.archive, self.root = archive, root
         self.storages = {}
 
     def find_class(self, module, name):
@@ -61,12 +61,12 @@ class _Unpickler(pickle.Unpickler):
             return _rebuild_parameter
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(name)
-        raise pickle.UnpicklingError(f"{self.path}: unsupported object {module}.{name} in a torch file")
+        raise pickle.UnpicklingError(f"unsupported object {module}.{name} in a torch file")
 
     def persistent_load(self, pid):
         kind, storage_type, key, _location, _numel = pid
         if kind != "storage":
-            raise pickle.UnpicklingError(f"{self.path}: unknown persistent id {kind!r}")
+            raise pickle.UnpicklingError(f"unknown persistent id {kind!r}")
         if key not in self.storages:
             raw = self.archive.read(f"{self.root}/data/{key}")
             dtype = _STORAGE_DTYPES[storage_type.name]
@@ -94,13 +94,16 @@ def load_with_dtypes(path) -> tuple[dict, dict]:
         raise FileNotFoundError(f"{path}: no such file")
     if not zipfile.is_zipfile(path):
         raise ValueError(f"{path}: not a torch zip file (saved with torch.save's default format)")
-    with zipfile.ZipFile(path) as archive:
-        pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")]
-        if len(pickles) != 1:
-            raise ValueError(f"{path}: expected one data.pkl in the archive, found {len(pickles)}")
-        root = pickles[0][: -len("/data.pkl")]
-        with archive.open(pickles[0]) as f:
-            obj = _Unpickler(f, archive, root, path).load()
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")]
+            if len(pickles) != 1:
+                raise ValueError(f"{path}: expected one data.pkl in the archive, found {len(pickles)}")
+            root = pickles[0][: -len("/data.pkl")]
+            with archive.open(pickles[0]) as f:
+                obj = _Unpickler(f, archive, root).load()
+    except (zipfile.BadZipFile, KeyError, EOFError, pickle.UnpicklingError) as e:  # damaged bytes, missing storage
+        raise ValueError(f"{path}: corrupt or unsupported torch checkpoint ({e})") from e
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     arrays, dtypes = OrderedDict(), {}

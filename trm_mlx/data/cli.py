@@ -7,18 +7,24 @@ from trm_mlx.data.builders.arc import ARCBuildConfig, build_arc
 from trm_mlx.data.builders.maze import MazeBuildConfig, build_maze
 from trm_mlx.data.builders.sudoku import SudokuBuildConfig, build_sudoku
 from trm_mlx.data import builtin
-from trm_mlx.data.metadata import DatasetFormatError
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
 
 
 def _non_negative(text: str) -> int:
-    value = int(text)
+    value = _integer(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
@@ -90,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
                 args["output_dir"], args["num_train"], args["num_test"], args["num_aug"], args["seed"],
                 tuple(args["blanks"]),
             )
-    except (DatasetFormatError, FileExistsError) as e:
+    except (ValueError, FileExistsError) as e:  # DatasetFormatError included
         sys.exit(f"trm-build-data {command}: {e}")
     print(f"wrote {path}")
 

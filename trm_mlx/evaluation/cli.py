@@ -91,9 +91,11 @@ def _read_config_file(path: str) -> dict:
 
 def _checkpoint_config(cfg: EvalConfig) -> dict | None:
     """The checkpoint's training config: `config=FILE`, a training state's own, or the all_config.yaml beside it."""
+    path = Path(cfg.checkpoint)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint file or training-state folder")
     if cfg.config is not None:
         return _read_config_file(cfg.config)
-    path = Path(cfg.checkpoint)
     if path.is_dir():
         return read_train_state_meta(find_train_state(path))["config"]
     return read_all_config(path)
@@ -118,18 +120,26 @@ def _load_model(cfg: EvalConfig, config: dict | None, runtime: Runtime):
     """
     path = Path(cfg.checkpoint)
     if path.is_dir():
-        _, weights, _ = read_state_weights(path, ema=cfg.ema)
+        _, weights, meta = read_state_weights(path, ema=cfg.ema)
+        own_arch = meta.get("arch")
     else:
         if cfg.ema:
             raise ValueError(
                 f"{path}: ema=true needs a trm-train training-state folder (train_state_step_N); the step_N file of "
                 "a run with ema=True already holds the EMA weights"
             )
-        weights, native_arch = read_weights(path)
-        config = config or ({"arch": native_arch} if native_arch else None)
+        weights, own_arch = read_weights(path)
+        config = config or ({"arch": own_arch} if own_arch else None)
         if config is None:
             raise ValueError(f"{path}: no config: pass config=FILE, or put the run's all_config.yaml beside it")
-    merged = {**config, "arch": {**config["arch"], **cfg.arch}, "data_paths": cfg.data_paths}
+    # The length the model was trained for: the checkpoint's own, else its run's training data (the evaluation
+    # data only for a config that names none), so that evaluation data of another length is refused.
+    arch_section = {**config["arch"], **cfg.arch}
+    if own_arch and own_arch.get("seq_len") is not None:
+        arch_section.setdefault("seq_len", own_arch["seq_len"])
+    merged = {**config, "arch": arch_section}
+    if not merged.get("data_paths"):
+        merged["data_paths"] = cfg.data_paths
     arch = arch_from_original(merged, weights, path)
     if cfg.forward_dtype is not None:
         arch["forward_dtype"] = cfg.forward_dtype
@@ -166,6 +176,9 @@ def _evaluate_checkpoint(cfg: EvalConfig, config: dict | None, output_dir: Path,
     data, arch = dataset.metadata, model.config
     if arch.seq_len is not None and data.seq_len != arch.seq_len:
         raise ValueError(f"{cfg.data_paths}: sequence length {data.seq_len} differs from the model's {arch.seq_len}")
+    if data.vocab_size != arch.vocab_size:
+        raise ValueError(f"{cfg.data_paths}: a vocabulary of {data.vocab_size} tokens, the model's has "
+                         f"{arch.vocab_size} (was it trained on this dataset?)")
     if data.num_puzzle_identifiers > arch.num_puzzle_identifiers:
         raise ValueError(
             f"{cfg.data_paths}: {data.num_puzzle_identifiers} puzzle identifiers, but the checkpoint's puzzle "
@@ -186,6 +199,10 @@ def _rescore(cfg: EvalConfig, output_dir: Path):
         raise ValueError(f"no evaluator for {cfg.data_paths[0]}; name one, e.g. evaluators=[ARC]")
     required = set().union(*(e.required_outputs for e in evaluators))
     rows = load_predictions(cfg.preds_files, required=required)
+    for key, array in rows.items():
+        if key in ("inputs", "labels", "preds") and array.shape[1:] != (metadata.seq_len,):
+            raise ValueError(f"{', '.join(cfg.preds_files)}: {key} of shape {list(array.shape)}, but {cfg.data_paths} "
+                             f"holds sequences of {metadata.seq_len} tokens")
     metrics = {}
     for evaluator in evaluators:
         evaluator.begin_eval()

@@ -116,6 +116,14 @@ def read_train_state_meta(path: Path) -> dict:
     return meta
 
 
+def read_state_arrays(file: Path) -> dict:
+    """The arrays of a training state; MLX reports a truncated or damaged file as a RuntimeError."""
+    try:
+        return mx.load(str(file))
+    except RuntimeError as e:
+        raise ValueError(f"{file}: unreadable ({e})") from e
+
+
 def global_carry(state: TrainState, group: mx.distributed.Group) -> dict | None:
     """The carry of the whole global batch: every rank's rows in rank order (collective: every rank calls it).
 
@@ -135,7 +143,7 @@ def read_state_weights(source: str | Path, ema: bool | None = None) -> tuple[Pat
     EMA), ``False`` the live weights, ``None`` the EMA weights where there are some."""
     state_dir = find_train_state(source)
     meta = read_train_state_meta(state_dir)
-    arrays = mx.load(str(state_dir / ARRAYS_FILE))
+    arrays = read_state_arrays(state_dir / ARRAYS_FILE)
     weights = _section(arrays, "model")
     averaged = {name.removeprefix("model."): value for name, value in _section(arrays, "ema").items()}
     if ema and not averaged:
@@ -165,7 +173,7 @@ def load_train_state(path: Path, state: TrainState, dataset, group: mx.distribut
     if saved_fingerprint is not None and saved_fingerprint != dataset.fingerprint:
         raise ValueError(f"{path}: the training data at {', '.join(dataset.paths)} is not the data this run trained "
                          "on (rebuilt with another seed or options?); rebuild it with the run's builder command")
-    arrays = mx.load(str(path / ARRAYS_FILE))
+    arrays = read_state_arrays(path / ARRAYS_FILE)
     load_weights_into(state.model, _section(arrays, "model"), path / ARRAYS_FILE)
 
     optimizer_arrays = _section(arrays, "optimizer")

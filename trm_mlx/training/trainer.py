@@ -16,6 +16,7 @@ from trm_mlx.evaluation.evaluators import create_evaluator
 from trm_mlx.evaluation.loop import evaluate
 from trm_mlx.runtime import Runtime
 from trm_mlx.training.checkpointing import (
+    STATE_PREFIX,
     find_train_state,
     global_carry,
     load_train_state,
@@ -37,7 +38,7 @@ from trm_mlx.training.distributed import (
     watchdog_timeout,
 )
 from trm_mlx.training.lanes import make_lane_train_step
-from trm_mlx.training.logging import RunLogger
+from trm_mlx.training.logging import METRICS_FILE, RunLogger
 from trm_mlx.training.schedule import warmup_cosine_lr
 from trm_mlx.training.state import TrainState, create_train_state, num_params
 from trm_mlx.training.step import apply_updates, gradients, rank_draws
@@ -193,7 +194,40 @@ def open_datasets(
     except DatasetFormatError as e:
         log(f"no evaluation: {e}")
         test = None
+    if test is not None:
+        check_test_data(train, test)
     return train, test
+
+
+TEST_MATCHES_TRAIN = ("seq_len", "vocab_size", "pad_id", "ignore_label_id", "blank_identifier_id")
+
+
+def check_test_data(train: PuzzleDataset, test: PuzzleDataset) -> None:
+    """The training data sizes the model: test data of another length or vocabulary, or with puzzle identifiers
+    past its embedding table, would run through it meaninglessly, so the run stops before it trains."""
+    for key in TEST_MATCHES_TRAIN:
+        trained, tested = getattr(train.metadata, key), getattr(test.metadata, key)
+        if tested != trained:
+            raise ValueError(f"{test.paths} (test split): {key} {tested}, the training data's is {trained}")
+    trained, tested = train.metadata.num_puzzle_identifiers, test.metadata.num_puzzle_identifiers
+    if tested > trained:
+        raise ValueError(f"{test.paths} (test split): {tested} puzzle identifiers, more than the training data's "
+                         f"{trained} (the model's puzzle embeddings)")
+
+
+def refuse_overwriting(config: PretrainConfig) -> None:
+    """A new run (no ``resume=``) in a folder that holds a run would replace its metrics and remove its training
+    state, so it is refused: the user continues that run or names another folder."""
+    root = Path(config.checkpoint_path)
+    if config.resume is not None or not root.is_dir():
+        return
+    held = sorted(p.name for p in root.iterdir() if p.name.startswith(("step_", STATE_PREFIX)))
+    metrics = root / METRICS_FILE
+    if metrics.is_file() and metrics.stat().st_size:
+        held.append(METRICS_FILE)
+    if held:
+        raise ValueError(f"{root}: holds a run ({', '.join(held[:3])}{', ...' if len(held) > 3 else ''}); "
+                         f"continue it with resume={root}, or give the new run another +run_name or +checkpoint_path")
 
 
 def create_evaluators(config: PretrainConfig, eval_data: PuzzleDataset | None, log) -> list:
@@ -282,6 +316,7 @@ def _train(config: PretrainConfig, show_progress: bool, metrics_every: int, grou
         config = broadcast_object(config, group)  # rank 0's names (the run name has a random part)
         if config.global_batch_size % group.size():
             raise ValueError(f"global_batch_size={config.global_batch_size} is not a multiple of {group.size()} ranks")
+    refuse_overwriting(config)
     epochs_per_iter = config.eval_interval if config.eval_interval is not None else config.epochs
     if config.epochs % epochs_per_iter != 0:
         raise ValueError(f"eval_interval={epochs_per_iter} must divide epochs={config.epochs}")

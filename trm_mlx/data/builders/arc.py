@@ -291,6 +291,9 @@ def build_arc(config: ARCBuildConfig) -> Path:
     if config.puzzle_identifiers_start < 1:
         start = config.puzzle_identifiers_start
         raise ValueError(f"puzzle_identifiers_start must be >= 1 (0 is the blank id), got {start}")
+    if config.test_set_name not in config.subsets:  # else the build writes no test split, silently
+        subsets = " ".join(config.subsets)
+        raise ValueError(f"--test-set-name {config.test_set_name!r} is not among --subsets ({subsets})")
     rng = legacy_rng(config.seed)
     test_subsets = {config.test_set_name, config.test_set_name2}
 

@@ -51,6 +51,9 @@ def read_sudoku_csv(path: Path, min_difficulty: int | None) -> tuple[np.ndarray,
             raise DatasetFormatError(f"{path}:{line}: answer must be 81 digits 0-9, got {answer!r}")
         questions.append(question)
         answers.append(answer)
+    if not questions:  # checked before anything is written, so an existing dataset at the output stays
+        kept = "" if min_difficulty is None else f" with rating >= {min_difficulty}"
+        raise DatasetFormatError(f"{path}: no puzzles{kept}")
 
     def to_boards(rows: list[str]) -> np.ndarray:
         text = "".join(rows).replace(".", "0").encode()
