@@ -272,6 +272,8 @@ def test_default_output_folders_of_two_runs_differ():
     first = EvalConfig(checkpoint="checkpoints/p/run_a/step_400", data_paths=["d"]).default_output_dir()
     second = EvalConfig(checkpoint="checkpoints/p/run_b/step_400", data_paths=["d"]).default_output_dir()
     assert first == Path("outputs/eval/run_a/step_400") and second == Path("outputs/eval/run_b/step_400")
+    state = EvalConfig(checkpoint="checkpoints/p/run_a", ema=True, halt="q", halt_threshold=0.9, data_paths=["d"])
+    assert state.default_output_dir() == Path("outputs/eval/p/run_a_ema_halt-q-0.9")
 
 
 def test_without_data_paths_a_checkpoint_is_evaluated_on_its_run_s_test_data(sudoku_build, tmp_path):

@@ -76,9 +76,11 @@ class EvalConfig(pydantic.BaseModel):
         return [self.preds] if isinstance(self.preds, str) else list(self.preds or [])
 
     def default_output_dir(self) -> Path:
-        """outputs/eval/<run folder>/<checkpoint>: the step_N of two runs do not overwrite each other."""
+        """outputs/eval/<run folder>/<checkpoint>[_ema][_halt-q-<threshold>]: the step_N of two runs, and the
+        weights or halting protocols of one, do not overwrite each other."""
         source = Path(self.checkpoint or self.preds_files[0]).resolve()
-        return Path("outputs") / "eval" / source.parent.name / source.name
+        name = "_".join([source.name] + ["ema"] * self.ema + [f"halt-q-{self.halt_threshold:g}"] * (self.halt == "q"))
+        return Path("outputs") / "eval" / source.parent.name / name
 
 
 def _read_config_file(path: str) -> dict:
