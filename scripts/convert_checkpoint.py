@@ -13,9 +13,13 @@ from pathlib import Path
 
 import yaml
 
-import trm_mlx
-from trm_mlx.checkpoint import save_native, save_original
-from trm_mlx.user_errors import one_line_errors
+from trm_mlx.blas import load_fast_blas
+
+load_fast_blas()  # before MLX loads
+
+import trm_mlx  # noqa: E402
+from trm_mlx.checkpoint import save_native, save_original  # noqa: E402
+from trm_mlx.user_errors import one_line_errors  # noqa: E402
 
 
 def main(argv=None) -> int:
