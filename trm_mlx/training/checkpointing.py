@@ -101,7 +101,10 @@ def find_train_state(path: str | Path) -> Path:
         return path
     candidates = [p for p in path.glob(f"{STATE_PREFIX}*") if (p / STATE_FILE).is_file()] if path.is_dir() else []
     if not candidates:
-        raise FileNotFoundError(f"{path}: no training state (a {STATE_PREFIX}N folder with {STATE_FILE}) to resume")
+        steps = sorted(int(p.name[5:]) for p in path.glob("step_*") if p.name[5:].isdigit()) if path.is_dir() else []
+        models = [f"step_{step}" for step in steps]
+        hint = f"; its model checkpoints ({', '.join(models[-3:])}) are files to name" if models else ""
+        raise FileNotFoundError(f"{path}: no training state (a {STATE_PREFIX}N folder with {STATE_FILE}){hint}")
     return max(candidates, key=lambda p: int(p.name[len(STATE_PREFIX):]))
 
 
