@@ -267,6 +267,10 @@ def test_a_new_run_refuses_a_folder_that_holds_a_run(tiny_data, tmp_path):
         train_tiny(tiny_data, run, "max_steps=3")
     assert {path.name: path.read_bytes() for path in run.rglob("*") if path.is_file()} == before
     assert train_tiny(tiny_data, run, "max_steps=12", f"resume={run}")["step"] == 12
+    for state in run.glob("train_state_step_*"):  # metrics and models without a state: nothing to resume
+        shutil.rmtree(state)
+    with pytest.raises(ValueError, match=f"{run}: holds a run \\(step_8, metrics.jsonl\\); remove it, or give the"):
+        train_tiny(tiny_data, run, "max_steps=3")
 
 
 @pytest.mark.parametrize("field, value, expected", [

@@ -226,8 +226,11 @@ def refuse_overwriting(config: PretrainConfig) -> None:
     if metrics.is_file() and metrics.stat().st_size:
         held.append(METRICS_FILE)
     if held:
-        raise ValueError(f"{root}: holds a run ({', '.join(held[:3])}{', ...' if len(held) > 3 else ''}); "
-                         f"continue it with resume={root}, or give the new run another +run_name or +checkpoint_path")
+        listed = f"{', '.join(held[:3])}{', ...' if len(held) > 3 else ''}"
+        resumable = any(name.startswith(STATE_PREFIX) for name in held)
+        action = f"continue it with resume={root}, or" if resumable else "remove it, or"
+        raise ValueError(f"{root}: holds a run ({listed}); {action} give the new run another +run_name or "
+                         "+checkpoint_path")
 
 
 def create_evaluators(config: PretrainConfig, eval_data: PuzzleDataset | None, log) -> list:
