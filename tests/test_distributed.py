@@ -202,11 +202,12 @@ def test_a_rank_that_hangs_stops_both_after_the_timeout(tiny_data, tmp_path):
 def test_the_scaling_script_measures_one_and_two_ranks_within_its_budget(tmp_path):
     """scripts/scaling_gpu.sh as on the GPU machine, with the small preset over the ring: each run stops by its time
     budget, far short of its steps, the ranks stopping together, and the summary gives the efficiency of the two."""
+    # Steps stop 12 and 20 s after the start: room for the set-up and first step on a loaded 2-core machine.
     env = worker_env(
         PYTHON=sys.executable, OUT=str(tmp_path), OPENBLAS_NUM_THREADS="1", SCALING_PRESET="demo",
         SCALING_BACKEND="ring", SCALING_LAUNCH_ARGS=f"--starting-port {free_port_pair()}", SCALING_ROWS="4",
         SCALING_WARMUP="2", SCALING_STEPS="100000", SCALING_ONE_S="44", SCALING_TWO_S="52", SCALING_MARGIN_S="32",
-    )  # fmt: skip  (12 and 20 s from the start: room for the set-up and first step on a loaded 2-core machine)
+    )  # fmt: skip
     result = subprocess.run(["bash", REPO / "scripts" / "scaling_gpu.sh"], env=env, capture_output=True, text=True,
                             timeout=RUN_TIMEOUT_S)  # fmt: skip
     report = tmp_path / "scaling.jsonl"
