@@ -1,6 +1,7 @@
 """Properties of trm_mlx.model that need no reference implementation: init statistics, memory, shapes."""
 
 import math
+import re
 import types
 
 import mlx.core as mx
@@ -190,3 +191,24 @@ def test_padded_positions_leave_attention_and_its_gradients_unchanged():
     np.testing.assert_allclose(np.array(out), np.array(ref), rtol=1e-5, atol=1e-6)
     for g, r in zip(grads, ref_grads):
         np.testing.assert_allclose(np.array(g), np.array(r), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda b: b.pop("puzzle_identifiers"), "the batch lacks ['puzzle_identifiers']"),
+    (lambda b: b.update(inputs=b["inputs"][0]), "inputs of shape [32], expected [rows, seq_len]"),
+    (lambda b: b.update(inputs=b["inputs"][:, :30]), "inputs of shape [5, 30], expected [5, 32]"),
+    (lambda b: b.update(inputs=b["inputs"] + 0.5), "inputs must hold integers, got float64"),
+    (lambda b: b["inputs"].__setitem__((1, 3), 11), "inputs holds 11, outside the model's [0, 11)"),
+    (lambda b: b.update(puzzle_identifiers=np.array([0, 1, 2, 0, 3])), "puzzle_identifiers holds 3, outside"),
+    (lambda b: b.update(labels=np.full((5, 32), -1)), "labels holds -1, outside the model's [0, 11)"),
+])  # fmt: skip
+def test_predict_names_what_is_wrong_with_a_batch(change, expected):
+    model = create_model(tiny_arch())  # seq_len 32, vocab 11, 3 puzzle identifiers
+    rng = np.random.default_rng(0)
+    batch = {"inputs": rng.integers(0, 11, (5, 32)), "puzzle_identifiers": np.array([0, 1, 2, 0, 1])}
+    labels = batch["inputs"].copy()
+    labels[:, :4] = -100  # ignored positions are fine
+    assert model.predict({**batch, "labels": labels})["preds"].shape == (5, 32)
+    change(batch)
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        model.predict(batch)

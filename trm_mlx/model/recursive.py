@@ -224,6 +224,36 @@ class ACTModel(nn.Module):
         carry = {"inner": latents, "steps": steps, "halted": halted, "current_data": data}
         return ACTStep(carry, logits, q_halt, q_continue, target)
 
+    def _checked_batch(self, batch: dict) -> dict[str, np.ndarray]:
+        """``predict``'s arrays, checked against the model: a wrong shape or an id past a table would otherwise fail
+        deep inside MLX, or read another row without a word."""
+        missing = [key for key in ("inputs", "puzzle_identifiers") if key not in batch]
+        if missing:
+            raise ValueError(f"predict: the batch lacks {missing}; it needs 'inputs' [rows, seq_len] and "
+                             "'puzzle_identifiers' [rows] ('labels' [rows, seq_len] is optional)")
+        arrays = {key: np.asarray(batch[key]) for key in ("inputs", "puzzle_identifiers", "labels") if key in batch}
+        for key, array in arrays.items():
+            if not np.issubdtype(array.dtype, np.integer):
+                raise ValueError(f"predict: {key} must hold integers, got {array.dtype}")
+        rows, config = len(arrays["inputs"]), self.config
+        if arrays["inputs"].ndim != 2:
+            raise ValueError(f"predict: inputs of shape {list(arrays['inputs'].shape)}, expected [rows, seq_len]")
+        expected = {"inputs": (rows, config.seq_len or arrays["inputs"].shape[-1]), "puzzle_identifiers": (rows,)}
+        expected["labels"] = expected["inputs"]
+        limits = {"inputs": config.vocab_size, "labels": config.vocab_size}
+        if config.puzzle_emb_ndim > 0:  # else the identifiers are not read
+            limits["puzzle_identifiers"] = config.num_puzzle_identifiers
+        for key, array in arrays.items():
+            if array.shape != expected[key]:
+                length = "" if config.seq_len is None else f", the model's sequence length {config.seq_len}"
+                raise ValueError(f"predict: {key} of shape {list(array.shape)}, expected {list(expected[key])} "
+                                 f"(rows as in inputs{length})")
+            ids = array[array != IGNORE_LABEL_ID] if key == "labels" else array
+            if key in limits and ids.size and (ids.min() < 0 or ids.max() >= limits[key]):
+                bad = ids.min() if ids.min() < 0 else ids.max()
+                raise ValueError(f"predict: {key} holds {bad}, outside the model's [0, {limits[key]})")
+        return arrays
+
     def predict(self, batch: dict, halt: str = "max", halt_threshold: float = 0.5) -> dict:
         """The evaluation ACT loop on a dict of NumPy int arrays; returns NumPy arrays.
 
@@ -239,13 +269,9 @@ class ACTModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            arrays = {k: mx.array(np.asarray(batch[k]).astype(np.int32)) for k in ("inputs", "puzzle_identifiers")}
-            labels = batch.get("labels")
-            arrays["labels"] = (
-                mx.array(np.asarray(labels).astype(np.int32))
-                if labels is not None
-                else mx.full(arrays["inputs"].shape, IGNORE_LABEL_ID, dtype=mx.int32)
-            )
+            arrays = {k: mx.array(v.astype(np.int32)) for k, v in self._checked_batch(batch).items()}
+            if "labels" not in arrays:
+                arrays["labels"] = mx.full(arrays["inputs"].shape, IGNORE_LABEL_ID, dtype=mx.int32)
             if getattr(self, "_predict_step", None) is None or self._predict_rule != threshold:
                 self._predict_step = mx.compile(self._predict_outputs(threshold), inputs=self.state)
                 self._predict_rule = threshold  # one compiled step per halting rule, reused by every later call
