@@ -140,7 +140,7 @@ def test_sudoku_native_checkpoint_end_to_end(lanes, sudoku_build, tmp_path):
     assert rescored == {k: v for k, v in metrics.items() if k.startswith("Sudoku/")}
 
 
-def test_arc_original_checkpoint_end_to_end(arc_build, tmp_path):
+def test_arc_original_checkpoint_end_to_end(arc_build, tmp_path, capsys):
     checkpoint = original_checkpoint(tmp_path, arc_build)
     out_dir = tmp_path / "out"
     cfg = EvalConfig(
@@ -169,6 +169,11 @@ def test_arc_original_checkpoint_end_to_end(arc_build, tmp_path):
     page = (out_dir / "report" / "index.html").read_text()
     assert page.count("<svg") == sum(4 * len(p["test"]) for p in list(test_puzzles.values())[:3])
     assert "ARC/pass@2" in page and "all · accuracy" in page  # the metrics at the top
+
+    capsys.readouterr()
+    run(cfg.model_copy(update={"save_outputs": [], "render": False}))  # the report and predictions stay behind
+    warning = f"trm-eval: warning: {out_dir} still holds report/, all_preds.0.npz of an earlier evaluation"
+    assert warning in capsys.readouterr().err
 
 
 def test_maze_with_arch_override(maze_build, tmp_path):

@@ -245,7 +245,21 @@ def run(cfg: EvalConfig) -> dict:
         if cfg.render:
             report = _write_report(cfg, output_dir, evaluators, metrics)
             print(f"report: {report}", file=sys.stderr)
+        _warn_of_earlier_outputs(cfg, output_dir, evaluators)
     return metrics
+
+
+def _warn_of_earlier_outputs(cfg: EvalConfig, output_dir: Path, evaluators) -> None:
+    """Outputs an earlier evaluation left in ``output_dir`` that this one did not rewrite would read as its own."""
+    stale = [] if cfg.render or not (output_dir / "report").is_dir() else ["report/"]
+    if not cfg.save_outputs and cfg.preds is None:  # re-scoring reads such files, perhaps these
+        stale += sorted(path.name for path in output_dir.glob("all_preds.*.npz"))
+    arc = any(isinstance(evaluator, ARCEvaluator) for evaluator in evaluators)
+    if not arc and (output_dir / "submission.json").exists():
+        stale.append("submission.json")
+    if stale:
+        print(f"trm-eval: warning: {output_dir} still holds {', '.join(stale)} of an earlier evaluation, not this "
+              "one's", file=sys.stderr)
 
 
 @hydra.main(config_path=hydra_config_path(), config_name="eval", version_base=None)
