@@ -9,16 +9,13 @@ Original files get the `_orig_mod.` key prefix (as the original's compiled train
 
 import argparse
 import sys
-from pathlib import Path
-
-import yaml
 
 from trm_mlx.blas import load_fast_blas
 
 load_fast_blas()  # before MLX loads
 
 import trm_mlx  # noqa: E402
-from trm_mlx.checkpoint import save_native, save_original  # noqa: E402
+from trm_mlx.checkpoint import read_yaml, save_native, save_original  # noqa: E402
 from trm_mlx.user_errors import one_line_errors  # noqa: E402
 
 
@@ -32,10 +29,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     with one_line_errors("convert_checkpoint"):
-        try:
-            config = yaml.safe_load(Path(args.config).read_text()) if args.config else None
-        except yaml.YAMLError as e:  # not a ValueError: one_line_errors would show its traceback
-            raise ValueError(f"{args.config}: not valid YAML ({e})") from e
+        config = read_yaml(args.config) if args.config else None  # a training config or an arch section
         model = trm_mlx.load(args.source, config=config)
         if args.to == "native":
             save_native(args.target, model)

@@ -218,3 +218,5 @@ def test_convert_checkpoint_answers_in_one_line(tmp_path):
         assert expected in message and "\n" not in message
     with pytest.raises(ValueError, match="all_config.yaml: not valid YAML"):  # the run's config beside it
         run_eval(EvalConfig(checkpoint=str(checkpoint)))
+    with pytest.raises(ValueError, match="bad.yaml: not valid YAML"):  # a config the user names
+        run_eval(EvalConfig(checkpoint=str(checkpoint), config=str(tmp_path / "bad.yaml")))

@@ -88,18 +88,26 @@ def load_weights_into(model, weights: dict, path, resize_puzzle_embedding: bool 
     mx.eval(model.parameters())
 
 
+def read_yaml(path):
+    """A YAML file's content; a syntax error is a ValueError naming the file."""
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({e})") from None
+
+
+def read_config_file(path) -> dict:
+    """A training config file (`all_config.yaml`, or one a user names): a mapping with an `arch` section."""
+    config = read_yaml(path)
+    if not isinstance(config, dict) or not isinstance(config.get("arch"), dict):
+        raise ValueError(f"{path}: expected a mapping with an 'arch' section")
+    return config
+
+
 def read_all_config(path) -> dict | None:
     """The `all_config.yaml` the original (and our trainer) writes beside checkpoints, if there is one."""
     config_file = Path(path).parent / "all_config.yaml"
-    if not config_file.is_file():
-        return None
-    try:
-        config = yaml.safe_load(config_file.read_text())
-    except yaml.YAMLError as e:
-        raise ValueError(f"{config_file}: not valid YAML ({e})") from None
-    if not isinstance(config, dict) or not isinstance(config.get("arch"), dict):
-        raise ValueError(f"{config_file}: expected a mapping with an 'arch' section")
-    return config
+    return read_config_file(config_file) if config_file.is_file() else None
 
 
 def load(path, config: dict | None = None, forward_dtype: str | None = None, runtime=None):

@@ -16,10 +16,9 @@ load_fast_blas()  # trm-eval's entry module: the CPU BLAS loads before MLX does
 import hydra  # noqa: E402
 import mlx.core as mx  # noqa: E402
 import pydantic  # noqa: E402
-import yaml  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from trm_mlx.checkpoint import load_weights_into, read_all_config, read_weights  # noqa: E402
+from trm_mlx.checkpoint import load_weights_into, read_all_config, read_config_file, read_weights  # noqa: E402
 from trm_mlx.checkpoint.original import arch_from_original  # noqa: E402
 from trm_mlx.data.dataset import PuzzleDataset  # noqa: E402
 from trm_mlx.data.metadata import load_metadata, merge_metadata  # noqa: E402
@@ -83,21 +82,13 @@ class EvalConfig(pydantic.BaseModel):
         return Path("outputs") / "eval" / source.parent.name / name
 
 
-def _read_config_file(path: str) -> dict:
-    with open(path) as f:
-        config = yaml.safe_load(f)
-    if not isinstance(config, dict) or not isinstance(config.get("arch"), dict):
-        raise ValueError(f"{path}: expected a training config with an 'arch' mapping")
-    return config
-
-
 def _checkpoint_config(cfg: EvalConfig) -> dict | None:
     """The checkpoint's training config: `config=FILE`, a training state's own, or the all_config.yaml beside it."""
     path = Path(cfg.checkpoint)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint file or training-state folder")
     if cfg.config is not None:
-        return _read_config_file(cfg.config)
+        return read_config_file(cfg.config)
     if path.is_dir():
         return read_train_state_meta(find_train_state(path))["config"]
     return read_all_config(path)
