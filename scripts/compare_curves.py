@@ -17,8 +17,8 @@ the training losses are against their step-to-step spread (`training_loss_agreem
 `--only legacy` (or `mlx`) trains one side, so that the two can run on different machine leases; the call that
 completes the pair writes the comparison. `--concurrent` trains both at once, for a GPU with room for both. The
 reference runs under torch.compile on CUDA and eagerly elsewhere. Extra arguments are Hydra overrides, as for
-trm-train; `max_steps` stops both sides (the reference when its metrics reach that step). ACT exploration draws
-different random numbers in the two frameworks, so with it on the curves agree statistically, not step for step.
+trm-train; `max_steps` stops both sides. ACT exploration draws different random numbers in the two frameworks, so
+with it on the curves agree statistically, not step for step.
 
 A trm-train run already made (for instance one relayed over machine leases) can stand for the trm_mlx side: the
 reference trains the same recipe from that run's initial weights (`--init mlx`: trm-train's seeded init, re-drawn)
@@ -29,6 +29,15 @@ lease):
         --only legacy --init mlx preset=sudoku_mlp max_steps=10000
     python -m scripts.compare_curves --data data/sudoku-extreme-1k-aug-1000 --out outputs/curves/sudoku \
         --only mlx --mlx-run checkpoints/sudoku_mlp/metrics.jsonl preset=sudoku_mlp max_steps=10000
+
+The reference's run can span machine leases: stopped by `max_steps` or `max_minutes`, it leaves its training state
+in `<out>/legacy/state/` (weights, optimizer moments, EMA, step and RNG states in `state.pt`, the ACT carry in
+`carry.pt`), and the next call with the same recipe continues it (a larger `max_steps`, or again `max_minutes`);
+the summary waits until the reference reaches `max_steps`. The reference's loop has no resumption of its own, so
+the continued run draws its batches from the start and trains from the saved step on: the same batches, the same
+steps. To carry a relay in and out in parts, leave `carry.pt` behind (the carry then starts afresh, as after a
+trm-train relay without the carry). trm-train's side does not continue here: relay it with trm-train
+(`scripts/relay_lease.sh`) and bring it in with `--mlx-run`.
 
 The reference trains in a child process that loads no BLAS of ours (`TRM_MLX_BLAS=off`), as `python -m
 legacy.pretrain` runs. In this process PyTorch's BLAS calls would bind to the BLAS loaded globally for MLX (same
@@ -56,7 +65,7 @@ import torch  # noqa: E402
 import legacy.pretrain as lp  # noqa: E402
 from legacy.dataset.common import PuzzleDatasetMetadata as LegacyMetadata  # noqa: E402
 from scripts.plot_metrics import plot, read_metrics, series  # noqa: E402
-from trm_mlx.atomic import write_atomically  # noqa: E402
+from trm_mlx.atomic import atomic_folder, write_atomically  # noqa: E402
 from trm_mlx.checkpoint import save_original  # noqa: E402
 from trm_mlx.data import PuzzleDataset  # noqa: E402
 from trm_mlx.runtime import Runtime  # noqa: E402
@@ -66,6 +75,7 @@ from trm_mlx.training.state import create_train_state  # noqa: E402
 from trm_mlx.training.trainer import train  # noqa: E402
 
 SIDES = {"mlx": "trm-mlx", "legacy": "PyTorch reference"}
+LEGACY_STATE = "state"  # the reference's saved training state, in its side folder
 EVAL_KEYS = ("accuracy", "exact_accuracy", "q_halt_accuracy", "steps", "lm_loss")
 
 
@@ -86,21 +96,19 @@ def initial_weights(overrides: list[str], path: Path, drawn_by: str = "legacy") 
 
 
 class _StopTraining(Exception):
-    """Raised from the reference's metrics logging at ``max_steps``, which its loop does not know."""
+    """Raised inside the reference's loop where this tool stops it (``max_steps``, ``max_minutes``)."""
 
 
 class _MetricsRun:
     """Stands in for the reference's wandb run: every logged step goes to a ``MetricsFile``."""
 
-    def __init__(self, path: Path, every: int, max_steps: int | None):
-        self.file, self.max_steps = MetricsFile(path, every=every), max_steps
+    def __init__(self, path: Path, every: int, initial_step: int = 0):
+        self.file = MetricsFile(path, initial_step=initial_step, every=every)
 
     def log(self, metrics: dict, step: int) -> None:
         values = {key: _plain(value) for key, value in metrics.items()}
         if "train/lm_loss" in values:
             self.file.train_step(values, step)
-            if self.max_steps is not None and step >= self.max_steps:
-                raise _StopTraining
         elif any(isinstance(value, dict) for value in values.values()):
             self.file.evaluation(values, step)
 
@@ -109,6 +117,85 @@ class _MetricsRun:
 
     def finish(self) -> None:
         pass
+
+
+class _LegacyState:
+    """Stops the reference's loop at ``max_steps`` or after ``max_minutes`` with its training state saved in
+    ``folder`` (weights, optimizer moments, EMA, step, RNG states; the ACT carry in a file of its own), and continues
+    a saved one. The loop knows no resumption, so a continued run starts it over: its first ``step`` batches are
+    drawn, in the same order, but not trained (nor evaluated at), then the state is loaded. Without ``carry.pt``
+    (left behind to keep a relay small) the carry starts afresh, as after trm-train's relay without the carry."""
+
+    def __init__(self, folder: Path, overrides: list[str], max_steps: int | None, max_minutes: float | None):
+        self.folder, self.recipe, self.max_steps = folder, legacy_recipe(overrides), max_steps
+        self.deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
+        self.saved, self.step, self.ema = None, 0, None
+        progress = saved_progress(folder, overrides)
+        if progress is not None:
+            self.saved, self.step = folder / "state.pt", progress["step"]
+
+    def wrap_train_batch(self, train_batch):
+        def train_or_skip(config, train_state, *args, **kwargs):
+            if train_state.step < self.step:
+                train_state.step += 1  # a batch the saved run trained already
+                return None
+            if self.saved is not None:
+                self._load(train_state)
+            elif self._stop_at(train_state.step):
+                self._save(train_state)
+                raise _StopTraining
+            return train_batch(config, train_state, *args, **kwargs)
+
+        return train_or_skip
+
+    def wrap_skipped(self, function):
+        """``function`` (evaluation, checkpoint) runs only once the saved state is loaded."""
+        return lambda *args, **kwargs: None if self.saved is not None else function(*args, **kwargs)
+
+    def ema_class(self):
+        state = self
+
+        class TrackedEMA(lp.EMAHelper):
+            def register(self, module) -> None:
+                super().register(module)
+                state.ema = self
+
+        return TrackedEMA
+
+    def _stop_at(self, step: int) -> bool:
+        return (self.max_steps is not None and step >= self.max_steps) or (
+            self.deadline is not None and time.monotonic() > self.deadline)  # fmt: skip
+
+    def _save(self, train_state) -> None:
+        state = {"model": train_state.model.state_dict(), "optimizers": [o.state_dict() for o in train_state.optimizers],
+                 "ema": self.ema.state_dict() if self.ema else None, "rng": torch.get_rng_state(),
+                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}  # fmt: skip
+        with atomic_folder(self.folder) as folder:
+            torch.save(state, folder / "state.pt")
+            if train_state.carry is not None:
+                torch.save(train_state.carry, folder / "carry.pt")
+            (folder / "state.json").write_text(json.dumps({"recipe": self.recipe, "step": train_state.step}))
+        print(f"reference stopped at step {train_state.step}; its training state is in {self.folder}")
+
+    def _load(self, train_state) -> None:
+        saved = torch.load(self.saved, map_location="cpu", weights_only=False)
+        self.saved = None
+        device = lp._model_device(train_state.model)
+        train_state.model.load_state_dict(saved["model"])
+        for optimizer, optimizer_state in zip(train_state.optimizers, saved["optimizers"], strict=True):
+            optimizer.load_state_dict(optimizer_state)
+        if saved["ema"] is not None:
+            self.ema.load_state_dict({name: value.to(device) for name, value in saved["ema"].items()})
+        torch.set_rng_state(saved["rng"])
+        if saved["cuda_rng"] is not None:
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        carry = self.folder / "carry.pt"
+        train_state.carry = torch.load(carry, map_location=device, weights_only=False) if carry.exists() else None
+        print(f"reference continues from step {self.step} ({'with' if carry.exists() else 'without'} its ACT carry)")
+
+    def finished(self) -> None:
+        """The loop ran to its end: nothing left to continue."""
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _plain(value):
@@ -120,21 +207,48 @@ def _seed_numpy(seed: int, worker_id: int) -> None:
     np.random.seed(seed)
 
 
+def legacy_recipe(overrides: list[str]) -> list[str]:
+    """What a continued reference run must share with the saved one: the overrides but where it stops and the path
+    of the initial weights."""
+    return [o for o in overrides if not o.startswith(("max_steps=", "max_minutes=", "+load_checkpoint="))]
+
+
+def saved_progress(folder: Path, overrides: list[str]) -> dict | None:
+    """The step of the reference's training state saved in ``folder``, if one is; an error if it trained another
+    recipe than ``overrides``."""
+    path = folder / "state.json"
+    if not (path.exists() and (folder / "state.pt").exists()):
+        return None
+    progress, recipe = json.loads(path.read_text()), legacy_recipe(overrides)
+    if progress["recipe"] != recipe:
+        raise SystemExit(f"{folder}: the saved reference run trained {' '.join(progress['recipe'])}, not "
+                         f"{' '.join(recipe)}; remove the folder to start over")  # fmt: skip
+    return progress
+
+
 def run_legacy(overrides: list[str], out: Path, every: int) -> Path:
-    """``legacy/pretrain.py``'s loop as its command line runs it, its logged metrics written to ``metrics.jsonl``."""
+    """``legacy/pretrain.py``'s loop as its command line runs it, its logged metrics written to ``metrics.jsonl``;
+    it continues a run saved in ``out/state`` (``_LegacyState``)."""
     if torch.cuda.is_available():
         os.environ["TRM_LEGACY_COMPILE"] = "1"
     config = compose([*overrides, f"+checkpoint_path={out}"])
-    run = _MetricsRun(out / METRICS_FILE, every, config.max_steps)
-    wandb_init, lp._wandb_init = lp._wandb_init, lambda config: run
-    loader, lp.DataLoader = lp.DataLoader, functools.partial(lp.DataLoader, worker_init_fn=functools.partial(
-        _seed_numpy, config.seed))  # fmt: skip
+    state = _LegacyState(out / LEGACY_STATE, overrides, config.max_steps, config.max_minutes)
+    run = _MetricsRun(out / METRICS_FILE, every, state.step)
+    seeded_loader = functools.partial(lp.DataLoader, worker_init_fn=functools.partial(_seed_numpy, config.seed))
+    patches = {"_wandb_init": lambda config: run, "DataLoader": seeded_loader, "EMAHelper": state.ema_class(),
+               "train_batch": state.wrap_train_batch(lp.train_batch), "evaluate": state.wrap_skipped(lp.evaluate),
+               "save_train_state": state.wrap_skipped(lp.save_train_state)}  # fmt: skip
+    originals = {name: getattr(lp, name) for name in patches}
+    for name, value in patches.items():
+        setattr(lp, name, value)
     try:
         lp.launch.__wrapped__(config)
+        state.finished()
     except _StopTraining:
         pass
     finally:
-        lp._wandb_init, lp.DataLoader = wandb_init, loader
+        for name, value in originals.items():
+            setattr(lp, name, value)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     return out / METRICS_FILE
@@ -207,6 +321,14 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
     }
 
 
+def reference_paused(out: Path, base: list[str]) -> int | None:
+    """The step where the reference's run in ``out`` stopped short of ``max_steps`` (``max_minutes``) with its state
+    saved to continue from, or None."""
+    progress = saved_progress(out / "legacy" / LEGACY_STATE, base)
+    last = from_hydra(compose(base)).max_steps
+    return progress["step"] if progress is not None and (last is None or progress["step"] < last) else None
+
+
 def compare(data: str, out: Path, overrides: list[str], every: int = 100, sides=("legacy", "mlx"),
             concurrent: bool = False, init: str = "legacy", mlx_run: Path | None = None) -> dict | None:  # fmt: skip
     """Train ``sides`` into ``out`` and, once both sides' metrics are there (this call's or an earlier one's, e.g.
@@ -223,6 +345,8 @@ def compare(data: str, out: Path, overrides: list[str], every: int = 100, sides=
         (out / "mlx").mkdir(exist_ok=True)
         write_atomically(out / "mlx" / METRICS_FILE, "".join(line + "\n" for line in lines))
         sides = [side for side in sides if side != "mlx"]
+    if "legacy" in sides:
+        saved_progress(out / "legacy" / LEGACY_STATE, base)  # another recipe's saved run: an error before training
     start = out / "initial_weights.pt"
     if sides and not start.exists():  # seeded: an earlier call's file holds the same weights
         initial_weights(base, start, init)
@@ -247,7 +371,7 @@ def compare(data: str, out: Path, overrides: list[str], every: int = 100, sides=
                 began = time.perf_counter()
                 runner(common, out / side, every)
                 timings[side] = time.perf_counter() - began
-    if not all((out / side / METRICS_FILE).exists() for side in SIDES):
+    if not all((out / side / METRICS_FILE).exists() for side in SIDES) or reference_paused(out, base):
         return None
     runs = {SIDES[side]: read_metrics(out / side / METRICS_FILE) for side in SIDES}
     summary = {**summarize(runs), "overrides": overrides, "data": data, "run_s": timings}
@@ -275,7 +399,11 @@ def main(argv: list[str] | None = None) -> int:
     summary = compare(args.data, Path(args.out), args.overrides, args.log_every, sides, args.concurrent, args.init,
                       args.mlx_run)  # fmt: skip
     if summary is None:
-        print(f"trained {args.only}; the comparison needs the other side's run in {args.out}")
+        paused = reference_paused(Path(args.out), [f"data_paths=[{args.data}]", *args.overrides])
+        if paused is not None:
+            print(f"the reference stopped at step {paused} (max_minutes); the same command continues it")
+        else:
+            print(f"trained {args.only}; the comparison needs the other side's run in {args.out}")
         return 0
     for row in summary["evaluations"]:
         mine, theirs = row["mlx"], row["legacy"]

@@ -8,6 +8,7 @@ import sys
 import matplotlib.image
 import numpy as np
 import pytest
+import torch
 
 from scripts.compare_curves import main, training_loss_agreement
 from trm_mlx.training.config import compose, from_hydra
@@ -142,3 +143,50 @@ def test_a_trm_train_run_already_made_stands_for_the_trm_mlx_side(tiny_data, tmp
     assert [ours[s] for s in ours] == pytest.approx([theirs[s] for s in ours], rel=1e-5)
     summary = json.loads((out / "summary.json").read_text())
     assert [row["step"] for row in summary["evaluations"]] == [8]  # the run's evaluations up to step 10
+
+
+def test_the_reference_continues_a_saved_run_as_if_it_had_not_stopped(tiny_data, tmp_path, capfd):
+    """Stopped at ``max_steps`` (inside an epoch and at an evaluation's end) and continued by the next call, the
+    reference's run logs the same metrics and ends with the same checkpoint as a run straight through (EMA, ACT
+    exploration and its RNG, the carry included); the summary waits until the reference reaches ``max_steps``."""
+    overrides = [*TINY_RUN, "epochs=4", "eval_interval=2", "ema=True", "arch.halt_exploration_prob=0.5", "device=cpu"]
+
+    def run(out, *extra):
+        assert main(["--data", str(tiny_data), "--out", str(out), "--log-every", "1", "--only", "legacy",
+                     *overrides, *extra]) == 0  # fmt: skip
+
+    run(tmp_path / "straight")
+    for stop in ("max_steps=6", "max_steps=8", "max_steps=13"):
+        run(tmp_path / "relayed", stop)
+        assert json.loads((tmp_path / "relayed/legacy/state/state.json").read_text())["step"] == int(stop[10:])
+    assert "continues from step 8 (with its ACT carry)" in capfd.readouterr().out
+    run(tmp_path / "relayed")  # to the end
+
+    def records(out):
+        return [{k: v for k, v in json.loads(line).items() if k not in ("wall_s", "steps_per_s")}
+                for line in (out / "legacy/metrics.jsonl").read_text().splitlines()]  # fmt: skip
+
+    straight = records(tmp_path / "straight")
+    relayed = [r for r in records(tmp_path / "relayed") if r["kind"] != "resume"]
+    assert [r["step"] for r in relayed if r["kind"] == "train"] == list(range(1, 17))
+    assert relayed == straight
+    final = [torch.load(tmp_path / side / "legacy/step_16", weights_only=True) for side in ("straight", "relayed")]
+    assert final[0].keys() == final[1].keys() and all(torch.equal(final[0][k], final[1][k]) for k in final[0])
+    assert not (tmp_path / "relayed/legacy/state").exists()  # nothing left to continue
+
+
+def test_a_reference_run_continued_without_its_carry_or_with_another_recipe(tiny_data, tmp_path, capfd):
+    overrides = [*TINY_RUN, "epochs=4", "eval_interval=2", "device=cpu"]
+    common = ["--data", str(tiny_data), "--out", str(tmp_path), "--log-every", "1", "--only", "legacy"]
+    assert main([*common, *overrides, "max_steps=6"]) == 0
+    (tmp_path / "legacy/state/carry.pt").unlink()  # left behind to keep a relay small
+    with pytest.raises(SystemExit, match="remove the folder to start over"):
+        main([*common, *overrides, "lr=3e-4"])
+    assert main([*common, *overrides, "max_minutes=0.001"]) == 0  # stops at its first step
+    out = capfd.readouterr().out
+    assert "continues from step 6 (without its ACT carry)" in out and "stopped at step 7" in out
+    assert "the reference stopped at step 7 (max_minutes); the same command continues it" in out
+    assert main([*common, *overrides]) == 0
+    steps = [json.loads(line)["step"] for line in (tmp_path / "legacy/metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "train"]  # fmt: skip
+    assert steps == list(range(1, 17))
