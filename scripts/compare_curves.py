@@ -167,7 +167,8 @@ class _LegacyState:
             self.deadline is not None and time.monotonic() > self.deadline)  # fmt: skip
 
     def _save(self, train_state) -> None:
-        state = {"model": train_state.model.state_dict(), "optimizers": [o.state_dict() for o in train_state.optimizers],
+        optimizers = [optimizer.state_dict() for optimizer in train_state.optimizers]
+        state = {"model": train_state.model.state_dict(), "optimizers": optimizers,
                  "ema": self.ema.state_dict() if self.ema else None, "rng": torch.get_rng_state(),
                  "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}  # fmt: skip
         with atomic_folder(self.folder) as folder:
