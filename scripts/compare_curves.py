@@ -33,7 +33,8 @@ lease):
 The reference's run can span machine leases: stopped by `max_steps` or `max_minutes`, it leaves its training state
 in `<out>/legacy/state/` (weights, optimizer moments, EMA, step and RNG states in `state.pt`, the ACT carry in
 `carry.pt`), and the next call with the same recipe continues it (a larger `max_steps`, or again `max_minutes`);
-the summary waits until the reference reaches `max_steps`. The reference's loop has no resumption of its own, so
+the summary waits until the reference reaches `max_steps`. `--save-every M` also saves it every `M` minutes on the
+way. The reference's loop has no resumption of its own, so
 the continued run draws its batches from the start and trains from the saved step on: the same batches, the same
 steps. To carry a relay in and out in parts, leave `carry.pt` behind (the carry then starts afresh, as after a
 trm-train relay without the carry). trm-train's side does not continue here: relay it with trm-train
@@ -121,14 +122,17 @@ class _MetricsRun:
 
 class _LegacyState:
     """Stops the reference's loop at ``max_steps`` or after ``max_minutes`` with its training state saved in
-    ``folder`` (weights, optimizer moments, EMA, step, RNG states; the ACT carry in a file of its own), and continues
-    a saved one. The loop knows no resumption, so a continued run starts it over: its first ``step`` batches are
+    ``folder`` (weights, optimizer moments, EMA, step, RNG states; the ACT carry in a file of its own), saves it
+    every ``save_every`` minutes on the way (a machine lost mid-run then loses at most that), and continues a saved
+    one. The loop knows no resumption, so a continued run starts it over: its first ``step`` batches are
     drawn, in the same order, but not trained (nor evaluated at), then the state is loaded. Without ``carry.pt``
     (left behind to keep a relay small) the carry starts afresh, as after trm-train's relay without the carry."""
 
-    def __init__(self, folder: Path, overrides: list[str], max_steps: int | None, max_minutes: float | None):
+    def __init__(self, folder: Path, overrides: list[str], max_steps: int | None, max_minutes: float | None,
+                 save_every: float | None = None):  # fmt: skip
         self.folder, self.recipe, self.max_steps = folder, legacy_recipe(overrides), max_steps
         self.deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
+        self.save_every, self.last_save = save_every, time.monotonic()
         self.saved, self.step, self.ema = None, 0, None
         progress = saved_progress(folder, overrides)
         if progress is not None:
@@ -143,7 +147,10 @@ class _LegacyState:
                 self._load(train_state)
             elif self._stop_at(train_state.step):
                 self._save(train_state)
+                print(f"reference stopped at step {train_state.step}")
                 raise _StopTraining
+            elif self.save_every is not None and time.monotonic() - self.last_save > 60 * self.save_every:
+                self._save(train_state)
             return train_batch(config, train_state, *args, **kwargs)
 
         return train_or_skip
@@ -176,7 +183,8 @@ class _LegacyState:
             if train_state.carry is not None:
                 torch.save(train_state.carry, folder / "carry.pt")
             (folder / "state.json").write_text(json.dumps({"recipe": self.recipe, "step": train_state.step}))
-        print(f"reference stopped at step {train_state.step}; its training state is in {self.folder}")
+        self.last_save = time.monotonic()
+        print(f"reference's training state at step {train_state.step} saved in {self.folder}", flush=True)
 
     def _load(self, train_state) -> None:
         saved = torch.load(self.saved, map_location="cpu", weights_only=False)
@@ -227,13 +235,14 @@ def saved_progress(folder: Path, overrides: list[str]) -> dict | None:
     return progress
 
 
-def run_legacy(overrides: list[str], out: Path, every: int) -> Path:
+def run_legacy(overrides: list[str], out: Path, every: int, save_every: float | None = None) -> Path:
     """``legacy/pretrain.py``'s loop as its command line runs it, its logged metrics written to ``metrics.jsonl``;
-    it continues a run saved in ``out/state`` (``_LegacyState``)."""
+    it continues a run saved in ``out/state`` and saves its state there every ``save_every`` minutes
+    (``_LegacyState``)."""
     if torch.cuda.is_available():
         os.environ["TRM_LEGACY_COMPILE"] = "1"
     config = compose([*overrides, f"+checkpoint_path={out}"])
-    state = _LegacyState(out / LEGACY_STATE, overrides, config.max_steps, config.max_minutes)
+    state = _LegacyState(out / LEGACY_STATE, overrides, config.max_steps, config.max_minutes, save_every)
     run = _MetricsRun(out / METRICS_FILE, every, state.step)
     seeded_loader = functools.partial(lp.DataLoader, worker_init_fn=functools.partial(_seed_numpy, config.seed))
     patches = {"_wandb_init": lambda config: run, "DataLoader": seeded_loader, "EMAHelper": state.ema_class(),
@@ -255,19 +264,19 @@ def run_legacy(overrides: list[str], out: Path, every: int) -> Path:
     return out / METRICS_FILE
 
 
-def _legacy_child(overrides: list[str], out: Path, every: int) -> tuple[list[str], dict]:
+def _legacy_child(overrides: list[str], out: Path, every: int, save_every: float | None) -> tuple[list[str], dict]:
     """Command line and environment of ``run_legacy`` in a child process without our BLAS (module docstring), this
     checkout first on its path."""
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "TRM_MLX_BLAS": "off",
            "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}  # fmt: skip
     code = "import sys, json, pathlib, scripts.compare_curves as c; c.run_legacy(json.loads(sys.argv[1]), " \
-           "pathlib.Path(sys.argv[2]), int(sys.argv[3]))"  # fmt: skip
-    return [sys.executable, "-c", code, json.dumps(overrides), str(out), str(every)], env
+           "pathlib.Path(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4]))"  # fmt: skip
+    return [sys.executable, "-c", code, json.dumps(overrides), str(out), str(every), json.dumps(save_every)], env
 
 
-def run_legacy_apart(overrides: list[str], out: Path, every: int) -> Path:
-    args, env = _legacy_child(overrides, out, every)
+def run_legacy_apart(overrides: list[str], out: Path, every: int, save_every: float | None = None) -> Path:
+    args, env = _legacy_child(overrides, out, every, save_every)
     subprocess.run(args, env=env, check=True)
     return out / METRICS_FILE
 
@@ -331,12 +340,14 @@ def reference_paused(out: Path, base: list[str]) -> int | None:
 
 
 def compare(data: str, out: Path, overrides: list[str], every: int = 100, sides=("legacy", "mlx"),
-            concurrent: bool = False, init: str = "legacy", mlx_run: Path | None = None) -> dict | None:  # fmt: skip
+            concurrent: bool = False, init: str = "legacy", mlx_run: Path | None = None,
+            save_every: float | None = None) -> dict | None:  # fmt: skip
     """Train ``sides`` into ``out`` and, once both sides' metrics are there (this call's or an earlier one's, e.g.
     on another machine lease), write the summary and the figure; returns the summary, or None until then. With
     ``concurrent`` the reference's child process trains while trm_mlx trains in this one. ``init`` says whose
     seeded init draws the initial weights; ``mlx_run``, the metrics of a trm-train run already made (from
-    trm-train's init), stands for the trm_mlx side up to ``max_steps``."""
+    trm-train's init), stands for the trm_mlx side up to ``max_steps``; ``save_every`` (minutes) has the reference
+    save its training state on the way (``_LegacyState``)."""
     out.mkdir(parents=True, exist_ok=True)
     base = [f"data_paths=[{data}]", *overrides]
     if mlx_run is not None:
@@ -355,7 +366,7 @@ def compare(data: str, out: Path, overrides: list[str], every: int = 100, sides=
     timings = {}
     if concurrent and set(sides) == set(SIDES):
         began = time.perf_counter()
-        args, env = _legacy_child(common, out / "legacy", every)
+        args, env = _legacy_child(common, out / "legacy", every, save_every)
         with subprocess.Popen(args, env=env) as reference:
             try:
                 run_mlx(common, out / "mlx", every)
@@ -367,7 +378,7 @@ def compare(data: str, out: Path, overrides: list[str], every: int = 100, sides=
                 raise subprocess.CalledProcessError(reference.returncode, args)
         timings["legacy"] = time.perf_counter() - began
     else:
-        for side, runner in (("legacy", run_legacy_apart), ("mlx", run_mlx)):
+        for side, runner in (("legacy", functools.partial(run_legacy_apart, save_every=save_every)), ("mlx", run_mlx)):
             if side in sides:
                 began = time.perf_counter()
                 runner(common, out / side, every)
@@ -394,11 +405,13 @@ def main(argv: list[str] | None = None) -> int:
                         "weights (mlx: those of a trm-train run of the same recipe and seed)")  # fmt: skip
     parser.add_argument("--mlx-run", type=Path, help="metrics.jsonl of a trm-train run already made (e.g. relayed "
                         "over leases; its own init: use --init mlx) as the trm_mlx side, up to max_steps")  # fmt: skip
+    parser.add_argument("--save-every", type=float, metavar="MINUTES", help="the reference saves its training "
+                        "state this often without stopping, to continue from if the machine goes")  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of cfg_pretrain, e.g. preset=sudoku_mlp")
     args = parser.parse_args(argv)
     sides = [args.only] if args.only else list(SIDES)
     summary = compare(args.data, Path(args.out), args.overrides, args.log_every, sides, args.concurrent, args.init,
-                      args.mlx_run)  # fmt: skip
+                      args.mlx_run, args.save_every)  # fmt: skip
     if summary is None:
         paused = reference_paused(Path(args.out), [f"data_paths=[{args.data}]", *args.overrides])
         if paused is not None:

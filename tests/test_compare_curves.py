@@ -176,6 +176,8 @@ def test_the_reference_continues_a_saved_run_as_if_it_had_not_stopped(tiny_data,
 
 
 def test_a_reference_run_continued_without_its_carry_or_with_another_recipe(tiny_data, tmp_path, capfd):
+    """Continued without the carry, stopped after ``max_minutes``, saved on the way with ``--save-every``: the
+    reference's run still logs each step once, to the end; another recipe than the saved run's is refused."""
     overrides = [*TINY_RUN, "epochs=4", "eval_interval=2", "device=cpu"]
     common = ["--data", str(tiny_data), "--out", str(tmp_path), "--log-every", "1", "--only", "legacy"]
     assert main([*common, *overrides, "max_steps=6"]) == 0
@@ -186,6 +188,9 @@ def test_a_reference_run_continued_without_its_carry_or_with_another_recipe(tiny
     out = capfd.readouterr().out
     assert "continues from step 6 (without its ACT carry)" in out and "stopped at step 7" in out
     assert "the reference stopped at step 7 (max_minutes); the same command continues it" in out
+    assert main([*common, "--save-every", "1e-9", *overrides, "max_steps=10"]) == 0  # saves after every step
+    out = capfd.readouterr().out
+    assert all(f"training state at step {step} saved" in out for step in (8, 9, 10)) and "stopped at step 10" in out
     assert main([*common, *overrides]) == 0
     steps = [json.loads(line)["step"] for line in (tmp_path / "legacy/metrics.jsonl").read_text().splitlines()
              if json.loads(line)["kind"] == "train"]  # fmt: skip
