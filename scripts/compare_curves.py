@@ -34,11 +34,10 @@ The reference's run can span machine leases: stopped by `max_steps` or `max_minu
 in `<out>/legacy/state/` (weights, optimizer moments, EMA, step and RNG states in `state.pt`, the ACT carry in
 `carry.pt`), and the next call with the same recipe continues it (a larger `max_steps`, or again `max_minutes`);
 the summary waits until the reference reaches `max_steps`. `--save-every M` also saves it every `M` minutes on the
-way. The reference's loop has no resumption of its own, so
-the continued run draws its batches from the start and trains from the saved step on: the same batches, the same
-steps. To carry a relay in and out in parts, leave `carry.pt` behind (the carry then starts afresh, as after a
-trm-train relay without the carry). trm-train's side does not continue here: relay it with trm-train
-(`scripts/relay_lease.sh`) and bring it in with `--mlx-run`.
+way. The reference's loop has no resumption of its own, so the continued run draws its batches from the start and
+trains from the saved step on: the same batches, the same steps. To carry a relay in and out in parts, leave
+`carry.pt` behind (the carry then starts afresh, as after a trm-train relay without the carry). trm-train's side
+does not continue here: relay it with trm-train (`scripts/relay_lease.sh`) and bring it in with `--mlx-run`.
 
 The reference trains in a child process that loads no BLAS of ours (`TRM_MLX_BLAS=off`), as `python -m
 legacy.pretrain` runs. In this process PyTorch's BLAS calls would bind to the BLAS loaded globally for MLX (same
@@ -383,7 +382,7 @@ def compare(data: str, out: Path, overrides: list[str], every: int = 100, sides=
                 began = time.perf_counter()
                 runner(common, out / side, every)
                 timings[side] = time.perf_counter() - began
-    if not all((out / side / METRICS_FILE).exists() for side in SIDES) or reference_paused(out, base):
+    if not all((out / side / METRICS_FILE).exists() for side in SIDES) or reference_paused(out, base) is not None:
         return None
     runs = {SIDES[side]: read_metrics(out / side / METRICS_FILE) for side in SIDES}
     summary = {**summarize(runs), "overrides": overrides, "data": data, "run_s": timings}
