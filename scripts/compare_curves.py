@@ -31,13 +31,14 @@ lease):
         --only mlx --mlx-run checkpoints/sudoku_mlp/metrics.jsonl preset=sudoku_mlp max_steps=10000
 
 The reference's run can span machine leases: stopped by `max_steps` or `max_minutes`, it leaves its training state
-in `<out>/legacy/state/` (weights, optimizer moments, EMA, step and RNG states in `state.pt`, the ACT carry in
-`carry.pt`), and the next call with the same recipe continues it (a larger `max_steps`, or again `max_minutes`);
-the summary waits until the reference reaches `max_steps`. `--save-every M` also saves it every `M` minutes on the
-way. The reference's loop has no resumption of its own, so the continued run draws its batches from the start and
-trains from the saved step on: the same batches, the same steps. To carry a relay in and out in parts, leave
-`carry.pt` behind (the carry then starts afresh, as after a trm-train relay without the carry). trm-train's side
-does not continue here: relay it with trm-train (`scripts/relay_lease.sh`) and bring it in with `--mlx-run`.
+in `<out>/legacy/state/` (weights, optimizer moments, EMA and RNG states in `state.pt`, the ACT carry in
+`carry.pt`, recipe and step in `state.json`), and the next call with the same recipe continues it (a larger
+`max_steps`, or again `max_minutes`); the summary waits until the reference reaches `max_steps`. `--save-every M`
+also saves it every `M` minutes on the way. The reference's loop has no resumption of its own, so the continued
+run draws its batches from the start and trains from the saved step on: the same batches, the same steps. To carry
+a relay in and out in parts, leave `carry.pt` behind (the carry then starts afresh, as after a trm-train relay
+without the carry). trm-train's side does not continue here: relay it with trm-train (`scripts/relay_lease.sh`)
+and bring it in with `--mlx-run`.
 
 The reference trains in a child process that loads no BLAS of ours (`TRM_MLX_BLAS=off`), as `python -m
 legacy.pretrain` runs. In this process PyTorch's BLAS calls would bind to the BLAS loaded globally for MLX (same
