@@ -148,7 +148,7 @@ def test_a_trm_train_run_already_made_stands_for_the_trm_mlx_side(tiny_data, tmp
 def test_the_reference_continues_a_saved_run_as_if_it_had_not_stopped(tiny_data, tmp_path, capfd):
     """Stopped at ``max_steps`` (inside an epoch and at an evaluation's end) and continued by the next call, the
     reference's run logs the same metrics and ends with the same checkpoint as a run straight through (EMA, ACT
-    exploration and its RNG, the carry included); the summary waits until the reference reaches ``max_steps``."""
+    exploration and its RNG, the carry included), and leaves no state behind at the end."""
     overrides = [*TINY_RUN, "epochs=4", "eval_interval=2", "ema=True", "arch.halt_exploration_prob=0.5", "device=cpu"]
 
     def run(out, *extra):
@@ -177,14 +177,15 @@ def test_the_reference_continues_a_saved_run_as_if_it_had_not_stopped(tiny_data,
 
 def test_a_reference_run_continued_without_its_carry_or_with_another_recipe(tiny_data, tmp_path, capfd):
     """Continued without the carry, stopped after ``max_minutes``, saved on the way with ``--save-every``: the
-    reference's run still logs each step once, to the end; another recipe than the saved run's is refused."""
+    reference's run still logs each step once, to the end, and no summary is written while it is paused; another
+    recipe than the saved run's is refused."""
     overrides = [*TINY_RUN, "epochs=4", "eval_interval=2", "device=cpu"]
     common = ["--data", str(tiny_data), "--out", str(tmp_path), "--log-every", "1", "--only", "legacy"]
     assert main([*common, *overrides, "max_steps=6"]) == 0
     (tmp_path / "legacy/state/carry.pt").unlink()  # left behind to keep a relay small
     with pytest.raises(SystemExit, match="remove the folder to start over"):
         main([*common, *overrides, "lr=3e-4"])
-    assert main([*common, *overrides, "max_minutes=0.001"]) == 0  # stops at its first step
+    assert main([*common, *overrides, "max_minutes=0.001"]) == 0  # stops after the first step it trains
     out = capfd.readouterr().out
     assert "continues from step 6 (without its ACT carry)" in out and "stopped at step 7" in out
     assert "the reference stopped at step 7 (max_minutes); the same command continues it" in out
