@@ -189,10 +189,13 @@ def test_a_reference_run_continued_without_its_carry_or_with_another_recipe(tiny
     out = capfd.readouterr().out
     assert "continues from step 6 (without its ACT carry)" in out and "stopped at step 7" in out
     assert "the reference stopped at step 7 (max_minutes); the same command continues it" in out
+    stand_in = ["--only", "mlx", "--mlx-run", str(tmp_path / "legacy/metrics.jsonl")]  # a trm_mlx side to compare
+    assert main([*common[:-2], *stand_in, *overrides]) == 0 and not (tmp_path / "summary.json").exists()
+    assert "the reference stopped at step 7" in capfd.readouterr().out
     assert main([*common, "--save-every", "1e-9", *overrides, "max_steps=10"]) == 0  # saves after every step
     out = capfd.readouterr().out
     assert all(f"training state at step {step} saved" in out for step in (8, 9, 10)) and "stopped at step 10" in out
     assert main([*common, *overrides]) == 0
     steps = [json.loads(line)["step"] for line in (tmp_path / "legacy/metrics.jsonl").read_text().splitlines()
              if json.loads(line)["kind"] == "train"]  # fmt: skip
-    assert steps == list(range(1, 17))
+    assert steps == list(range(1, 17)) and (tmp_path / "summary.json").exists()
