@@ -7,6 +7,7 @@ Rank R reads PREDS_DIR/step_1_all_preds.R and writes OUT_DIR/result.R.json (OUT_
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -33,7 +34,9 @@ def run_legacy(data_dir: str, preds_dir: Path, out_dir: Path, rank: int, port: i
     )
     result = evaluator.result(str(out_dir), rank=rank, world_size=2)
     (out_dir / f"result.{rank}.json").write_text(json.dumps(result))
+    dist.barrier()  # neither rank tears the group down while the other still uses it
     dist.destroy_process_group()
+    os._exit(0)  # no interpreter teardown: gloo's threads can abort a process there (SIGABRT) after the work is done
 
 
 def run_mlx(data_dir: str, preds_dir: Path, out_dir: Path) -> None:
