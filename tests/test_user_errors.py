@@ -70,6 +70,25 @@ def test_bad_config_value(monkeypatch, tiny_data):
     assert message.startswith("trm-train: arch.L_cycles: Input should be a valid integer"), message
 
 
+@pytest.mark.parametrize("override, expected", [
+    ("epochs=-5", "epochs: Input should be greater than or equal to 1"),
+    ("eval_interval=0", "eval_interval: Input should be greater than or equal to 1"),
+    ("max_steps=0", "max_steps: Input should be greater than or equal to 1"),
+    ("lr_warmup_steps=-3", "lr_warmup_steps: Input should be greater than or equal to 0"),
+    ("ema_rate=2", "ema_rate: Input should be less than or equal to 1"),
+    ("beta2=1", "beta2: Input should be less than 1"),
+    ("arch.num_heads=0", "arch.num_heads: Input should be greater than or equal to 1"),
+    ("arch.H_cycles=0", "arch.H_cycles: Input should be greater than or equal to 1"),
+    ("arch.halt_max_steps=0", "arch.halt_max_steps: Input should be greater than or equal to 1"),
+    ("arch.halt_exploration_prob=2", "arch.halt_exploration_prob: Input should be less than or equal to 1"),
+    ("arch.expansion=0", "arch.expansion: Input should be greater than 0"),
+])
+def test_a_value_out_of_range_stops_before_anything_is_written(override, expected, monkeypatch, tiny_data, tmp_path):
+    out = tmp_path / "run"
+    message = _run(monkeypatch, f"data_paths=[{tiny_data}]", f"+checkpoint_path={out}", override)
+    assert message == f"trm-train: {expected}" and not out.exists()
+
+
 def test_an_unused_key_is_a_warning_line(monkeypatch, tiny_data, tmp_path, capsys):
     _run(monkeypatch, f"data_paths=[{tmp_path / 'nowhere'}]", "+arch.hiden_size=3")
     warning = "trm-train: warning: config keys not used by trm-train (ignored): arch.hiden_size\n"

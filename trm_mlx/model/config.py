@@ -1,8 +1,8 @@
 """Architecture configs: the fields of the original's pydantic configs (spec §1.4) plus the derived sizes."""
 
-from typing import Optional
+from typing import Annotated, Optional
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 # The dtype names the original accepts for `forward_dtype` (names of torch dtypes).
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
@@ -26,31 +26,31 @@ class TRMConfig(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    batch_size: Optional[int] = None
-    seq_len: Optional[int] = None
-    puzzle_emb_ndim: int = 0
+    batch_size: Optional[Annotated[int, Field(ge=1)]] = None
+    seq_len: Optional[Annotated[int, Field(ge=1)]] = None
+    puzzle_emb_ndim: Annotated[int, Field(ge=0)] = 0
     num_puzzle_identifiers: int
     vocab_size: int
 
-    H_cycles: int
-    L_cycles: int = 1
-    H_layers: int = 0
-    L_layers: int = 0
+    H_cycles: Annotated[int, Field(ge=1)]
+    L_cycles: Annotated[int, Field(ge=1)] = 1
+    H_layers: Annotated[int, Field(ge=0)] = 0
+    L_layers: Annotated[int, Field(ge=0)] = 0
 
-    hidden_size: int
-    expansion: float
-    num_heads: int
+    hidden_size: Annotated[int, Field(ge=1)]
+    expansion: Annotated[float, Field(gt=0)]
+    num_heads: Annotated[int, Field(ge=1)]
     pos_encodings: str
 
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
 
-    halt_max_steps: int
-    halt_exploration_prob: float
+    halt_max_steps: Annotated[int, Field(ge=1)]
+    halt_exploration_prob: Annotated[float, Field(ge=0, le=1)]
 
     forward_dtype: str = "bfloat16"
     mlp_t: bool = False
-    puzzle_emb_len: int = 16
+    puzzle_emb_len: Annotated[int, Field(ge=0)] = 16
     no_ACT_continue: bool = True
 
     # Transformer baseline only.

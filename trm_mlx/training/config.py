@@ -94,20 +94,20 @@ class PretrainConfig(BaseModel):
     evaluators: list[EvaluatorConfig] = []
 
     # Hyperparams
-    global_batch_size: int
-    epochs: int
+    global_batch_size: Annotated[int, Field(ge=1)]
+    epochs: Annotated[int, Field(ge=1)]
 
-    lr: float
-    lr_min_ratio: float
-    lr_warmup_steps: int
+    lr: Annotated[float, Field(ge=0)]
+    lr_min_ratio: Annotated[float, Field(ge=0)]
+    lr_warmup_steps: Annotated[int, Field(ge=0)]
 
-    weight_decay: float
-    beta1: float
-    beta2: float
+    weight_decay: Annotated[float, Field(ge=0)]
+    beta1: Annotated[float, Field(ge=0, lt=1)]
+    beta2: Annotated[float, Field(ge=0, lt=1)]
 
     # Puzzle embedding
-    puzzle_emb_lr: float
-    puzzle_emb_weight_decay: float
+    puzzle_emb_lr: Annotated[float, Field(ge=0)]
+    puzzle_emb_weight_decay: Annotated[float, Field(ge=0)]
 
     # Names
     project_name: Optional[str] = None
@@ -118,18 +118,18 @@ class PretrainConfig(BaseModel):
     # Extras
     seed: int = 0
     checkpoint_every_eval: bool = False
-    eval_interval: Optional[int] = None
-    min_eval_interval: Optional[int] = 0
+    eval_interval: Optional[Annotated[int, Field(ge=1)]] = None
+    min_eval_interval: Optional[Annotated[int, Field(ge=0)]] = 0
     eval_save_outputs: list[str] = []
 
     ema: bool = False
-    ema_rate: float = 0.999
+    ema_rate: Annotated[float, Field(ge=0, le=1)] = 0.999
     freeze_weights: bool = False
 
     # trm-mlx additions
     benchmark: Optional[BenchmarkShapes] = None
     resume: Optional[str] = None
-    max_steps: Optional[int] = None
+    max_steps: Optional[Annotated[int, Field(ge=1)]] = None
     max_minutes: Optional[Annotated[float, Field(gt=0)]] = None
     on_nan_loss: Literal["stop", "continue"] = "stop"
     wandb_mode: Optional[Literal["online", "offline", "disabled"]] = None
