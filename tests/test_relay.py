@@ -1,6 +1,7 @@
 """trm-relay: a run stopped on one machine, packed into checksummed parts, joined on another and resumed trains on
 exactly as if it had not stopped (with the carry), or restarts the rows in flight (without it); bad parts are
-refused before anything is written. Also ``max_minutes`` and ``metrics.jsonl``, which relays rely on."""
+refused before anything is written. Also ``max_minutes`` and ``metrics.jsonl``, which relays rely on, and the model
+of a training state (``trm-relay export``, ``trm_mlx.load``)."""
 
 import json
 import os
@@ -14,7 +15,7 @@ import pytest
 
 from tiny_runs import TINY_RUN, saved_state, train_tiny
 from trm_mlx.training.logging import METRICS_FILE, MetricsFile
-from trm_mlx.checkpoint import read_weights
+from trm_mlx.checkpoint import load, read_weights
 from trm_mlx.training.relay import MANIFEST, RelayError, main, pack, parse_size, unpack
 
 PART = 4096  # bytes: a tiny state still makes many parts
@@ -141,6 +142,21 @@ def test_export_writes_the_checkpoint_the_trainer_writes(tiny_data, tmp_path):
     main(["export", str(tmp_path / "run"), str(tmp_path / "inferred")])
     inferred = read_weights(tmp_path / "inferred")[1]
     assert inferred == {k: v for k, v in expected_arch.items() if k != "batch_size"}  # no batch size in the weights
+
+
+def test_load_takes_a_run_folder_or_its_training_state(tiny_data, tmp_path, runtime):
+    """A run folder, or one of its training states, loads as the model the trainer writes as step_N (EMA)."""
+    train_tiny(tiny_data, tmp_path / "run", "max_steps=8")
+    inputs = np.load(tiny_data / "test" / "all__inputs.npy")
+    batch = {"inputs": inputs, "puzzle_identifiers": np.arange(len(inputs), dtype=np.int32) + 1}  # trained ids
+    expected = load(tmp_path / "run" / "step_8", runtime=runtime).predict(batch)
+    for source in (tmp_path / "run", tmp_path / "run" / "train_state_step_8"):
+        actual = load(source, runtime=runtime).predict(batch)
+        assert actual.keys() == expected.keys()
+        assert all(np.array_equal(actual[key], expected[key]) for key in expected), source
+    shutil.rmtree(tmp_path / "run" / "train_state_step_8")
+    with pytest.raises(FileNotFoundError, match="no training state .*step_8. are files to name"):
+        load(tmp_path / "run", runtime=runtime)
 
 
 def test_part_sizes_parse_with_units():

@@ -111,18 +111,28 @@ def read_all_config(path) -> dict | None:
 
 
 def load(path, config: dict | None = None, forward_dtype: str | None = None, runtime=None):
-    """A ready model (eval mode) from a native or original checkpoint file.
+    """A ready model (eval mode) from a native or original checkpoint file, or from a trm-train run folder (its
+    newest training state) or one of its `train_state_step_N` folders: there, the model its `step_N` holds (the
+    EMA weights with the live puzzle table where the run keeps an EMA), also where a run stopped between them.
 
     `config` is a full training config (with `arch`, optionally `data_paths`) or an arch dict; without it, the
-    config stored in a native file or `all_config.yaml` beside the checkpoint is used. Sizes the original's
-    config lacks (vocab, puzzle identifiers, sequence length) are inferred from the weights and datasets.
-    The model runs as `runtime` (a `trm_mlx.runtime.Runtime`) says; by default `Runtime.create()`'s, on MLX's
-    default device.
+    config stored in a native file or training state, or `all_config.yaml` beside the checkpoint, is used. Sizes
+    the original's config lacks (vocab, puzzle identifiers, sequence length) are inferred from the weights and
+    datasets. The model runs as `runtime` (a `trm_mlx.runtime.Runtime`) says; by default `Runtime.create()`'s, on
+    MLX's default device.
     """
     from ..model import create_model
     from ..runtime import Runtime
 
-    weights, arch = read_weights(path)
+    if Path(path).is_dir():
+        from ..training.checkpointing import read_state_weights
+
+        path, weights, meta = read_state_weights(path)
+        arch = meta.get("arch")
+        if config is None and arch is None:
+            config = meta["config"]
+    else:
+        weights, arch = read_weights(path)
     if config is None and arch is None:
         config = read_all_config(path)
         if config is None:
