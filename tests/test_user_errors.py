@@ -38,7 +38,7 @@ def _broken_copy(tiny_data, tmp_path):
 
 def test_missing_data_path(monkeypatch, tmp_path):
     message = _run(monkeypatch, f"data_paths=[{tmp_path / 'nowhere'}]")
-    assert "nowhere/train/dataset.json: not found" in message
+    assert "nowhere/train/dataset.json: not found" in message and "`trm-build-data` builds one" in message
 
 
 @pytest.mark.parametrize("damage, expected", [

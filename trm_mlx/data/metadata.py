@@ -41,7 +41,10 @@ class DatasetFormatError(ValueError):
 def load_metadata(dataset_path: str | Path, split: str) -> PuzzleDatasetMetadata:
     path = Path(dataset_path) / split / "dataset.json"
     if not path.is_file():
-        raise DatasetFormatError(f"{path}: not found (is {dataset_path} a built dataset with a '{split}' split?)")
+        raise DatasetFormatError(
+            f"{path}: not found (is {dataset_path} a built dataset with a '{split}' split? `trm-build-data` builds "
+            "one: docs/DATA.md)"
+        )
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
