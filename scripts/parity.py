@@ -33,7 +33,7 @@ except ModuleNotFoundError:
 
 from legacy.models.losses import ACTLossHead as LegacyLossHead
 from legacy.utils.functions import load_model_class
-from trm_mlx.checkpoint import load_weights_into, read_all_config, read_weights
+from trm_mlx.checkpoint import load_weights_into, read_model_source
 from trm_mlx.checkpoint.original import arch_from_original
 from trm_mlx.model import ACTLossHead, create_model
 from trm_mlx.runtime import Runtime
@@ -266,9 +266,9 @@ def run(checkpoint, config=None, dtype=None, batch_size=4, seed=0, data_path=Non
         seq_len=None) -> dict:
     """Compare on one batch. ``floor`` (fp64 reference, see ``within``): None = on in fp32, off in bf16."""
     runtime = Runtime.create()
-    weights, arch = read_weights(checkpoint)
+    checkpoint, weights, arch, own_config = read_model_source(checkpoint)
     if config is not None or arch is None:
-        full = config if config is not None else read_all_config(checkpoint)
+        full = config if config is not None else own_config
         if full is None:
             raise ValueError(f"{checkpoint}: pass --config (no all_config.yaml beside it)")
         if data_path is not None:  # the dataset given here, not the run's (which may not exist on this machine)
@@ -339,7 +339,8 @@ def _print_report(result: dict) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="trm-parity", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="original PyTorch (step_N) or native checkpoint")
+    parser.add_argument("--checkpoint", required=True,
+                        help="original PyTorch (step_N) or native checkpoint, or a trm-train run folder")
     parser.add_argument("--config", help="all_config.yaml (default: the one beside the checkpoint)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], help="override forward_dtype (default: config's)")
     parser.add_argument("--batch-size", type=int, default=4)

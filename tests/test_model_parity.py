@@ -16,6 +16,7 @@ from scripts import parity
 from mlx.utils import tree_flatten
 
 from trm_mlx import load
+from tiny_runs import train_tiny
 from trm_mlx.checkpoint import read_weights, save_native, save_original, torch_file
 
 TRM = "recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1"
@@ -246,6 +247,13 @@ def test_sequence_length_from_the_data_path_or_the_command_line(tmp_path, capsys
     np.save(data / "test" / "all__inputs.npy", tokens)
     np.save(data / "test" / "all__labels.npy", tokens)
     assert parity.main(["--checkpoint", str(checkpoint), "--data-path", str(data), "--grads"]) == 0
+    assert "PASS" in capsys.readouterr().out
+
+
+def test_a_trm_train_run_folder(tiny_data, tmp_path, capsys):
+    """trm-parity on a run folder compares the model its training state holds (the step_N it writes)."""
+    train_tiny(tiny_data, tmp_path / "run", "max_steps=8", "arch.forward_dtype=float32")
+    assert parity.main(["--checkpoint", str(tmp_path / "run"), "--grads"]) == 0
     assert "PASS" in capsys.readouterr().out
 
 

@@ -110,10 +110,23 @@ def read_all_config(path) -> dict | None:
     return read_config_file(config_file) if config_file.is_file() else None
 
 
+def read_model_source(path) -> tuple[Path, dict, dict | None, dict | None]:
+    """(what was read, weights, their arch config or None, the run's config where the arch config is missing or
+    comes from a training state) of a checkpoint file, a trm-train run folder (its newest training state) or a
+    `train_state_step_N` folder: there, the weights its `step_N` holds (the EMA weights with the live puzzle table
+    where the run keeps an EMA), also where a run stopped between checkpoints."""
+    if Path(path).is_dir():
+        from ..training.checkpointing import read_state_weights  # training imports this module
+
+        state_dir, weights, meta = read_state_weights(path)
+        return state_dir, weights, meta.get("arch"), meta["config"]
+    weights, arch = read_weights(path)
+    return Path(path), weights, arch, read_all_config(path) if arch is None else None
+
+
 def load(path, config: dict | None = None, forward_dtype: str | None = None, runtime=None):
-    """A ready model (eval mode) from a native or original checkpoint file, or from a trm-train run folder (its
-    newest training state) or one of its `train_state_step_N` folders: there, the model its `step_N` holds (the
-    EMA weights with the live puzzle table where the run keeps an EMA), also where a run stopped between them.
+    """A ready model (eval mode) from a native or original checkpoint file, a trm-train run folder or one of its
+    training states (`read_model_source`).
 
     `config` is a full training config (with `arch`, optionally `data_paths`) or an arch dict; without it, the
     config stored in a native file or training state, or `all_config.yaml` beside the checkpoint, is used. Sizes
@@ -124,17 +137,9 @@ def load(path, config: dict | None = None, forward_dtype: str | None = None, run
     from ..model import create_model
     from ..runtime import Runtime
 
-    if Path(path).is_dir():
-        from ..training.checkpointing import read_state_weights
-
-        path, weights, meta = read_state_weights(path)
-        arch = meta.get("arch")
-        if config is None and arch is None:
-            config = meta["config"]
-    else:
-        weights, arch = read_weights(path)
+    path, weights, arch, own_config = read_model_source(path)
     if config is None and arch is None:
-        config = read_all_config(path)
+        config = own_config
         if config is None:
             raise ValueError(f"{path}: no config: pass one, or put the run's all_config.yaml beside the checkpoint")
     if config is not None:
