@@ -266,19 +266,25 @@ def test_training_state_live_or_ema_weights(sudoku_build, tmp_path):
                          output_dir=str(tmp_path / "out"), progress=False, **kwargs)  # fmt: skip
         return run(cfg)["all"]
 
-    from_state = {"live": evaluate_set(tmp_path / "run"), "ema": evaluate_set(tmp_path / "run", ema=True)}
+    from_state = {"live": evaluate_set(tmp_path / "run", ema=False), "ema": evaluate_set(tmp_path / "run", ema=True)}
     assert from_state == {name: evaluate_set(path) for name, path in references.items()}
     assert from_state["live"] != from_state["ema"]
+    assert evaluate_set(tmp_path / "run") == from_state["ema"]  # by default what the trainer's step_N holds
     with pytest.raises(ValueError, match="ema=true needs a trm-train training-state folder"):
         evaluate_set(references["live"], ema=True)
 
 
-def test_default_output_folders_of_two_runs_differ():
+def test_default_output_folders_of_two_runs_differ(tmp_path):
     first = EvalConfig(checkpoint="checkpoints/p/run_a/step_400", data_paths=["d"]).default_output_dir()
     second = EvalConfig(checkpoint="checkpoints/p/run_b/step_400", data_paths=["d"]).default_output_dir()
     assert first == Path("outputs/eval/run_a/step_400") and second == Path("outputs/eval/run_b/step_400")
     state = EvalConfig(checkpoint="checkpoints/p/run_a", ema=True, halt="q", halt_threshold=0.9, data_paths=["d"])
     assert state.default_output_dir() == Path("outputs/eval/p/run_a_ema_halt-q-0.9")
+    (tmp_path / "run_b").mkdir()
+    (tmp_path / "run_b" / "step_4").touch()
+    live = EvalConfig(checkpoint=str(tmp_path / "run_b"), ema=False, data_paths=["d"]).default_output_dir()
+    one_set = EvalConfig(checkpoint=str(tmp_path / "run_b" / "step_4"), ema=False, data_paths=["d"])  # a file
+    assert live.name == "run_b_live" and one_set.default_output_dir() == Path("outputs/eval/run_b/step_4")
 
 
 def test_without_data_paths_a_checkpoint_is_evaluated_on_its_run_s_test_data(sudoku_build, tmp_path):

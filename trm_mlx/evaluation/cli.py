@@ -44,7 +44,7 @@ class EvalConfig(pydantic.BaseModel):
     checkpoint: str | None = None
     config: str | None = None
     arch: dict = {}
-    ema: bool = False
+    ema: bool | None = None
     forward_dtype: str | None = None
     loss_type: str | None = None
     data_paths: list[str] = []
@@ -75,10 +75,11 @@ class EvalConfig(pydantic.BaseModel):
         return [self.preds] if isinstance(self.preds, str) else list(self.preds or [])
 
     def default_output_dir(self) -> Path:
-        """outputs/eval/<run folder>/<checkpoint>[_ema][_halt-q-<threshold>]: the step_N of two runs, and the
+        """outputs/eval/<run folder>/<checkpoint>[_ema|_live][_halt-q-<threshold>]: the step_N of two runs, and the
         weights or halting protocols of one, do not overwrite each other."""
         source = Path(self.checkpoint or self.preds_files[0]).resolve()
-        name = "_".join([source.name] + ["ema"] * self.ema + [f"halt-q-{self.halt_threshold:g}"] * (self.halt == "q"))
+        weights = {True: ["ema"], False: ["live"] if source.is_dir() else [], None: []}[self.ema]
+        name = "_".join([source.name, *weights] + [f"halt-q-{self.halt_threshold:g}"] * (self.halt == "q"))
         return Path("outputs") / "eval" / source.parent.name / name
 
 
@@ -108,8 +109,9 @@ def _load_model(cfg: EvalConfig, config: dict | None, runtime: Runtime):
     """The model to evaluate and its loss type; `config`: `_checkpoint_config`'s.
 
     `checkpoint` is a checkpoint file (native, or original with all_config.yaml beside it) or a trm-train
-    training-state folder, whose EMA weights `ema=true` selects (the puzzle table stays the live one, as in the
-    original's EMA checkpoints). `config=FILE` replaces the checkpoint's config; `arch` entries override it.
+    training-state folder: by default the weights its step_N holds (the EMA ones where the run keeps an EMA, with
+    the live puzzle table, as in the original's EMA checkpoints); `ema=true` insists on the EMA, `ema=false` takes
+    the live weights. `config=FILE` replaces the checkpoint's config; `arch` entries override it.
     """
     path = Path(cfg.checkpoint)
     if path.is_dir():
