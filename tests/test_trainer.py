@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import mlx.core as mx
 import numpy as np
 import pytest
+from mlx.utils import tree_flatten
 
 import trm_mlx.training.cli as cli
 from readme_commands import README_COMMANDS, overrides
@@ -18,6 +19,7 @@ from scripts.train_parity import run_parity
 from tiny_dataset import BATCH
 from tiny_runs import TINY_RUN, saved_state, train_tiny
 from trm_mlx.checkpoint import save_native
+from trm_mlx.data.metadata import load_metadata
 from trm_mlx.training.checkpointing import find_train_state
 from trm_mlx.training.config import compose, from_hydra
 from trm_mlx.training.state import create_train_state
@@ -63,6 +65,20 @@ def test_load_checkpoint_resizes_the_puzzle_table(tmp_path, runtime):
                                 runtime)  # fmt: skip
     np.testing.assert_allclose(np.array(loaded.model.puzzle_emb.weights), np.tile(np.array(table.mean(axis=0)), (5, 1)))
     np.testing.assert_array_equal(np.array(loaded.model.inner.lm_head.weight), np.array(source.model.inner.lm_head.weight))
+
+
+def test_load_checkpoint_takes_a_run_folder(tiny_data, tmp_path, runtime):
+    """A run folder starts the new run from the model of its newest training state, the one its step_N holds."""
+    train_tiny(tiny_data, tmp_path / "run", "max_steps=8")
+    config = from_hydra(compose([f"data_paths=[{tiny_data}]", *TINY_RUN]))
+
+    def start_from(source):
+        state = create_train_state(config.model_copy(update={"load_checkpoint": str(source)}),
+                                   load_metadata(tiny_data, "train"), runtime)  # fmt: skip
+        return {key: np.array(value) for key, value in tree_flatten(state.model.parameters())}
+
+    expected, actual = start_from(tmp_path / "run" / "step_8"), start_from(tmp_path / "run")
+    assert expected.keys() == actual.keys() and all(np.array_equal(expected[k], actual[k]) for k in expected)
 
 
 @pytest.mark.parametrize("lanes", ["cpu_lanes=1", "cpu_lanes=2"], ids=["one_graph", "cpu_lanes"])

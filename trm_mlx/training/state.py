@@ -1,12 +1,11 @@
 """Everything a training run carries from step to step, and how it is built from a config."""
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from trm_mlx.checkpoint import load_weights_into, read_weights
+from trm_mlx.checkpoint import load_weights_into, read_model_source
 from trm_mlx.model import ACTLossHead, create_model
 from trm_mlx.runtime import Runtime
 from trm_mlx.training.config import PretrainConfig, model_arch_config
@@ -56,7 +55,7 @@ def create_train_state(config: PretrainConfig, metadata, runtime: Runtime) -> Tr
     model = create_model(model_arch_config(config, metadata, runtime.ranks), runtime.execution)
     head = ACTLossHead(model, **(config.arch.loss.model_extra or {}))
     if config.load_checkpoint is not None and runtime.rank == 0:
-        weights, _ = read_weights(Path(config.load_checkpoint))
+        _, weights, _, _ = read_model_source(config.load_checkpoint)  # a file, or a run's newest training state
         load_weights_into(model, weights, config.load_checkpoint, resize_puzzle_embedding=True)
     mx.eval(model.parameters())
     if runtime.ranks > 1:
