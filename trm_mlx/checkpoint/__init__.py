@@ -43,8 +43,6 @@ def is_torch_file(path) -> bool:
 def read_weights(path) -> tuple[dict, dict | None]:
     """({native key: mx.array}, arch config or None) from a native or an original checkpoint file."""
     path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path}: a folder, where a checkpoint file was expected")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
     if is_torch_file(path):
