@@ -108,15 +108,16 @@ def read_all_config(path) -> dict | None:
     return read_config_file(config_file) if config_file.is_file() else None
 
 
-def read_model_source(path) -> tuple[Path, dict, dict | None, dict | None]:
+def read_model_source(path, ema: bool | None = None) -> tuple[Path, dict, dict | None, dict | None]:
     """(what was read, weights, their arch config or None, the run's config where the arch config is missing or
     comes from a training state) of a checkpoint file, a trm-train run folder (its newest training state) or a
     `train_state_step_N` folder: there, the weights its `step_N` holds (the EMA weights with the live puzzle table
-    where the run keeps an EMA), also where a run stopped between checkpoints."""
+    where the run keeps an EMA), also where a run stopped between checkpoints. `ema` chooses a training state's
+    weights as `read_state_weights` does (True: the EMA or an error, False: the live ones)."""
     if Path(path).is_dir():
         from ..training.checkpointing import read_state_weights  # training imports this module
 
-        state_dir, weights, meta = read_state_weights(path)
+        state_dir, weights, meta = read_state_weights(path, ema=ema)
         return state_dir, weights, meta.get("arch"), meta["config"]
     weights, arch = read_weights(path)
     return Path(path), weights, arch, read_all_config(path) if arch is None else None

@@ -18,7 +18,7 @@ import mlx.core as mx  # noqa: E402
 import pydantic  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from trm_mlx.checkpoint import load_weights_into, read_all_config, read_config_file, read_weights  # noqa: E402
+from trm_mlx.checkpoint import load_weights_into, read_all_config, read_config_file, read_model_source  # noqa: E402
 from trm_mlx.checkpoint.original import arch_from_original  # noqa: E402
 from trm_mlx.data.dataset import PuzzleDataset  # noqa: E402
 from trm_mlx.data.metadata import load_metadata, merge_metadata  # noqa: E402
@@ -29,7 +29,7 @@ from trm_mlx.evaluation.loop import evaluate  # noqa: E402
 from trm_mlx.evaluation.preds import load_predictions  # noqa: E402
 from trm_mlx.model import ACTLossHead, create_model  # noqa: E402
 from trm_mlx.runtime import Runtime  # noqa: E402
-from trm_mlx.training.checkpointing import find_train_state, read_state_weights, read_train_state_meta  # noqa: E402
+from trm_mlx.training.checkpointing import find_train_state, read_train_state_meta  # noqa: E402
 from trm_mlx.training.config import hydra_config_path  # noqa: E402
 from trm_mlx.user_errors import one_line_errors  # noqa: E402
 
@@ -114,19 +114,15 @@ def _load_model(cfg: EvalConfig, config: dict | None, runtime: Runtime):
     the live weights. `config=FILE` replaces the checkpoint's config; `arch` entries override it.
     """
     path = Path(cfg.checkpoint)
-    if path.is_dir():
-        _, weights, meta = read_state_weights(path, ema=cfg.ema)
-        own_arch = meta.get("arch")
-    else:
-        if cfg.ema:
-            raise ValueError(
-                f"{path}: ema=true needs a trm-train training-state folder (train_state_step_N); the step_N file of "
-                "a run with ema=True already holds the EMA weights"
-            )
-        weights, own_arch = read_weights(path)
-        config = config or ({"arch": own_arch} if own_arch else None)
-        if config is None:
-            raise ValueError(f"{path}: no config: pass config=FILE, or put the run's all_config.yaml beside it")
+    if cfg.ema and not path.is_dir():
+        raise ValueError(
+            f"{path}: ema=true needs a trm-train training-state folder (train_state_step_N); the step_N file of "
+            "a run with ema=True already holds the EMA weights"
+        )
+    _, weights, own_arch, _ = read_model_source(path, ema=cfg.ema)  # the config: `_checkpoint_config`'s
+    config = config or ({"arch": own_arch} if own_arch else None)
+    if config is None:
+        raise ValueError(f"{path}: no config: pass config=FILE, or put the run's all_config.yaml beside it")
     # The length the model was trained for: the checkpoint's own, else its run's training data (the evaluation
     # data only for a config that names none), so that evaluation data of another length is refused.
     arch_section = {**config["arch"], **cfg.arch}
