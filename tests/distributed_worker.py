@@ -4,7 +4,8 @@ logged step recorded. Run by ``mlx.launch``, started by hand with the ring's env
     distributed_worker.py RESULT_PREFIX [--fail=RANK:STEP:exit|hang] OVERRIDE...
 
 Writes RESULT_PREFIX.<rank>.json ({"steps": [...], "eval": [...]}) when training ends normally, and prints
-``step N`` as each step is logged. ``--fail`` makes rank RANK exit (status 3), or hang, when step STEP is logged.
+``step N`` as each step is logged. ``--fail`` makes rank RANK exit (status 3) a second after step STEP is logged, or
+hang there.
 """
 
 import json
@@ -41,7 +42,8 @@ def main() -> None:
         record["steps"].append({"step": step, **metrics})
         print(f"step {step}", flush=True)
         if fail is not None and fail[:2] == (rank, step):
-            if fail[2] == "exit":
+            if fail[2] == "exit":  # after the step: its last ring messages reach the peer before the socket closes
+                time.sleep(1)
                 os._exit(FAIL_EXIT_STATUS)
             time.sleep(3600)
         log_step(self, metrics, step, peak_memory_gib)
