@@ -113,12 +113,17 @@ def read_model_source(path, ema: bool | None = None) -> tuple[Path, dict, dict |
     comes from a training state) of a checkpoint file, a trm-train run folder (its newest training state) or a
     `train_state_step_N` folder: there, the weights its `step_N` holds (the EMA weights with the live puzzle table
     where the run keeps an EMA), also where a run stopped between checkpoints. `ema` chooses a training state's
-    weights as `read_state_weights` does (True: the EMA or an error, False: the live ones)."""
+    weights as `read_state_weights` does (True: the EMA or an error, False: the live ones); a file holds one set."""
     if Path(path).is_dir():
         from ..training.checkpointing import read_state_weights  # training imports this module
 
         state_dir, weights, meta = read_state_weights(path, ema=ema)
         return state_dir, weights, meta.get("arch"), meta["config"]
+    if ema:
+        raise ValueError(
+            f"{path}: ema=true needs a trm-train training-state folder (train_state_step_N); the step_N file of "
+            "a run with ema=True already holds the EMA weights"
+        )
     weights, arch = read_weights(path)
     return Path(path), weights, arch, read_all_config(path) if arch is None else None
 

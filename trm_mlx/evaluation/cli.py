@@ -114,11 +114,6 @@ def _load_model(cfg: EvalConfig, config: dict | None, runtime: Runtime):
     the live weights. `config=FILE` replaces the checkpoint's config; `arch` entries override it.
     """
     path = Path(cfg.checkpoint)
-    if cfg.ema and not path.is_dir():
-        raise ValueError(
-            f"{path}: ema=true needs a trm-train training-state folder (train_state_step_N); the step_N file of "
-            "a run with ema=True already holds the EMA weights"
-        )
     _, weights, own_arch, _ = read_model_source(path, ema=cfg.ema)  # the config: `_checkpoint_config`'s
     config = config or ({"arch": own_arch} if own_arch else None)
     if config is None:
