@@ -217,7 +217,7 @@ def test_command_line_rescoring_of_original_files(arc_eval_fixture, tmp_path):
     result = _cli(f"data_paths=[{arc_eval_fixture.data_dir}]", f"checkpoint={tmp_path / 'nothing'}")
     assert result.returncode != 0 and "nothing: no such checkpoint file" in result.stderr
     result = _cli(f"checkpoint={tmp_path / 'nothing'}")  # and without data_paths, which its config would give
-    assert result.returncode != 0 and "nothing: no such checkpoint file or training-state folder" in result.stderr
+    assert result.returncode != 0 and "nothing: no such checkpoint file, model folder or training-state folder" in result.stderr
     result = _cli(f"data_paths=[{arc_eval_fixture.data_dir}]")
     assert result.returncode != 0 and "exactly one of checkpoint=FILE" in result.stderr
 
@@ -299,6 +299,23 @@ def test_without_data_paths_a_checkpoint_is_evaluated_on_its_run_s_test_data(sud
         run(EvalConfig(**common, output_dir=str(tmp_path / "none")))
     with pytest.raises(ValueError, match="data_paths is empty"):
         EvalConfig(preds="all_preds.0.npz")
+
+
+def test_a_model_folder_is_its_model_safetensors(sudoku_build, tmp_path):
+    """A folder holding `model.safetensors` and its all_config.yaml (as a shipped model is) loads and evaluates as
+    the file itself, on the test data its config names."""
+    folder = tmp_path / "models" / "tiny"
+    file = save_native(folder / "model.safetensors", tiny_model(sudoku_build))
+    config = {"arch": {"name": TRM, **TINY}, "data_paths": [str(sudoku_build)]}
+    (folder / "all_config.yaml").write_text(yaml.safe_dump(config))
+    common = dict(global_batch_size=16, progress=False)
+    by_file = run(EvalConfig(checkpoint=str(file), data_paths=[str(sudoku_build)], output_dir=str(tmp_path / "f"),
+                             **common))  # fmt: skip
+    by_folder = run(EvalConfig(checkpoint=str(folder), output_dir=str(tmp_path / "d"), **common))
+    assert by_folder["all"] == by_file["all"] and by_folder["Sudoku/count"] == 24
+    assert EvalConfig(checkpoint=str(folder), data_paths=["d"]).default_output_dir() == Path("outputs/eval/models/tiny")
+    batch = {"inputs": np.full((2, 81), 2, np.int32), "puzzle_identifiers": np.zeros(2, np.int32)}
+    np.testing.assert_array_equal(load(folder).predict(batch)["logits"], load(file).predict(batch)["logits"])
 
 
 def test_data_unlike_the_model_s_is_refused(sudoku_build, maze_build, tmp_path):

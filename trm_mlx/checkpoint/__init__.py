@@ -19,6 +19,7 @@ from . import torch_file
 from .original import arch_from_original, native_to_original_keys, original_to_native_keys
 
 FORMAT = "trm-mlx"
+MODEL_FILE = "model.safetensors"  # the checkpoint file of a model folder (weights beside their all_config.yaml)
 
 
 def model_arrays(model) -> dict:
@@ -108,13 +109,21 @@ def read_all_config(path) -> dict | None:
     return read_config_file(config_file) if config_file.is_file() else None
 
 
+def model_file(path) -> Path:
+    """The checkpoint file of a model folder (its `model.safetensors`); any other path as it is."""
+    path = Path(path)
+    return path / MODEL_FILE if (path / MODEL_FILE).is_file() else path
+
+
 def read_model_source(path, ema: bool | None = None) -> tuple[Path, dict, dict | None, dict | None]:
     """(what was read, weights, their arch config or None, the run's config where the arch config is missing or
-    comes from a training state) of a checkpoint file, a trm-train run folder (its newest training state) or a
-    `train_state_step_N` folder: there, the weights its `step_N` holds (the EMA weights with the live puzzle table
-    where the run keeps an EMA), also where a run stopped between checkpoints. `ema` chooses a training state's
-    weights as `read_state_weights` does (True: the EMA or an error, False: the live ones); a file holds one set."""
-    if Path(path).is_dir():
+    comes from a training state) of a checkpoint file, a model folder (its `model.safetensors`), a trm-train run
+    folder (its newest training state) or a `train_state_step_N` folder: there, the weights its `step_N` holds (the
+    EMA weights with the live puzzle table where the run keeps an EMA), also where a run stopped between
+    checkpoints. `ema` chooses a training state's weights as `read_state_weights` does (True: the EMA or an error,
+    False: the live ones); a file holds one set."""
+    path = model_file(path)
+    if path.is_dir():
         from ..training.checkpointing import read_state_weights  # training imports this module
 
         state_dir, weights, meta = read_state_weights(path, ema=ema)
@@ -129,8 +138,8 @@ def read_model_source(path, ema: bool | None = None) -> tuple[Path, dict, dict |
 
 
 def load(path, config: dict | None = None, forward_dtype: str | None = None, runtime=None):
-    """A ready model (eval mode) from a native or original checkpoint file, a trm-train run folder or one of its
-    training states (`read_model_source`).
+    """A ready model (eval mode) from a native or original checkpoint file, a model folder, a trm-train run folder
+    or one of its training states (`read_model_source`).
 
     `config` is a full training config (with `arch`, optionally `data_paths`) or an arch dict; without it, the
     config stored in a native file or training state, or `all_config.yaml` beside the checkpoint, is used. Sizes

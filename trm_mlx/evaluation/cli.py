@@ -18,7 +18,13 @@ import mlx.core as mx  # noqa: E402
 import pydantic  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from trm_mlx.checkpoint import load_weights_into, read_all_config, read_config_file, read_model_source  # noqa: E402
+from trm_mlx.checkpoint import (  # noqa: E402
+    load_weights_into,
+    model_file,
+    read_all_config,
+    read_config_file,
+    read_model_source,
+)
 from trm_mlx.checkpoint.original import arch_from_original  # noqa: E402
 from trm_mlx.data.dataset import PuzzleDataset  # noqa: E402
 from trm_mlx.data.metadata import load_metadata, merge_metadata  # noqa: E402
@@ -85,9 +91,9 @@ class EvalConfig(pydantic.BaseModel):
 
 def _checkpoint_config(cfg: EvalConfig) -> dict | None:
     """The checkpoint's training config: `config=FILE`, a training state's own, or the all_config.yaml beside it."""
-    path = Path(cfg.checkpoint)
+    path = model_file(cfg.checkpoint)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such checkpoint file or training-state folder")
+        raise FileNotFoundError(f"{path}: no such checkpoint file, model folder or training-state folder")
     if cfg.config is not None:
         return read_config_file(cfg.config)
     if path.is_dir():
