@@ -217,7 +217,8 @@ def test_command_line_rescoring_of_original_files(arc_eval_fixture, tmp_path):
     result = _cli(f"data_paths=[{arc_eval_fixture.data_dir}]", f"checkpoint={tmp_path / 'nothing'}")
     assert result.returncode != 0 and "nothing: no such checkpoint file" in result.stderr
     result = _cli(f"checkpoint={tmp_path / 'nothing'}")  # and without data_paths, which its config would give
-    assert result.returncode != 0 and "nothing: no such checkpoint file, model folder or training-state folder" in result.stderr
+    missing = "nothing: no such checkpoint file, model folder or training-state folder"
+    assert result.returncode != 0 and missing in result.stderr
     result = _cli(f"data_paths=[{arc_eval_fixture.data_dir}]")
     assert result.returncode != 0 and "exactly one of checkpoint=FILE" in result.stderr
 
