@@ -134,7 +134,7 @@ def read_model_source(path, ema: bool | None = None) -> tuple[Path, dict, dict |
             "a run with ema=True already holds the EMA weights"
         )
     weights, arch = read_weights(path)
-    return Path(path), weights, arch, read_all_config(path) if arch is None else None
+    return path, weights, arch, read_all_config(path) if arch is None else None
 
 
 def load(path, config: dict | None = None, forward_dtype: str | None = None, runtime=None):

@@ -84,7 +84,7 @@ class EvalConfig(pydantic.BaseModel):
         """outputs/eval/<run folder>/<checkpoint>[_ema|_live][_halt-q-<threshold>]: the step_N of two runs, and the
         weights or halting protocols of one, do not overwrite each other."""
         source = Path(self.checkpoint or self.preds_files[0]).resolve()
-        weights = {True: ["ema"], False: ["live"] if source.is_dir() else [], None: []}[self.ema]
+        weights = {True: ["ema"], False: ["live"] if model_file(source).is_dir() else [], None: []}[self.ema]
         name = "_".join([source.name, *weights] + [f"halt-q-{self.halt_threshold:g}"] * (self.halt == "q"))
         return Path("outputs") / "eval" / source.parent.name / name
 
