@@ -12,10 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from tiny_runs import TINY_RUN, saved_state, train_tiny
 from trm_mlx.training.logging import METRICS_FILE, MetricsFile
 from trm_mlx.checkpoint import load, read_weights
+from trm_mlx.evaluation.cli import EvalConfig, run
 from trm_mlx.training.relay import MANIFEST, RelayError, main, pack, parse_size, unpack
 
 PART = 4096  # bytes: a tiny state still makes many parts
@@ -142,6 +144,35 @@ def test_export_writes_the_checkpoint_the_trainer_writes(tiny_data, tmp_path):
     main(["export", str(tmp_path / "run"), str(tmp_path / "inferred")])
     inferred = read_weights(tmp_path / "inferred")[1]
     assert inferred == {k: v for k, v in expected_arch.items() if k != "batch_size"}  # no batch size in the weights
+
+
+def test_export_into_a_folder_makes_a_model_folder(tiny_data, tmp_path):
+    """Exported into a folder, a run's model is ``model.safetensors`` with the run's all_config.yaml beside it, so
+    trm-eval finds the run's test data there; the run's later states share that config (only run-control settings
+    differ), while a run with another model is refused before anything is written."""
+    train_tiny(tiny_data, tmp_path / "run", "max_steps=8")
+    folder = tmp_path / "models" / "tiny"
+    folder.mkdir(parents=True)
+    main(["export", str(tmp_path / "run"), str(folder)])
+    config_text = (tmp_path / "run" / "all_config.yaml").read_text()
+    assert yaml.safe_load((folder / "all_config.yaml").read_text()) == yaml.safe_load(config_text)
+    common = dict(global_batch_size=8, progress=False)
+    by_folder = run(EvalConfig(checkpoint=str(folder), output_dir=str(tmp_path / "e1"), **common))
+    by_step = run(EvalConfig(checkpoint=str(tmp_path / "run" / "step_8"), data_paths=[str(tiny_data)],
+                             output_dir=str(tmp_path / "e2"), **common))  # fmt: skip
+    assert by_folder["all"] == by_step["all"]
+    assert by_folder["examples"] == len(np.load(tiny_data / "test" / "all__inputs.npy"))  # the run's test split
+
+    train_tiny(tiny_data, tmp_path / "run", "max_steps=16", "max_minutes=60", f"resume={tmp_path / 'run'}")
+    assert yaml.safe_load((tmp_path / "run" / "all_config.yaml").read_text()) != yaml.safe_load(config_text)
+    shared = (folder / "all_config.yaml").read_bytes()
+    main(["export", str(tmp_path / "run"), str(folder / "step_16")])
+    assert (folder / "all_config.yaml").read_bytes() == shared and (folder / "step_16").is_file()
+
+    train_tiny(tiny_data, tmp_path / "other", "max_steps=8", "arch.L_cycles=2")
+    with pytest.raises(SystemExit, match="tiny/all_config.yaml: the config of a run with other arch than"):
+        main(["export", str(tmp_path / "other"), str(folder / "other")])
+    assert not (folder / "other").exists() and (folder / "all_config.yaml").read_bytes() == shared
 
 
 def test_load_takes_a_run_folder_or_its_training_state(tiny_data, tmp_path, runtime):

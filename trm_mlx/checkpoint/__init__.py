@@ -20,6 +20,7 @@ from .original import arch_from_original, native_to_original_keys, original_to_n
 
 FORMAT = "trm-mlx"
 MODEL_FILE = "model.safetensors"  # the checkpoint file of a model folder (weights beside their all_config.yaml)
+CONFIG_FILE = "all_config.yaml"  # a run's resolved config, beside its checkpoints
 
 
 def model_arrays(model) -> dict:
@@ -105,7 +106,7 @@ def read_config_file(path) -> dict:
 
 def read_all_config(path) -> dict | None:
     """The `all_config.yaml` the original (and our trainer) writes beside checkpoints, if there is one."""
-    config_file = Path(path).parent / "all_config.yaml"
+    config_file = Path(path).parent / CONFIG_FILE
     return read_config_file(config_file) if config_file.is_file() else None
 
 

@@ -17,7 +17,7 @@ import yaml
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from trm_mlx.atomic import atomic_folder, write_atomically
-from trm_mlx.checkpoint import load_weights_into, model_arrays, save_native
+from trm_mlx.checkpoint import CONFIG_FILE, MODEL_FILE, load_weights_into, model_arrays, read_all_config, save_native
 from trm_mlx.checkpoint.original import arch_from_original
 from trm_mlx.model import create_model
 from trm_mlx.training.config import PretrainConfig
@@ -29,6 +29,8 @@ STATE_VERSION = 1
 STATE_PREFIX = "train_state_step_"
 ARRAYS_FILE = "arrays.safetensors"
 STATE_FILE = "state.json"
+# What an evaluation reads from the all_config.yaml beside a model file; runs that agree on these may share one.
+EVALUATION_KEYS = ("arch", "data_paths", "data_paths_test", "evaluators")
 
 
 def model_checkpoint_path(config: PretrainConfig, step: int) -> Path:
@@ -41,8 +43,11 @@ def save_model_checkpoint(config: PretrainConfig, model, step: int) -> Path:
 
 def write_all_config(config: PretrainConfig) -> Path:
     """``all_config.yaml``: the resolved run config, as the original writes it (``trm_mlx.load`` reads it)."""
-    path = Path(config.checkpoint_path) / "all_config.yaml"
-    return write_atomically(path, yaml.safe_dump(config.model_dump(), sort_keys=False))
+    return _write_config(Path(config.checkpoint_path) / CONFIG_FILE, config.model_dump())
+
+
+def _write_config(path: Path, config: dict) -> Path:
+    return write_atomically(path, yaml.safe_dump(config, sort_keys=False))
 
 
 def _prefixed(prefix: str, arrays: dict) -> dict:
@@ -157,13 +162,29 @@ def read_state_weights(source: str | Path, ema: bool | None = None) -> tuple[Pat
 
 
 def export_model(source: str | Path, path: str | Path) -> Path:
-    """The model of the newest training state under ``source`` as a native checkpoint at ``path``: the EMA weights
-    where the run keeps an EMA (as the trainer's ``step_N``), else the live weights."""
+    """The model of the newest training state under ``source`` as a native checkpoint at ``path`` (in an existing
+    folder: its ``model.safetensors``), with the run's ``all_config.yaml`` beside it for the data and evaluators
+    that trm-eval takes from there: the EMA weights where the run keeps an EMA (as the trainer's ``step_N``), else
+    the live weights. An ``all_config.yaml`` already there stays; one of a run with another model, data or
+    evaluators is refused before anything is written."""
     state_dir, weights, meta = read_state_weights(source)
-    arch = meta.get("arch") or arch_from_original(meta["config"], weights, state_dir)
+    path = Path(path)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    config = meta["config"]
+    present = read_all_config(path)
+    if present is not None:
+        differing = [key for key in EVALUATION_KEYS if present.get(key) != config.get(key)]
+        if differing:
+            raise ValueError(f"{path.parent / CONFIG_FILE}: the config of a run with other {', '.join(differing)} "
+                             f"than {state_dir}'s; export into a folder of its own")
+    arch = meta.get("arch") or arch_from_original(config, weights, state_dir)
     model = create_model(arch)
     load_weights_into(model, weights, state_dir / ARRAYS_FILE)
-    return save_native(path, model)
+    save_native(path, model)
+    if present is None:
+        _write_config(path.parent / CONFIG_FILE, config)
+    return path
 
 
 def load_train_state(path: Path, state: TrainState, dataset, group: mx.distributed.Group | None = None) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from trm_mlx.atomic import atomic_folder, write_atomically
+from trm_mlx.checkpoint import CONFIG_FILE
 from trm_mlx.training.checkpointing import (
     ARRAYS_FILE,
     STATE_FILE,
@@ -38,7 +39,7 @@ MANIFEST = "relay.json"
 RELAY_FORMAT = "trm-mlx-relay"
 RELAY_VERSION = 1
 PART_SIZE = 16 * 2**20
-RUN_FILES = ("all_config.yaml", METRICS_FILE)  # beside the training state in the checkpoint folder
+RUN_FILES = (CONFIG_FILE, METRICS_FILE)  # beside the training state in the checkpoint folder
 CHUNK = 2**20
 
 
@@ -237,7 +238,8 @@ def main(argv: list[str] | None = None) -> None:
     exporting = commands.add_parser("export", help="a training state's model (its EMA weights when it has them) "
                                                    "as a native checkpoint for trm-eval and trm_mlx.load")
     exporting.add_argument("source", help="checkpoint folder of the run (or one train_state_step_N folder)")
-    exporting.add_argument("out", help="checkpoint file to write")
+    exporting.add_argument("out", help="checkpoint file to write (in an existing folder: its model.safetensors), "
+                                       "the run's all_config.yaml beside it")
     args = parser.parse_args(argv)
     with one_line_errors("trm-relay"):
         if args.command == "pack":
