@@ -173,6 +173,9 @@ def test_export_into_a_folder_makes_a_model_folder(tiny_data, tmp_path):
     with pytest.raises(SystemExit, match="tiny/all_config.yaml: the config of a run with other arch than"):
         main(["export", str(tmp_path / "other"), str(folder / "other")])
     assert not (folder / "other").exists() and (folder / "all_config.yaml").read_bytes() == shared
+    with pytest.raises(SystemExit, match="other: a run's checkpoint folder .it holds training states."):
+        main(["export", str(tmp_path / "other"), str(tmp_path / "other")])
+    assert not (tmp_path / "other" / "model.safetensors").exists()
 
 
 def test_load_takes_a_run_folder_or_its_training_state(tiny_data, tmp_path, runtime):

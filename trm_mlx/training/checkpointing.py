@@ -166,10 +166,14 @@ def export_model(source: str | Path, path: str | Path) -> Path:
     folder: its ``model.safetensors``), with the run's ``all_config.yaml`` beside it for the data and evaluators
     that trm-eval takes from there: the EMA weights where the run keeps an EMA (as the trainer's ``step_N``), else
     the live weights. An ``all_config.yaml`` already there stays; one of a run with another model, data or
-    evaluators is refused before anything is written."""
+    evaluators is refused before anything is written, as is a run's checkpoint folder (there a
+    ``model.safetensors`` would stand for the folder, hiding its training states)."""
     state_dir, weights, meta = read_state_weights(source)
     path = Path(path)
     if path.is_dir():
+        if any(path.glob(f"{STATE_PREFIX}*")):  # trm_mlx.load would take the folder's model.safetensors instead
+            raise ValueError(f"{path}: a run's checkpoint folder (it holds training states); name a file, or a "
+                             "folder of its own for a model folder")
         path = path / MODEL_FILE
     config = meta["config"]
     present = read_all_config(path)
