@@ -8,10 +8,11 @@ steps, and an oracle that stops each solved row where its answer stays right (th
 an answer). With the first threshold, it also gives up on rows at one step by what the model shows there (a low Q
 logit, an answer still moving), at every step and with every threshold on that signal, and keeps the best of those
 rules. Writes trace.npz, rules.jsonl and act_trace.png (exact accuracy against mean ACT steps for each rule; the
-step at which each solved row first had its final answer).
+step at which each solved row first had its final answer). `--steps N` runs N ACT steps instead of the model's
+`halt_max_steps` (the trace of a model set to halt at N: what recursion beyond the trained number gives).
 
     python -m scripts.act_trace --checkpoint model.safetensors --data data/sudoku-sample --out outputs/trace \\
-        [--batch-size 16] [--forward-dtype float32] [--thresholds 0.5 0.8] [--patience 1 2 4] [--caps 6 8]
+        [--batch-size 16] [--forward-dtype float32] [--steps 32] [--thresholds 0.5 0.8] [--patience 1 2 4] [--caps 6 8]
 """
 
 import argparse
@@ -32,6 +33,7 @@ load_fast_blas()  # before MLX loads
 import mlx.core as mx  # noqa: E402
 
 import trm_mlx  # noqa: E402
+from trm_mlx.checkpoint import read_model_source  # noqa: E402
 from trm_mlx.data import PuzzleDataset  # noqa: E402
 from trm_mlx.data.dataset import IGNORE_LABEL_ID  # noqa: E402
 from trm_mlx.evaluation.boards import real_rows  # noqa: E402
@@ -207,6 +209,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="folder for trace.npz, rules.jsonl and act_trace.png")
     parser.add_argument("--batch-size", type=int, default=768)
     parser.add_argument("--forward-dtype", help="e.g. float32 on a CPU")
+    parser.add_argument("--steps", type=int, help="ACT steps to run (default: the model's halt_max_steps); more shows "
+                                                  "what recursion beyond the trained number gives")
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.8])
     parser.add_argument("--patience", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--caps", type=int, nargs="*", default=[6, 8, 10, 12], help="caps combined with each threshold")
@@ -219,7 +223,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.rules_only:
         arrays = read_predictions_file(out / "trace.npz")
     else:
-        model = trm_mlx.load(args.checkpoint, forward_dtype=args.forward_dtype, runtime=Runtime.create(cpu_lanes=1))
+        if args.steps is not None and args.steps < 1:
+            parser.error(f"--steps {args.steps}: must be at least 1")
+        config = None
+        if args.steps is not None:  # the model runs every row for halt_max_steps: raise it, not the loop
+            _, _, arch, run_config = read_model_source(args.checkpoint)
+            arch = arch or (run_config or {}).get("arch")
+            if arch is None:
+                parser.error(f"--checkpoint {args.checkpoint}: no arch config to change halt_max_steps in")
+            config = {**arch, "halt_max_steps": args.steps}
+        model = trm_mlx.load(args.checkpoint, config=config, forward_dtype=args.forward_dtype,
+                             runtime=Runtime.create(cpu_lanes=1))
         dataset = PuzzleDataset([args.data], "test", global_batch_size=args.batch_size)
         try:
             arrays = trace(model, dataset)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import trm_mlx
+from trm_mlx.checkpoint import save_native
 from scripts.act_trace import (cells_changed, correct_by_step, final_answer_steps, give_up_rules, main, rule_result,
                                rules, trace, unchanged_for)
 from tiny_runs import train_tiny
@@ -93,6 +94,19 @@ def test_the_trace_agrees_with_the_evaluation_loop(tiny_data, tmp_path):
     assert simulated["mean_act_steps"] == pytest.approx(halting["all"]["steps"])
     assert simulated["exact_accuracy"] == pytest.approx(halting["all"]["exact_accuracy"])
     assert 1 < simulated["mean_act_steps"] < steps
+
+    # --steps runs on past the trained number: its first steps are the default trace's, and the rows go on from
+    # there rather than starting over (the Q logit after step `steps` + 1 is not step 1's)
+    save_native(tmp_path / "random_q", head.model)
+    main(["--checkpoint", str(tmp_path / "random_q"), "--data", str(tiny_data), "--out", str(tmp_path / "longer"),
+          "--batch-size", "4", "--steps", str(2 * steps)])  # fmt: skip
+    with np.load(tmp_path / "longer" / "trace.npz") as npz:
+        assert npz["preds"].shape[1] == npz["q_halt_logits"].shape[1] == 2 * steps
+        np.testing.assert_array_equal(npz["preds"][:, :steps], arrays["preds"])
+        np.testing.assert_allclose(npz["q_halt_logits"][:, :steps], arrays["q_halt_logits"], rtol=1e-6)
+        assert not np.allclose(npz["q_halt_logits"][:, steps], arrays["q_halt_logits"][:, 0])
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", checkpoint, "--data", str(tiny_data), "--out", str(tmp_path / "none"), "--steps", "0"])
 
     # a Q-continue model halts on q_halt - q_continue, which the trace does not record: refused, not misread
     head.model.config.no_ACT_continue = False
