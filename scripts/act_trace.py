@@ -54,7 +54,8 @@ def trace(model, dataset: PuzzleDataset) -> dict[str, np.ndarray]:
     step = compiled_eval_step(ACTLossHead(model))
     parts = {key: [] for key in ("preds", "q_halt_logits", "labels", "inputs")}
     batches = sum(-(-len(arrays.inputs) // dataset.local_batch_size) for arrays in dataset.sets.values())
-    for _, batch, _ in tqdm(dataset.iter_test(), desc="trace", unit="batch", total=batches, leave=False):
+    progress = tqdm(desc="trace", unit="ACT step", total=batches * model.config.halt_max_steps, leave=False)
+    for _, batch, _ in dataset.iter_test():
         keep = real_rows(batch["inputs"], dataset.metadata.pad_id)
         arrays = {key: mx.array(value) for key, value in batch.items()}
         carry = model.initial_carry(arrays)
@@ -64,10 +65,12 @@ def trace(model, dataset: PuzzleDataset) -> dict[str, np.ndarray]:
             mx.eval(carry, outputs)
             preds.append(np.array(outputs["preds"])[keep])
             q.append(np.array(outputs["q_halt_logits"], np.float32)[keep])
+            progress.update()
         parts["preds"].append(np.stack(preds, axis=1))
         parts["q_halt_logits"].append(np.stack(q, axis=1))
         parts["labels"].append(np.asarray(batch["labels"])[keep])
         parts["inputs"].append(np.asarray(batch["inputs"])[keep])
+    progress.close()
     return {key: np.concatenate(value) for key, value in parts.items()}
 
 
