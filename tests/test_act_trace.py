@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 import trm_mlx
-from trm_mlx.checkpoint import save_native
 from scripts.act_trace import (cells_changed, correct_by_step, final_answer_steps, give_up_rules, main, rule_result,
                                rules, trace, unchanged_for)
 from tiny_runs import train_tiny
+from trm_mlx.checkpoint import save_native
 from trm_mlx.data import PuzzleDataset
 from trm_mlx.evaluation.loop import evaluate
 from trm_mlx.model import ACTLossHead

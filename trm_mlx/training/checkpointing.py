@@ -5,7 +5,8 @@
 The training state is a folder ``train_state_step_N`` holding ``arrays.safetensors`` (model incl. puzzle table,
 optimizer moments and step counts, EMA, the ACT carry of the whole global batch, RNG key) and ``state.json`` (step
 counters, sampler position, a fingerprint of the training data, the model's arch config, the run's config). It is
-written to a temporary folder and renamed into place; older training states are then removed. Rank 0 writes it; a run resumes from it on any number of ranks.
+written to a temporary folder and renamed into place; older training states are then removed. Rank 0 writes it; a
+run resumes from it on any number of ranks.
 """
 
 import json
