@@ -33,7 +33,6 @@ load_fast_blas()  # before MLX loads
 import mlx.core as mx  # noqa: E402
 
 import trm_mlx  # noqa: E402
-from trm_mlx.checkpoint import read_model_source  # noqa: E402
 from trm_mlx.data import PuzzleDataset  # noqa: E402
 from trm_mlx.data.dataset import IGNORE_LABEL_ID  # noqa: E402
 from trm_mlx.evaluation.boards import real_rows  # noqa: E402
@@ -228,15 +227,9 @@ def main(argv: list[str] | None = None) -> None:
     else:
         if args.steps is not None and args.steps < 1:
             parser.error(f"--steps {args.steps}: must be at least 1")
-        config = None
-        if args.steps is not None:  # the model runs every row for halt_max_steps: raise it, not the loop
-            _, _, arch, run_config = read_model_source(args.checkpoint)
-            arch = arch or (run_config or {}).get("arch")
-            if arch is None:
-                parser.error(f"--checkpoint {args.checkpoint}: no arch config to change halt_max_steps in")
-            config = {**arch, "halt_max_steps": args.steps}
-        model = trm_mlx.load(args.checkpoint, config=config, forward_dtype=args.forward_dtype,
-                             runtime=Runtime.create(cpu_lanes=1))
+        model = trm_mlx.load(args.checkpoint, forward_dtype=args.forward_dtype, runtime=Runtime.create(cpu_lanes=1))
+        if args.steps is not None:  # read at each step: the model halts every row there, so raise it, not the loop
+            model.config.halt_max_steps = args.steps
         dataset = PuzzleDataset([args.data], "test", global_batch_size=args.batch_size)
         try:
             arrays = trace(model, dataset)
