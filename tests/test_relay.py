@@ -176,6 +176,8 @@ def test_export_into_a_folder_makes_a_model_folder(tiny_data, tmp_path):
     with pytest.raises(SystemExit, match="other: a run's checkpoint folder .it holds training states."):
         main(["export", str(tmp_path / "other"), str(tmp_path / "other")])
     assert not (tmp_path / "other" / "model.safetensors").exists()
+    main(["export", str(tmp_path / "other"), str(tmp_path / "new") + "/"])  # a folder not made yet
+    assert (tmp_path / "new" / "model.safetensors").is_file() and (tmp_path / "new" / "all_config.yaml").is_file()
 
 
 def test_load_takes_a_run_folder_or_its_training_state(tiny_data, tmp_path, runtime):

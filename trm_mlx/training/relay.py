@@ -238,7 +238,8 @@ def main(argv: list[str] | None = None) -> None:
     exporting = commands.add_parser("export", help="a training state's model (its EMA weights when it has them) "
                                                    "as a native checkpoint for trm-eval and trm_mlx.load")
     exporting.add_argument("source", help="checkpoint folder of the run (or one train_state_step_N folder)")
-    exporting.add_argument("out", help="checkpoint file to write (in an existing folder: its model.safetensors), "
+    exporting.add_argument("out", help="checkpoint file to write (in a folder, one that exists or a name ending "
+                                       "in /: its model.safetensors), "
                                        "the run's all_config.yaml beside it")
     args = parser.parse_args(argv)
     with one_line_errors("trm-relay"):
