@@ -192,7 +192,7 @@ def test_bad_halting_settings_get_one_line(override, expected, monkeypatch, data
 
 
 def test_the_tail_runs_in_smaller_batches(data):
-    """Once the examples run out, the rows still running go on in a batch of the next power of two."""
+    """Once the examples run out, the rows still running go on in a smaller batch (in one of 8 rows, as many)."""
     from trm_mlx.evaluation.loop import _Slots
 
     dataset = PuzzleDataset([str(data)], "test", global_batch_size=11)
@@ -213,8 +213,8 @@ def test_the_tail_runs_in_smaller_batches(data):
     assert slots.shrink().tolist() == [1] and slots.busy()
 
 
-def test_a_set_smaller_than_half_the_batch_starts_in_a_smaller_one_on_a_cpu(data, runtime, monkeypatch):
-    """11 examples, batch 32: the first step runs 16 rows (the next power of two), the answers as with batch 16."""
+def test_a_set_smaller_than_the_batch_starts_in_a_smaller_one_on_a_cpu(data, runtime, monkeypatch):
+    """11 examples, batch 32: the first step runs 12 rows (a multiple of 32 // 8), the answers as with batch 16."""
     from trm_mlx.evaluation import loop
 
     rows = []
@@ -228,6 +228,17 @@ def test_a_set_smaller_than_half_the_batch_starts_in_a_smaller_one_on_a_cpu(data
     head = ACTLossHead(halting_model())
     results = {size: evaluate(head, PuzzleDataset([str(data)], "test", global_batch_size=size), runtime,
                               progress=False, halt_threshold=0.5) for size in (32, 16)}  # fmt: skip
-    assert runtime.backend == "cpu" and rows[0] == 16
+    assert runtime.backend == "cpu" and rows[0] == 12
     assert results[32]["act_steps"] == results[16]["act_steps"]
     assert results[32]["all"]["exact_accuracy"] == results[16]["all"]["exact_accuracy"]
+
+
+def test_tail_batch_sizes():
+    """Multiples of an eighth of the batch rounded up to the lanes, powers of two below that, never over the batch."""
+    from trm_mlx.evaluation.loop import tail_batch_size
+
+    assert [tail_batch_size(busy, 128, lanes=2) for busy in (128, 113, 112, 69, 17, 16, 9, 5, 1)] == \
+        [128, 128, 112, 80, 32, 16, 16, 8, 1]  # fmt: skip
+    assert [tail_batch_size(busy, 24, lanes=2) for busy in (23, 13, 5, 4, 3)] == [24, 16, 8, 4, 4]  # granule 3 -> 4
+    assert [tail_batch_size(busy, 8) for busy in (8, 7, 2)] == [8, 7, 2]
+    assert [tail_batch_size(busy, 3, lanes=2) for busy in (3, 2, 1)] == [3, 2, 1]

@@ -167,7 +167,7 @@ def evaluate_halting(head, dataset: PuzzleDataset, runtime: Runtime, threshold: 
     The batch stays full: a slot whose row halted takes the next example of the set on the next step (the model's
     `reset_halted` restarts exactly the halted rows, as in training), so that examples/s grows with the share of rows
     that halt early; examples are read from the set's batches as slots free up. Once the set's examples run out,
-    the rows still running continue in halved batches on a CPU. Each example is scored once, at its halting step,
+    the rows still running continue in smaller batches on a CPU (`tail_batch_size`). Each example is scored once, at its halting step,
     so the per-set metrics are those of its answer; evaluators (ARC voting with each answer's sigmoid(q_halt))
     see every example once, in the order they finish, with its position among this process's test examples as
     `numbers` (the board evaluators' numbering under `halt=max`). Saved outputs are in that order too, with their
@@ -195,10 +195,11 @@ def evaluate_halting(head, dataset: PuzzleDataset, runtime: Runtime, threshold: 
     with tqdm(total=total, desc="eval", unit="example", leave=None, disable=not progress or runtime.rank != 0) as bar, \
             ExitStack() as memory:  # fmt: skip
         for set_name, batches in _rows_by_set(dataset):
-            slots = _Slots(batches, dataset.local_batch_size, dataset.metadata, first_number=read)
+            slots = _Slots(batches, dataset.local_batch_size, dataset.metadata, first_number=read,
+                           lanes=runtime.cpu_lanes)
             if not slots.busy():
                 continue
-            if shrink_tail:  # a set smaller than half the batch starts in a smaller one
+            if shrink_tail:  # a set smaller than the batch starts in a smaller one where one fits it
                 slots.shrink()
             arrays = slots.feed()
             carry = model.initial_carry(arrays)
@@ -252,13 +253,25 @@ def _rows_by_set(dataset: PuzzleDataset):
         yield set_name, real(batches)
 
 
+def tail_batch_size(busy: int, size: int, lanes: int = 1) -> int:
+    """The batch that `busy` rows still running at the end of a set go on in, out of a full batch of `size`: the
+    next multiple of about an eighth of it (a multiple of `lanes`, so that the CPU lanes share the rows), or below
+    that the next power of two. A CPU step's time grows with its rows while a new shape compiles in about the time
+    of one step, so a tail that shrinks step by step pays off; the sizes are few, so each compiles once."""
+    granule = min(size, -(-max(size // 8, 1) // lanes) * lanes)
+    if busy > granule:
+        return min(-(-busy // granule) * granule, size)
+    return min(1 << (busy - 1).bit_length(), granule)
+
+
 class _Slots:
     """The rows of a fixed-size batch during a halting evaluation: which example each slot holds (and its number,
     counting the set's examples from `first_number` in the order they are read), and the next examples (taken from
     the set's batches as they are needed) for slots whose rows halted; padding once the set's examples run out."""
 
-    def __init__(self, batches, size: int, metadata, first_number: int = 0):
+    def __init__(self, batches, size: int, metadata, first_number: int = 0, lanes: int = 1):
         self.batches = batches
+        self.size, self.lanes = size, lanes
         self.next_number = first_number
         self.pending = next(batches, None)  # rows read but not yet in a slot
         self.fill = {"inputs": metadata.pad_id, "labels": IGNORE_LABEL_ID,
@@ -283,12 +296,14 @@ class _Slots:
         return self.feed()
 
     def shrink(self) -> np.ndarray | None:
-        """Once the set's examples have run out and at most half the slots are busy: the slots to keep (the busy
-        ones, in a batch of the next power of two, so that few shapes are compiled); None to keep them all."""
+        """Once the set's examples have run out: the slots to keep (the busy ones, in a batch of
+        `tail_batch_size`) where that batch is smaller than the current one; None to keep them all."""
         busy = int(self.real.sum())
-        if self.pending is not None or busy == 0 or busy * 2 > len(self.real):
+        if self.pending is not None or busy == 0:
             return None
-        target = 1 << (busy - 1).bit_length()
+        target = tail_batch_size(busy, self.size, self.lanes)
+        if target >= len(self.real):
+            return None
         keep = np.concatenate([np.flatnonzero(self.real), np.flatnonzero(~self.real)[: target - busy]])
         self.real = self.real[keep]
         self.numbers = self.numbers[keep]
