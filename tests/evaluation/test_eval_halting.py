@@ -192,7 +192,7 @@ def test_bad_halting_settings_get_one_line(override, expected, monkeypatch, data
 
 
 def test_the_tail_runs_in_smaller_batches(data):
-    """Once the examples run out, the rows still running go on in a smaller batch (in one of 8 rows, as many)."""
+    """Once the examples run out, the rows still running go on in a smaller batch (of batch 8: as many slots)."""
     from trm_mlx.evaluation.loop import _Slots
 
     dataset = PuzzleDataset([str(data)], "test", global_batch_size=11)

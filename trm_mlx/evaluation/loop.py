@@ -166,12 +166,12 @@ def evaluate_halting(head, dataset: PuzzleDataset, runtime: Runtime, threshold: 
 
     The batch stays full: a slot whose row halted takes the next example of the set on the next step (the model's
     `reset_halted` restarts exactly the halted rows, as in training), so that examples/s grows with the share of rows
-    that halt early; examples are read from the set's batches as slots free up. Once the set's examples run out,
-    the rows still running continue in smaller batches on a CPU (`tail_batch_size`). Each example is scored once, at its halting step,
-    so the per-set metrics are those of its answer; evaluators (ARC voting with each answer's sigmoid(q_halt))
-    see every example once, in the order they finish, with its position among this process's test examples as
-    `numbers` (the board evaluators' numbering under `halt=max`). Saved outputs are in that order too, with their
-    inputs. `act_steps` counts the examples by the ACT steps they used; each example's own count is its `steps`
+    that halt early; examples are read from the set's batches as slots free up. Once the set's examples run out, the
+    rows still running continue in smaller batches on a CPU (`tail_batch_size`). Each example is scored once, at its
+    halting step, so the per-set metrics are those of its answer; evaluators (ARC voting with each answer's
+    sigmoid(q_halt)) see every example once, in the order they finish, with its position among this process's test
+    examples as `numbers` (the board evaluators' numbering under `halt=max`). Saved outputs are in that order too, with
+    their inputs. `act_steps` counts the examples by the ACT steps they used; each example's own count is its `steps`
     output.
     """
     model = head.model

@@ -165,10 +165,10 @@ def read_state_weights(source: str | Path, ema: bool | None = None) -> tuple[Pat
 
 def export_model(source: str | Path, path: str | Path) -> Path:
     """The model of the newest training state under ``source`` as a native checkpoint at ``path`` (in a folder, an
-    existing one or a name ending in ``/``: its ``model.safetensors``), with the run's ``all_config.yaml`` beside it for the data and evaluators
-    that trm-eval takes from there: the EMA weights where the run keeps an EMA (as the trainer's ``step_N``), else
-    the live weights. An ``all_config.yaml`` already there stays; one of a run with another model, data or
-    evaluators is refused before anything is written, as is a run's checkpoint folder (there a
+    existing one or a name ending in ``/``: its ``model.safetensors``), with the run's ``all_config.yaml`` beside it for
+    the data and evaluators that trm-eval takes from there: the EMA weights where the run keeps an EMA (as the trainer's
+    ``step_N``), else the live weights. An ``all_config.yaml`` already there stays; one of a run with another model,
+    data or evaluators is refused before anything is written, as is a run's checkpoint folder (there a
     ``model.safetensors`` would stand for the folder, hiding its training states)."""
     state_dir, weights, meta = read_state_weights(source)
     into_folder = str(path).endswith(("/", os.sep)) or Path(path).is_dir()
