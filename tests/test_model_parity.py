@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 import shutil
 import sys
 from collections import OrderedDict
@@ -219,13 +220,14 @@ def test_fp32_is_judged_against_fp64_by_default(tmp_path, capsys):
     checkpoint, _ = write_original_checkpoint(tmp_path, {**TINY, **VARIANTS["mlp_t"], "halt_max_steps": 4})
     fixed = parity.run(checkpoint, batch_size=4, seed=1, floor=False)
     assert not fixed["pass"] and not fixed["fp64_reference"]
-    assert fixed["failures"][0].startswith("logits at ACT step 4: trm_mlx - legacy ")
+    # where the chaos first crosses the tolerance (step 3 or 4) depends on the BLAS's and torch's summation orders
+    assert re.match(r"logits at ACT step [34]: trm_mlx - legacy ", fixed["failures"][0])
     judged = parity.run(checkpoint, batch_size=4, seed=1)
     assert judged["pass"] and judged["fp64_reference"]
     assert judged["forward"][3]["logits"]["max_abs"] > parity.TOLERANCES["float32"]["logits_abs"]
 
     assert parity.main(["--checkpoint", str(checkpoint), "--seed", "1", "--fixed-tolerances"]) == 1
-    assert "FAIL (fixed tolerances): logits at ACT step 4: trm_mlx - legacy" in capsys.readouterr().out
+    assert re.search(r"FAIL \(fixed tolerances\): logits at ACT step [34]: trm_mlx - legacy", capsys.readouterr().out)
     assert parity.main(["--checkpoint", str(checkpoint), "--seed", "1"]) == 0
     assert "PASS (fixed tolerances, or the fp64 noise floor)" in capsys.readouterr().out
 
