@@ -6,7 +6,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from trm_mlx.model.losses import log_stablemax
+from trm_mlx.model.losses import binary_cross_entropy_with_logits, log_stablemax
 
 
 def s(x: float) -> float:
@@ -29,6 +29,26 @@ def test_stablemax_gradient_is_finite_at_a_logit_of_exactly_one():
     value, grad = mx.value_and_grad(lambda x: log_stablemax(x)[label])(mx.array(logits, dtype=mx.float32))
     assert abs(value.item() - expected_value) < 1e-6
     np.testing.assert_allclose(np.array(grad), expected_grad, rtol=1e-6)
+
+
+@pytest.mark.parametrize("target", [0.0, 1.0, 0.3])
+def test_q_loss_value_and_gradient_hold_their_precision_where_the_q_head_is_confident(target):
+    """Against fp64 from the formula: BCE = t log(1 + e^-x) + (1 - t) log(1 + e^x), gradient sigmoid(x) - t written
+    as (1 - t) sigmoid(x) - t sigmoid(-x). A trained Q head's logits reach |x| >= 10, where sigmoid(x) - t in fp32
+    keeps few or no digits of the gradient (at x = -20, t = 0: none)."""
+    x = np.array([-30, -20, -12, -8, -1, 0, 1, 8, 12, 20, 30], np.float32)
+    t = np.full_like(x, target)
+    x64 = x.astype(np.float64)
+    expected_value = target * np.logaddexp(0, -x64) + (1 - target) * np.logaddexp(0, x64)
+    expected_grad = (1 - target) / (1 + np.exp(-x64)) - target / (1 + np.exp(x64))
+
+    def loss(logits):
+        return binary_cross_entropy_with_logits(logits, mx.array(t)).sum()
+
+    value = binary_cross_entropy_with_logits(mx.array(x), mx.array(t))
+    np.testing.assert_allclose(np.array(value), expected_value, rtol=1e-5)
+    for grad in (mx.grad(loss), mx.compile(mx.grad(loss))):
+        np.testing.assert_allclose(np.array(grad(mx.array(x))), expected_grad, rtol=1e-5)
 
 
 def _reference_loss_head(logits, q_halt, labels, halted, steps, loss_type):
