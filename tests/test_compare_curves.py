@@ -1,5 +1,6 @@
 """scripts/compare_curves.py: trm_mlx and the PyTorch reference trained side by side from the same weights give
-the same curves (tiny run, fp32, no exploration), with the figure and the summary written."""
+the same curves (tiny run, fp32, no exploration, evaluated with the EMA weights), with the figure and the summary
+written."""
 
 import json
 import subprocess
@@ -18,7 +19,8 @@ from tiny_runs import TINY_RUN
 
 
 def test_both_trainers_give_the_same_curves(tiny_data, tmp_path, capsys):
-    overrides = [*TINY_RUN, "epochs=8", "eval_interval=4", "arch.halt_exploration_prob=0.0", "device=cpu"]
+    overrides = [*TINY_RUN, "epochs=8", "eval_interval=4", "arch.halt_exploration_prob=0.0", "ema=True", "ema_rate=0.9",
+                 "device=cpu"]
     run = ["--data", str(tiny_data), "--out", str(tmp_path), "--log-every", "4"]
     assert main([*run, "--only", "legacy", *overrides]) == 0  # one side per machine lease
     assert "needs the other side's run" in capsys.readouterr().out and not (tmp_path / "summary.json").exists()
