@@ -40,6 +40,11 @@ a relay in and out in parts, leave `carry.pt` behind (the carry then starts afre
 without the carry). trm-train's side does not continue here: relay it with trm-train (`scripts/relay_lease.sh`)
 and bring it in with `--mlx-run`.
 
+`--cross-eval` also scores each checkpoint the reference writes at an evaluation (its EMA weights) with trm-mlx's
+evaluation, in batches of the recipe's size, into `legacy/cross_eval.jsonl`; the summary and the figure show it
+beside both sides. The same weights scored by both evaluations tell a difference of the evaluation arithmetic from
+one of the training trajectories.
+
 The reference trains in a child process that loads no BLAS of ours (`TRM_MLX_BLAS=off`), as `python -m
 legacy.pretrain` runs. In this process PyTorch's BLAS calls would bind to the BLAS loaded globally for MLX (same
 symbols, loaded first): with OpenBLAS on 2 cores, its threads inside PyTorch's, a reference step took 5-7x as long.
@@ -69,6 +74,8 @@ from scripts.plot_metrics import plot, read_metrics, series  # noqa: E402
 from trm_mlx.atomic import atomic_folder, write_atomically  # noqa: E402
 from trm_mlx.checkpoint import save_original  # noqa: E402
 from trm_mlx.data import PuzzleDataset  # noqa: E402
+from trm_mlx.evaluation.cli import EvalConfig  # noqa: E402
+from trm_mlx.evaluation.cli import run as evaluate_checkpoint  # noqa: E402
 from trm_mlx.runtime import Runtime  # noqa: E402
 from trm_mlx.training.config import compose, from_hydra  # noqa: E402
 from trm_mlx.training.logging import METRICS_FILE, MetricsFile  # noqa: E402
@@ -76,6 +83,8 @@ from trm_mlx.training.state import create_train_state  # noqa: E402
 from trm_mlx.training.trainer import train  # noqa: E402
 
 SIDES = {"mlx": "trm-mlx", "legacy": "PyTorch reference"}
+CROSS = "reference's weights, trm-mlx's evaluation"
+CROSS_FILE = "cross_eval.jsonl"  # in the reference's side folder
 LEGACY_STATE = "state"  # the reference's saved training state, in its side folder
 EVAL_KEYS = ("accuracy", "exact_accuracy", "q_halt_accuracy", "steps", "lm_loss")
 
@@ -310,16 +319,39 @@ def training_loss_agreement(mlx: list[dict], legacy: list[dict]) -> dict:
     }
 
 
+def cross_evaluate(data: str, out: Path, overrides: list[str]) -> Path:
+    """Score each of the reference's evaluated checkpoints (``step_N``: EMA weights where the run keeps an EMA) with
+    trm-mlx's evaluation, as `trm-eval` does, in batches of the recipe's size (the same padding), and append the
+    metrics to ``CROSS_FILE``. Against the reference's own score of the same weights, this separates a difference
+    of the evaluation arithmetic from one of the training trajectories."""
+    side, config = out / "legacy", from_hydra(compose(overrides))
+    path = side / CROSS_FILE
+    done = {record["step"] for record in read_metrics(path)} if path.exists() else set()
+    steps = [step for step, _ in zip(*series(read_metrics(side / METRICS_FILE), "eval", "accuracy"))]
+    for step in steps:
+        checkpoint = side / f"step_{step}"
+        if step in done or not checkpoint.exists():
+            continue
+        metrics = evaluate_checkpoint(EvalConfig(
+            checkpoint=str(checkpoint), data_paths=[data], global_batch_size=config.global_batch_size,
+            output_dir=str(side / "cross_eval" / f"step_{step}"), device=config.device, progress=False))  # fmt: skip
+        with path.open("a") as lines:
+            lines.write(json.dumps({"step": step, "kind": "eval", **metrics}) + "\n")
+        print(f"step {step}: the reference's weights score {metrics['all']['accuracy']:.4f} in trm-mlx's evaluation")
+    return path
+
+
 def summarize(runs: dict[str, list[dict]]) -> dict:
-    """Every evaluation step both sides have, their test metrics, the largest test-accuracy difference, and how the
-    training losses agree (``training_loss_agreement``)."""
+    """Every evaluation step both sides have, their test metrics (and ``cross``: the reference's weights in trm-mlx's
+    evaluation, where ``runs`` has them), the largest test-accuracy difference, and how the training losses agree
+    (``training_loss_agreement``)."""
     mlx, legacy = runs[SIDES["mlx"]], runs[SIDES["legacy"]]
     evals = {}
     for key in EVAL_KEYS:
-        for side, records in (("mlx", mlx), ("legacy", legacy)):
+        for side, records in (("mlx", mlx), ("legacy", legacy), ("cross", runs.get(CROSS, []))):
             for step, value in zip(*series(records, "eval", key)):
                 evals.setdefault(step, {}).setdefault(side, {})[key] = value
-    common = {step: sides for step, sides in sorted(evals.items()) if len(sides) == 2}
+    common = {step: sides for step, sides in sorted(evals.items()) if {"mlx", "legacy"} <= set(sides)}
     differences = [abs(s["mlx"]["accuracy"] - s["legacy"]["accuracy"]) for s in common.values()]
     walls = {side: max((r["wall_s"] for r in records), default=None)
              for side, records in (("mlx", mlx), ("legacy", legacy))}  # fmt: skip
@@ -341,13 +373,14 @@ def reference_paused(out: Path, base: list[str]) -> int | None:
 
 def compare(data: str, out: Path, overrides: list[str], every: int = 100, sides=("legacy", "mlx"),
             concurrent: bool = False, init: str = "legacy", mlx_run: Path | None = None,
-            save_every: float | None = None) -> dict | None:  # fmt: skip
+            save_every: float | None = None, cross_eval: bool = False) -> dict | None:  # fmt: skip
     """Train ``sides`` into ``out`` and, once both sides' metrics are there (this call's or an earlier one's, e.g.
     on another machine lease), write the summary and the figure; returns the summary, or None until then. With
     ``concurrent`` the reference's child process trains while trm_mlx trains in this one. ``init`` says whose
     seeded init draws the initial weights; ``mlx_run``, the metrics of a trm-train run already made (from
     trm-train's init), stands for the trm_mlx side up to ``max_steps``; ``save_every`` (minutes) has the reference
-    save its training state on the way (``_LegacyState``)."""
+    save its training state on the way (``_LegacyState``); ``cross_eval`` scores the reference's checkpoints with
+    trm-mlx's evaluation (``cross_evaluate``)."""
     out.mkdir(parents=True, exist_ok=True)
     base = [f"data_paths=[{data}]", *overrides]
     if mlx_run is not None:
@@ -383,9 +416,13 @@ def compare(data: str, out: Path, overrides: list[str], every: int = 100, sides=
                 began = time.perf_counter()
                 runner(common, out / side, every)
                 timings[side] = time.perf_counter() - began
+    if cross_eval and (out / "legacy" / METRICS_FILE).exists():
+        cross_evaluate(data, out, base)
     if not all((out / side / METRICS_FILE).exists() for side in SIDES) or reference_paused(out, base) is not None:
         return None
     runs = {SIDES[side]: read_metrics(out / side / METRICS_FILE) for side in SIDES}
+    if (out / "legacy" / CROSS_FILE).exists():
+        runs[CROSS] = read_metrics(out / "legacy" / CROSS_FILE)
     summary = {**summarize(runs), "overrides": overrides, "data": data, "run_s": timings}
     write_atomically(out / "summary.json", json.dumps(summary, indent=1))
     plot(runs, out / "curves.png", title=f"{data}: {' '.join(overrides)}")
@@ -407,11 +444,13 @@ def main(argv: list[str] | None = None) -> int:
                         "over leases; its own init: use --init mlx) as the trm_mlx side, up to max_steps")  # fmt: skip
     parser.add_argument("--save-every", type=float, metavar="MINUTES", help="the reference saves its training "
                         "state this often without stopping, to continue from if the machine goes")  # fmt: skip
+    parser.add_argument("--cross-eval", action="store_true", help="also score the reference's checkpoints with "
+                        "trm-mlx's evaluation (the same weights in both evaluations)")  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of cfg_pretrain, e.g. preset=sudoku_mlp")
     args = parser.parse_args(argv)
     sides = [args.only] if args.only else list(SIDES)
     summary = compare(args.data, Path(args.out), args.overrides, args.log_every, sides, args.concurrent, args.init,
-                      args.mlx_run, args.save_every)  # fmt: skip
+                      args.mlx_run, args.save_every, args.cross_eval)  # fmt: skip
     if summary is None:
         paused = reference_paused(Path(args.out), [f"data_paths=[{args.data}]", *args.overrides])
         if paused is not None:
@@ -422,7 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     for row in summary["evaluations"]:
         mine, theirs = row["mlx"], row["legacy"]
         print(f"step {row['step']}: test accuracy {mine['accuracy']:.4f} vs {theirs['accuracy']:.4f}, "
-              f"exact {mine['exact_accuracy']:.4f} vs {theirs['exact_accuracy']:.4f}")
+              f"exact {mine['exact_accuracy']:.4f} vs {theirs['exact_accuracy']:.4f}"
+              + (f"; the reference's weights in trm-mlx's evaluation {row['cross']['accuracy']:.4f}"
+                 if "cross" in row else ""))  # fmt: skip
     print(f"{Path(args.out) / 'curves.png'}; max test accuracy difference {summary['max_test_accuracy_difference']}")
     if "train_loss_gap_to_spread" in summary:
         print(f"training LM loss: median difference {summary['train_loss_gap_to_spread']:.2f}x the step-to-step spread "

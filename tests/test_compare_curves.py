@@ -22,7 +22,7 @@ def test_both_trainers_give_the_same_curves(tiny_data, tmp_path, capsys):
     overrides = [*TINY_RUN, "epochs=8", "eval_interval=4", "arch.halt_exploration_prob=0.0", "ema=True", "ema_rate=0.9",
                  "device=cpu"]
     run = ["--data", str(tiny_data), "--out", str(tmp_path), "--log-every", "4"]
-    assert main([*run, "--only", "legacy", *overrides]) == 0  # one side per machine lease
+    assert main([*run, "--only", "legacy", "--cross-eval", *overrides]) == 0  # one side per machine lease
     assert "needs the other side's run" in capsys.readouterr().out and not (tmp_path / "summary.json").exists()
     assert main([*run, "--only", "mlx", *overrides]) == 0
 
@@ -32,6 +32,9 @@ def test_both_trainers_give_the_same_curves(tiny_data, tmp_path, capsys):
         for key in ("accuracy", "exact_accuracy", "q_halt_accuracy", "steps"):
             assert row["mlx"][key] == pytest.approx(row["legacy"][key], abs=1e-6), key
         assert row["mlx"]["lm_loss"] == pytest.approx(row["legacy"]["lm_loss"], rel=1e-4)
+        for key in ("accuracy", "exact_accuracy", "q_halt_accuracy", "steps"):  # the same weights, trm-mlx's evaluation
+            assert row["cross"][key] == pytest.approx(row["legacy"][key], abs=1e-6), key
+        assert row["cross"]["lm_loss"] == pytest.approx(row["legacy"]["lm_loss"], rel=1e-5)
     sides = [[json.loads(line) for line in (tmp_path / side / "metrics.jsonl").read_text().splitlines()]
              for side in ("mlx", "legacy")]  # fmt: skip
     train_lines = [[r for r in records if r["kind"] == "train"] for records in sides]
