@@ -319,7 +319,7 @@ def training_loss_agreement(mlx: list[dict], legacy: list[dict]) -> dict:
     }
 
 
-def cross_evaluate(data: str, out: Path, overrides: list[str]) -> Path:
+def cross_evaluate(data: str, out: Path, overrides: list[str]) -> None:
     """Score each of the reference's evaluated checkpoints (``step_N``: EMA weights where the run keeps an EMA) with
     trm-mlx's evaluation, as `trm-eval` does, in batches of the recipe's size (the same padding), and append the
     metrics to ``CROSS_FILE``. Against the reference's own score of the same weights, this separates a difference
@@ -338,7 +338,6 @@ def cross_evaluate(data: str, out: Path, overrides: list[str]) -> Path:
         with path.open("a") as lines:
             lines.write(json.dumps({"step": step, "kind": "eval", **metrics}) + "\n")
         print(f"step {step}: the reference's weights score {metrics['all']['accuracy']:.4f} in trm-mlx's evaluation")
-    return path
 
 
 def summarize(runs: dict[str, list[dict]]) -> dict:
