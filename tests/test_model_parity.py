@@ -232,6 +232,23 @@ def test_fp32_is_judged_against_fp64_by_default(tmp_path, capsys):
     assert "PASS (fixed tolerances, or the fp64 noise floor)" in capsys.readouterr().out
 
 
+def test_the_fp64_reference_normalises_in_fp64():
+    """The original's RMSNorm computes in fp32 whatever its input; the fp64 reference computes fp64 inputs in fp64,
+    and every other input as before."""
+    import legacy.models.layers as layers
+    import legacy.models.recursive_reasoning.trm as trm
+
+    original = getattr(layers.rms_norm, "original", layers.rms_norm)
+    parity._exact_norms()
+    x = torch.randn(3, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 10
+    exact = x / torch.sqrt(x.square().mean(-1, keepdim=True) + 1e-5)
+    assert trm.rms_norm is layers.rms_norm
+    assert torch.allclose(layers.rms_norm(x, 1e-5), exact, rtol=1e-14, atol=0)
+    assert not torch.allclose(original(x, 1e-5), exact, rtol=1e-9, atol=0)  # the original rounds to fp32
+    for dtype in (torch.float32, torch.bfloat16):
+        assert torch.equal(layers.rms_norm(x.to(dtype), 1e-5), original(x.to(dtype), 1e-5))
+
+
 def test_sequence_length_from_the_data_path_or_the_command_line(tmp_path, capsys):
     """A RoPE checkpoint whose all_config.yaml names a dataset that is not on this machine."""
     checkpoint, _ = write_original_checkpoint(tmp_path, TINY)
