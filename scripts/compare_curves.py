@@ -86,7 +86,7 @@ SIDES = {"mlx": "trm-mlx", "legacy": "PyTorch reference"}
 CROSS = "reference's weights, trm-mlx's evaluation"
 CROSS_FILE = "cross_eval.jsonl"  # in the reference's side folder
 LEGACY_STATE = "state"  # the reference's saved training state, in its side folder
-EVAL_KEYS = ("accuracy", "exact_accuracy", "q_halt_accuracy", "steps", "lm_loss")
+EVAL_KEYS = ("accuracy", "exact_accuracy", "q_halt_accuracy", "steps", "lm_loss", "q_halt_loss")
 
 
 def initial_weights(overrides: list[str], path: Path, drawn_by: str = "legacy") -> Path:
