@@ -99,9 +99,14 @@ def _to_numpy(t) -> np.ndarray:
     return t.detach().cpu().double().numpy() if isinstance(t, torch.Tensor) else np.array(t.astype(mx.float32))
 
 
-def _fp64_rms_norm(original):
-    """The legacy RMSNorm, which computes in fp32 whatever its input, computing fp64 inputs in fp64 (others as
-    before): without it the fp64 model would round to fp32 at every norm."""
+def _exact_norms() -> None:
+    """Every legacy module's ``rms_norm``, which computes in fp32 whatever its input, computes fp64 inputs in fp64
+    (others as before): without it the fp64 model would round to fp32 at every norm."""
+    import legacy.models.layers as layers
+
+    original = layers.rms_norm
+    if hasattr(original, "original"):
+        return
 
     def rms_norm(hidden_states, variance_epsilon):
         if hidden_states.dtype != torch.float64:
@@ -110,19 +115,9 @@ def _fp64_rms_norm(original):
         return hidden_states * torch.rsqrt(variance + variance_epsilon)
 
     rms_norm.original = original
-    return rms_norm
-
-
-def _exact_norms() -> None:
-    """Every legacy module's ``rms_norm`` computes fp64 inputs in fp64 (``_fp64_rms_norm``)."""
-    import legacy.models.layers as layers
-
-    if hasattr(layers.rms_norm, "original"):
-        return
-    patched = _fp64_rms_norm(layers.rms_norm)
     for name, module in list(sys.modules.items()):
-        if name.startswith("legacy.") and getattr(module, "rms_norm", None) is patched.original:
-            module.rms_norm = patched
+        if name.startswith("legacy.") and getattr(module, "rms_norm", None) is original:
+            module.rms_norm = rms_norm
 
 
 def exact_legacy_model(arch: dict, weights: dict, batch_size: int):

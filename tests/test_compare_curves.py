@@ -29,14 +29,11 @@ def test_both_trainers_give_the_same_curves(tiny_data, tmp_path, capsys):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [row["step"] for row in summary["evaluations"]] == [16, 32]  # 4 steps an epoch, an evaluation every 4
     for row in summary["evaluations"]:
-        for key in ("accuracy", "exact_accuracy", "q_halt_accuracy", "steps"):
-            assert row["mlx"][key] == pytest.approx(row["legacy"][key], abs=1e-6), key
-        for key in ("lm_loss", "q_halt_loss"):
-            assert row["mlx"][key] == pytest.approx(row["legacy"][key], rel=1e-4), key
-        for key in ("accuracy", "exact_accuracy", "q_halt_accuracy", "steps"):  # the same weights, trm-mlx's evaluation
-            assert row["cross"][key] == pytest.approx(row["legacy"][key], abs=1e-6), key
-        for key in ("lm_loss", "q_halt_loss"):
-            assert row["cross"][key] == pytest.approx(row["legacy"][key], rel=1e-4), key
+        for side in ("mlx", "cross"):  # cross: the reference's weights in trm-mlx's evaluation
+            for key in ("accuracy", "exact_accuracy", "q_halt_accuracy", "steps"):
+                assert row[side][key] == pytest.approx(row["legacy"][key], abs=1e-6), (side, key)
+            for key in ("lm_loss", "q_halt_loss"):
+                assert row[side][key] == pytest.approx(row["legacy"][key], rel=1e-4), (side, key)
     sides = [[json.loads(line) for line in (tmp_path / side / "metrics.jsonl").read_text().splitlines()]
              for side in ("mlx", "legacy")]  # fmt: skip
     train_lines = [[r for r in records if r["kind"] == "train"] for records in sides]
