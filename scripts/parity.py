@@ -1,9 +1,9 @@
 """trm-parity: run the legacy PyTorch reference and trm_mlx from the same weights and compare them.
 
-Per ACT step (evaluation loop, every row runs halt_max_steps steps) it reports the max abs/rel differences of
-logits and Q logits; with --grads, the loss and every parameter gradient of one training step (the puzzle
-embedding rows included). PASS, or FAIL with the check that failed and its numbers, against the tolerances in
-TOLERANCES (see docs/PARITY.md).
+Per ACT step (evaluation loop, every row runs halt_max_steps steps, each step from the same carry) it reports the
+max abs/rel differences of logits, Q logits and the carry handed on; with --grads, the loss and every parameter
+gradient of one training step (the puzzle embedding rows included). PASS, or FAIL with the check that failed and
+its numbers, against the tolerances in TOLERANCES (see docs/PARITY.md).
 
     trm-parity --checkpoint checkpoints/run/step_1000 [--config all_config.yaml] [--grads] [--json]
 
@@ -11,6 +11,7 @@ In fp32 the reference also runs in fp64 (unless --fixed-tolerances): see ``withi
 """
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -41,8 +42,8 @@ from trm_mlx.user_errors import one_line_errors
 
 # Acceptance tolerances: fp32 is the contract; bf16 is measured drift of two bf16 implementations (docs/PARITY.md).
 TOLERANCES = {
-    "float32": {"logits_abs": 1e-4, "q_abs": 1e-4, "loss_rel": 1e-5, "grad_rel": 1e-4},
-    "bfloat16": {"logits_abs": 0.25, "q_abs": 0.1, "loss_rel": 2e-2, "grad_rel": 0.1},
+    "float32": {"logits_abs": 1e-4, "q_abs": 1e-4, "carry_abs": 1e-4, "loss_rel": 1e-5, "grad_rel": 1e-4},
+    "bfloat16": {"logits_abs": 0.25, "q_abs": 0.1, "carry_abs": 0.25, "loss_rel": 2e-2, "grad_rel": 0.1},
 }
 
 
@@ -120,28 +121,77 @@ def _exact_norms() -> None:
             module.rms_norm = rms_norm
 
 
+def _exact_rotary(head, theta: float) -> None:
+    """The RoPE tables of ``head`` (in fp64) as the exact cos/sin of the original's fp32 angles: ``.double()`` keeps
+    the fp32 roundings of the original's tables, which would then count as exact."""
+    from legacy.models.layers import RotaryEmbedding
+
+    for module in head.modules():
+        if isinstance(module, RotaryEmbedding):
+            positions, dim = module.cos_cached.shape
+            inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+            freqs = torch.outer(torch.arange(positions, dtype=torch.float32), inv_freq)
+            angles = torch.cat((freqs, freqs), dim=-1)
+            if not torch.equal(angles.cos().double(), module.cos_cached):
+                raise ValueError("the reference's RoPE tables are not those of its angles")
+            module.cos_cached, module.sin_cached = angles.double().cos(), angles.double().sin()
+
+
 def exact_legacy_model(arch: dict, weights: dict, batch_size: int):
     """The legacy model in fp64: the exact computation both fp32 implementations approximate."""
     _exact_norms()
     exact = legacy_model({**arch, "forward_dtype": "float64"}, batch_size)
     load_legacy_weights(exact, weights)
     exact = exact.double()
+    _exact_rotary(exact, arch.get("rope_theta", 10000.0))
     if hasattr(exact.model.inner, "puzzle_emb"):  # .double() made the gradient buffer a non-leaf; make it a leaf
         emb = exact.model.inner.puzzle_emb
         emb.local_weights = emb.local_weights.detach().requires_grad_()
     return exact
 
 
-def compare_forward(legacy_head, mlx_head, batch: dict, exact_head=None) -> list:
-    """Evaluation ACT loop on both; per-step differences of logits and Q logits.
+def _to_mlx(t: torch.Tensor, dtype) -> mx.array:
+    """A carry tensor of either torch dtype as an MLX array of ``dtype`` (exact where ``dtype`` holds its values)."""
+    return mx.array(t.detach().cpu().float().numpy()).astype(dtype)
 
-    With `exact_head` (legacy in fp64) each step also records how far legacy fp32 (`noise_floor`) and trm_mlx
-    (`mlx_vs_exact`) are from the exact computation: the recursion amplifies rounding (random weights most of
-    all), so after a few steps two correct fp32 implementations differ by about as much as each differs from
-    fp64, and the verdict asks trm_mlx to be no less accurate than the reference.
+
+def _carry_diff(a, b) -> float:
+    """Largest absolute difference between two inner carries (torch dataclass or MLX dict) over their states."""
+    a, b = (carry if isinstance(carry, dict) else vars(carry) for carry in (a, b))
+    return max(_diff(_to_numpy(a[k]), _to_numpy(b[k]))["max_abs"] for k in b)
+
+
+def _nudged(head, carry, batch: dict, generator: torch.Generator):
+    """``carry`` with about half of its latent entries moved up by one ulp: an input another correct program could
+    have rounded to. A carry whose rows are about to restart is restarted here first (so the nudge reaches the
+    first step too) and marked running."""
+    if bool(carry.halted.any()):
+        inner = head.model.inner.reset_carry(carry.halted, carry.inner_carry)
+        carry = dataclasses.replace(carry, inner_carry=inner, halted=torch.zeros_like(carry.halted),
+                                    steps=torch.zeros_like(carry.steps), current_data=dict(batch))  # fmt: skip
+    nudged = {}
+    for name, value in vars(carry.inner_carry).items():
+        up = torch.nextafter(value, torch.full_like(value, float("inf")))
+        nudged[name] = torch.where(torch.rand(value.shape, generator=generator) < 0.5, up, value)
+    return dataclasses.replace(carry, inner_carry=dataclasses.replace(carry.inner_carry, **nudged))
+
+
+def compare_forward(legacy_head, mlx_head, batch: dict, exact_head=None) -> list:
+    """Evaluation ACT loop on both, every step from the same carry; per step, the differences of the logits, the Q
+    logits and the carry each hands on.
+
+    The recursion amplifies rounding from step to step (docs/PARITY.md, "Chaos"): two free-running fp32 programs
+    drift apart by units of logit within a few steps of a trained model, whatever their accuracy. So each step
+    starts every head from one carry: the fp64 reference's (``exact_head``), rounded to the compared dtype, else
+    legacy's; a step's differences are then that step's own. With ``exact_head`` each step also records how far
+    from fp64 the reference is (``noise_floor``: the larger of its errors from that carry and from the carry nudged
+    by one ulp, two roundings a correct program could make) and trm_mlx is (``mlx_vs_exact``), and the verdict asks
+    trm_mlx to be no less accurate than the reference.
     """
-    heads = {"legacy": legacy_head, "exact": exact_head}
+    heads = {"legacy": legacy_head, "exact": exact_head, "nudged": legacy_head if exact_head is not None else None}
     heads = {k: h for k, h in heads.items() if h is not None}
+    leader = "exact" if exact_head is not None else "legacy"
+    generator = torch.Generator().manual_seed(0)
     t_batch = {k: torch.from_numpy(v) for k, v in batch.items()}
     m_batch = {k: mx.array(v) for k, v in batch.items()}
     mlx_head.eval()
@@ -149,9 +199,12 @@ def compare_forward(legacy_head, mlx_head, batch: dict, exact_head=None) -> list
         for head in heads.values():
             head.eval()
         t_carries = {k: h.initial_carry(t_batch) for k, h in heads.items()}
+        if "nudged" in t_carries:
+            t_carries["nudged"] = _nudged(legacy_head, t_carries["nudged"], t_batch, generator)
     model = mlx_head.model
     m_carry = model.initial_carry(m_batch)
     keys = ["logits", "q_halt_logits", "q_continue_logits"]
+    q_keys = ("q_halt_logits", "q_continue_logits")
     rows = []
     for step in range(mlx_head.model.config.halt_max_steps):
         t_out = {}
@@ -162,22 +215,36 @@ def compare_forward(legacy_head, mlx_head, batch: dict, exact_head=None) -> list
         m_carry = m_step.carry
         m_out = {"logits": m_step.logits, "q_halt_logits": m_step.q_halt, "q_continue_logits": m_step.q_continue}
         mx.eval(m_carry, m_out)
-        mlx_logits, legacy_logits = _to_numpy(m_out["logits"]), _to_numpy(t_out["legacy"]["logits"])
+        out = {"mlx": {k: _to_numpy(v) for k, v in m_out.items()}}
+        out.update({name: {k: _to_numpy(v) for k, v in outputs.items()} for name, outputs in t_out.items()})
+        inner = {"mlx": m_carry["inner"], **{name: carry.inner_carry for name, carry in t_carries.items()}}
         row = {
             "step": step + 1,
-            "logits": _diff(mlx_logits, legacy_logits),
-            "q_halt": _diff(_to_numpy(m_out["q_halt_logits"]), _to_numpy(t_out["legacy"]["q_halt_logits"])),
-            "q_continue": _diff(_to_numpy(m_out["q_continue_logits"]), _to_numpy(t_out["legacy"]["q_continue_logits"])),
+            "logits": _diff(out["mlx"]["logits"], out["legacy"]["logits"]),
+            "q_halt": _diff(out["mlx"]["q_halt_logits"], out["legacy"]["q_halt_logits"]),
+            "q_continue": _diff(out["mlx"]["q_continue_logits"], out["legacy"]["q_continue_logits"]),
+            "carry": _carry_diff(inner["mlx"], inner["legacy"]),
         }
         if exact_head is not None:
-            exact_logits = _to_numpy(t_out["exact"]["logits"])
-            row["noise_floor"] = _diff(legacy_logits, exact_logits)["max_abs"]
-            row["mlx_vs_exact"] = _diff(mlx_logits, exact_logits)["max_abs"]
-            q_keys = ("q_halt_logits", "q_continue_logits")
-            exact_q = [_to_numpy(t_out["exact"][k]) for k in q_keys]
-            row["q_noise_floor"] = max(_diff(_to_numpy(t_out["legacy"][k]), e)["max_abs"] for k, e in zip(q_keys, exact_q))
-            row["q_mlx_vs_exact"] = max(_diff(_to_numpy(m_out[k]), e)["max_abs"] for k, e in zip(q_keys, exact_q))
+            def from_exact(side):
+                return {"logits": _diff(out[side]["logits"], out["exact"]["logits"])["max_abs"],
+                        "q": max(_diff(out[side][k], out["exact"][k])["max_abs"] for k in q_keys),
+                        "carry": _carry_diff(inner[side], inner["exact"])}  # fmt: skip
+
+            mlx, reference = from_exact("mlx"), from_exact("legacy")
+            nudged = from_exact("nudged")
+            for key, prefix in (("logits", ""), ("q", "q_"), ("carry", "carry_")):
+                row[f"{prefix}noise_floor"] = max(reference[key], nudged[key])
+                row[f"{prefix}mlx_vs_exact"] = mlx[key]
         rows.append(row)
+        lead = t_carries[leader].inner_carry
+        with torch.inference_mode():
+            for name, value in vars(lead).items():
+                setattr(t_carries["legacy"].inner_carry, name, value.to(getattr(t_carries["legacy"].inner_carry, name).dtype))
+            if "nudged" in t_carries:
+                t_carries["nudged"] = _nudged(legacy_head, dataclasses.replace(
+                    t_carries["nudged"], inner_carry=dataclasses.replace(t_carries["legacy"].inner_carry)), t_batch, generator)
+        m_carry["inner"] = {k: _to_mlx(getattr(lead, k), v.dtype) for k, v in m_carry["inner"].items()}
     return rows
 
 
@@ -273,6 +340,8 @@ def failures(forward_rows: list, grads: dict | None, tolerances: dict) -> list[s
         for key in ("q_halt", "q_continue"):
             check(f"{key} at ACT step {r['step']}", r[key]["max_abs"], tolerances["q_abs"], r,
                   "q_noise_floor", "q_mlx_vs_exact")  # fmt: skip
+        check(f"carry after ACT step {r['step']}", r["carry"], tolerances["carry_abs"], r, "carry_noise_floor",
+              "carry_mlx_vs_exact")  # fmt: skip
     if grads is not None:
         check("loss", grads["loss"]["rel"], tolerances["loss_rel"], grads["loss"], "floor", "mlx_vs_exact")
         for key, g in grads["grads"].items():
@@ -335,13 +404,13 @@ def _print_report(result: dict) -> None:
     print(f"dtype {result['dtype']}  tolerances {result['tolerances']}")
     print(
         f"{'step':>4}  {'logits abs':>11}  {'logits rel':>11}  {'q_halt abs':>11}  {'q_cont abs':>11}"
-        f"  {'legacy-fp64':>11}  {'mlx-fp64':>11}"
+        f"  {'carry abs':>11}  {'legacy-fp64':>11}  {'mlx-fp64':>11}"
     )
     for r in result["forward"]:
         exact = "".join(f"  {r[k]:11.3e}" if k in r else f"  {'-':>11}" for k in ("noise_floor", "mlx_vs_exact"))
         print(
             f"{r['step']:>4}  {r['logits']['max_abs']:11.3e}  {r['logits']['max_rel']:11.3e}  "
-            f"{r['q_halt']['max_abs']:11.3e}  {r['q_continue']['max_abs']:11.3e}{exact}"
+            f"{r['q_halt']['max_abs']:11.3e}  {r['q_continue']['max_abs']:11.3e}  {r['carry']:11.3e}{exact}"
         )
     if result["gradients"] is not None:
         g = result["gradients"]
@@ -364,7 +433,9 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", required=True,
                         help="original PyTorch (step_N) or native checkpoint, or a trm-train run folder")
     parser.add_argument("--config", help="all_config.yaml (default: the one beside the checkpoint)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], help="override forward_dtype (default: config's)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="what both sides compute in (default %(default)s, the contract; bfloat16's tolerances "
+                        "are a smoke alarm that a trained model's logits exceed: docs/PARITY.md)")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-path", help="built dataset: take the batch from its test split (and the sequence "
@@ -375,8 +446,8 @@ def main(argv=None) -> int:
         "--fixed-tolerances",
         action="store_true",
         help="fp32: judge by the fixed tolerances alone. By default legacy also runs in fp64, and a difference above "
-        "tolerance passes if trm_mlx is at most twice as far from fp64 as legacy fp32 is (the recursion amplifies "
-        "fp32 rounding in both)",
+        "tolerance passes if trm_mlx is at most twice as far from fp64 as legacy fp32 is (a trained model's large "
+        "logits round past the fixed tolerance in one step, in both)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args(argv)
