@@ -237,13 +237,13 @@ def compare_forward(legacy_head, mlx_head, batch: dict, exact_head=None) -> list
                 row[f"{prefix}noise_floor"] = max(reference[key], nudged[key])
                 row[f"{prefix}mlx_vs_exact"] = mlx[key]
         rows.append(row)
-        lead = t_carries[leader].inner_carry
+        lead, follower = t_carries[leader].inner_carry, t_carries["legacy"].inner_carry
         with torch.inference_mode():
             for name, value in vars(lead).items():
-                setattr(t_carries["legacy"].inner_carry, name, value.to(getattr(t_carries["legacy"].inner_carry, name).dtype))
+                setattr(follower, name, value.to(getattr(follower, name).dtype))
             if "nudged" in t_carries:
-                t_carries["nudged"] = _nudged(legacy_head, dataclasses.replace(
-                    t_carries["nudged"], inner_carry=dataclasses.replace(t_carries["legacy"].inner_carry)), t_batch, generator)
+                continued = dataclasses.replace(t_carries["nudged"], inner_carry=dataclasses.replace(follower))
+                t_carries["nudged"] = _nudged(legacy_head, continued, t_batch, generator)
         m_carry["inner"] = {k: _to_mlx(getattr(lead, k), v.dtype) for k, v in m_carry["inner"].items()}
     return rows
 
