@@ -188,8 +188,9 @@ def compare_forward(legacy_head, mlx_head, batch: dict, exact_head=None) -> list
     by one ulp, two roundings a correct program could make) and trm_mlx is (``mlx_vs_exact``), and the verdict asks
     trm_mlx to be no less accurate than the reference.
     """
-    heads = {"legacy": legacy_head, "exact": exact_head, "nudged": legacy_head if exact_head is not None else None}
-    heads = {k: h for k, h in heads.items() if h is not None}
+    heads = {"legacy": legacy_head}
+    if exact_head is not None:
+        heads.update(exact=exact_head, nudged=legacy_head)
     leader = "exact" if exact_head is not None else "legacy"
     generator = torch.Generator().manual_seed(0)
     t_batch = {k: torch.from_numpy(v) for k, v in batch.items()}
@@ -231,11 +232,10 @@ def compare_forward(legacy_head, mlx_head, batch: dict, exact_head=None) -> list
                         "q": max(_diff(out[side][k], out["exact"][k])["max_abs"] for k in q_keys),
                         "carry": _carry_diff(inner[side], inner["exact"])}  # fmt: skip
 
-            mlx, reference = from_exact("mlx"), from_exact("legacy")
-            nudged = from_exact("nudged")
+            errors = {side: from_exact(side) for side in ("mlx", "legacy", "nudged")}
             for key, prefix in (("logits", ""), ("q", "q_"), ("carry", "carry_")):
-                row[f"{prefix}noise_floor"] = max(reference[key], nudged[key])
-                row[f"{prefix}mlx_vs_exact"] = mlx[key]
+                row[f"{prefix}noise_floor"] = max(errors["legacy"][key], errors["nudged"][key])
+                row[f"{prefix}mlx_vs_exact"] = errors["mlx"][key]
         rows.append(row)
         lead, follower = t_carries[leader].inner_carry, t_carries["legacy"].inner_carry
         with torch.inference_mode():
