@@ -303,7 +303,12 @@ def training_loss_agreement(mlx: list[dict], legacy: list[dict]) -> dict:
     median change of its logged LM loss from one line to the next), the largest difference between the sides at a
     common step, and the median difference over the larger spread. Two runs that differ by noise alone give about 1
     (the difference of two noisy curves and a curve's change between lines have the same spread); a systematic gap
-    gives well above 1, the same arithmetic about 0."""
+    gives well above 1, the same arithmetic about 0.
+
+    A gap smaller than the spread still shows in its sign: ``train_loss_relative_gap`` is the mean of
+    trm-mlx's loss over the reference's minus 1, ``train_loss_share_mlx_above`` the share of common steps where
+    trm-mlx's is the higher. Neighbouring points of two diverged trajectories share their sign for a while, so
+    these are read against the reference's runs against each other, not against a coin."""
     curves = {side: dict(zip(*series(records, "train", "train/lm_loss"))) for side, records in
               (("mlx", mlx), ("legacy", legacy))}  # fmt: skip
     steps = sorted(set(curves["mlx"]) & set(curves["legacy"]))
@@ -311,11 +316,14 @@ def training_loss_agreement(mlx: list[dict], legacy: list[dict]) -> dict:
         return {}
     spread = {side: float(np.median(np.abs(np.diff([curve[s] for s in sorted(curve)])))) for side, curve in
               curves.items()}  # fmt: skip
-    differences = np.array([abs(curves["mlx"][s] - curves["legacy"][s]) for s in steps])
+    mlx_curve, legacy_curve = (np.array([curves[side][s] for s in steps]) for side in ("mlx", "legacy"))
+    differences = np.abs(mlx_curve - legacy_curve)
     return {
         "train_loss_spread": spread,
         "train_loss_max_difference": float(differences.max()),
         "train_loss_gap_to_spread": float(np.median(differences) / max(spread.values())),
+        "train_loss_relative_gap": float(np.mean(mlx_curve / legacy_curve - 1)),
+        "train_loss_share_mlx_above": float(np.mean(mlx_curve > legacy_curve)),
     }
 
 
@@ -467,7 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     if "train_loss_gap_to_spread" in summary:
         print(f"training LM loss: median difference {summary['train_loss_gap_to_spread']:.2f}x the step-to-step spread "
               f"(largest difference {summary['train_loss_max_difference']:.3g}, spreads "
-              f"{summary['train_loss_spread']})")
+              f"{summary['train_loss_spread']}); trm-mlx's {100 * summary['train_loss_relative_gap']:+.1f}% on average, "
+              f"above at {100 * summary['train_loss_share_mlx_above']:.0f}% of the steps")
     return 0
 
 

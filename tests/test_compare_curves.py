@@ -102,6 +102,23 @@ def test_training_losses_are_judged_against_each_sides_step_to_step_spread():
     assert far["train_loss_max_difference"] > near["train_loss_max_difference"]
 
 
+def test_a_gap_inside_the_spread_shows_in_its_sign():
+    """A loss 5% above the other at every step, with step-to-step noise of 10% on both: the median difference
+    stays inside the spread, the mean relative gap is the 5% and every step has trm-mlx above."""
+    rng = np.random.default_rng(1)
+    steps = range(100, 3100, 100)
+    base = 2.0 * np.exp(-np.arange(len(steps)) / 20) * (1 + rng.normal(0, 0.1, len(steps)))
+
+    def curve(scale):
+        return [{"kind": "train", "step": s, "train/lm_loss": scale * b} for s, b in zip(steps, base)]
+
+    agreement = training_loss_agreement(curve(1.05), curve(1.0))
+    assert agreement["train_loss_gap_to_spread"] < 1
+    assert agreement["train_loss_relative_gap"] == pytest.approx(0.05)
+    assert agreement["train_loss_share_mlx_above"] == 1.0
+    assert training_loss_agreement(curve(1.0), curve(1.05))["train_loss_share_mlx_above"] == 0.0
+
+
 def test_a_failing_trm_mlx_side_stops_the_concurrent_reference(tiny_data, tmp_path, monkeypatch):
     """With ``--concurrent``, an error on the trm_mlx side ends the reference's child at once: the error shows now,
     not after the reference's whole run."""
