@@ -176,6 +176,18 @@ def _nudged(head, carry, batch: dict, generator: torch.Generator):
     return dataclasses.replace(carry, inner_carry=dataclasses.replace(carry.inner_carry, **nudged))
 
 
+Q_KEYS = ("q_halt_logits", "q_continue_logits")
+
+
+def _errors_from_exact(out: dict, inner: dict, side: str) -> dict:
+    """How far one side's step (outputs ``out[side]``, carry ``inner[side]``) is from the fp64 reference's."""
+    return {
+        "logits": _diff(out[side]["logits"], out["exact"]["logits"])["max_abs"],
+        "q": max(_diff(out[side][k], out["exact"][k])["max_abs"] for k in Q_KEYS),
+        "carry": _carry_diff(inner[side], inner["exact"]),
+    }
+
+
 def compare_forward(legacy_head, mlx_head, batch: dict, exact_head=None) -> list:
     """Evaluation ACT loop on both, every step from the same carry; per step, the differences of the logits, the Q
     logits and the carry each hands on.
@@ -204,8 +216,7 @@ def compare_forward(legacy_head, mlx_head, batch: dict, exact_head=None) -> list
             t_carries["nudged"] = _nudged(legacy_head, t_carries["nudged"], t_batch, generator)
     model = mlx_head.model
     m_carry = model.initial_carry(m_batch)
-    keys = ["logits", "q_halt_logits", "q_continue_logits"]
-    q_keys = ("q_halt_logits", "q_continue_logits")
+    keys = ["logits", *Q_KEYS]
     rows = []
     for step in range(mlx_head.model.config.halt_max_steps):
         t_out = {}
@@ -227,12 +238,7 @@ def compare_forward(legacy_head, mlx_head, batch: dict, exact_head=None) -> list
             "carry": _carry_diff(inner["mlx"], inner["legacy"]),
         }
         if exact_head is not None:
-            def from_exact(side):
-                return {"logits": _diff(out[side]["logits"], out["exact"]["logits"])["max_abs"],
-                        "q": max(_diff(out[side][k], out["exact"][k])["max_abs"] for k in q_keys),
-                        "carry": _carry_diff(inner[side], inner["exact"])}  # fmt: skip
-
-            errors = {side: from_exact(side) for side in ("mlx", "legacy", "nudged")}
+            errors = {side: _errors_from_exact(out, inner, side) for side in ("mlx", "legacy", "nudged")}
             for key, prefix in (("logits", ""), ("q", "q_"), ("carry", "carry_")):
                 row[f"{prefix}noise_floor"] = max(errors["legacy"][key], errors["nudged"][key])
                 row[f"{prefix}mlx_vs_exact"] = errors["mlx"][key]
