@@ -8,7 +8,7 @@ from mlx.utils import tree_flatten
 
 from trm_mlx.model import ACTLossHead, create_model
 from trm_mlx.model.layers import recompute_plan
-from trm_mlx.runtime import Runtime, recompute_share, set_memory_limit
+from trm_mlx.runtime import Runtime, recompute_share, set_memory_limit, use_device
 
 from test_model import tiny_arch
 
@@ -20,9 +20,10 @@ def arch(**overrides):
 
 
 def compiled_gradients(recompute: float, rows: int = 48, **overrides):
-    """(loss, flat gradients, peak bytes above the inputs) of one compiled ACT training step on the CPU backend."""
+    """(loss, flat gradients, peak bytes above the inputs) of one compiled ACT training step on the default device,
+    with that device's execution (the CPU's float64 loss would not run on a GPU)."""
     mx.random.seed(0)
-    model = create_model(arch(**overrides), Runtime("cpu", recompute=recompute).execution)
+    model = create_model(arch(**overrides), Runtime(use_device("auto"), recompute=recompute).execution)
     head = ACTLossHead(model)
     model.train()
     rng = np.random.default_rng(0)
