@@ -68,9 +68,25 @@ def load_legacy_weights(head, weights: dict) -> None:
     head.load_state_dict(new_state, strict=True)
 
 
-def make_batch(arch: dict, batch_size: int, seed: int, data_path=None) -> dict:
-    """A batch of NumPy int32 arrays: the first rows of a dataset's test split, or random tokens."""
+def make_batch(arch: dict, batch_size: int, seed: int, data_path=None, split: str = "test") -> dict:
+    """A batch of NumPy int32 arrays: the first rows of a dataset's test split with random puzzle identifiers, or
+    (``split="train"``) the first example of each of ``batch_size`` training puzzles drawn with ``seed``, with their
+    own identifiers (so their trained puzzle rows); without a dataset, random tokens."""
     rng = np.random.default_rng(seed)
+    if data_path is not None and split == "train":
+        root = Path(data_path) / "train"
+        starts = np.load(root / "all__puzzle_indices.npy")
+        identifiers = np.load(root / "all__puzzle_identifiers.npy")
+        if len(identifiers) < batch_size:
+            raise ValueError(f"{root}: {len(identifiers)} puzzles, fewer than the batch size {batch_size}")
+        puzzles = np.sort(rng.choice(len(identifiers), batch_size, replace=False))
+        rows = starts[puzzles]
+        labels = np.load(root / "all__labels.npy", mmap_mode="r")[rows].astype(np.int32)
+        meta = json.loads((root / "dataset.json").read_text())
+        if meta.get("ignore_label_id") is not None:
+            labels[labels == meta["ignore_label_id"]] = -100
+        inputs = np.load(root / "all__inputs.npy", mmap_mode="r")[rows].astype(np.int32)
+        return {"inputs": inputs, "labels": labels, "puzzle_identifiers": identifiers[puzzles].astype(np.int32)}
     if data_path is not None:
         root = Path(data_path) / "test"
         inputs = np.load(root / "all__inputs.npy", mmap_mode="r")[:batch_size].astype(np.int32)
@@ -360,8 +376,9 @@ def verdict(forward_rows: list, grads: dict | None, tolerances: dict) -> bool:
 
 
 def run(checkpoint, config=None, dtype=None, batch_size=4, seed=0, data_path=None, grads=False, floor=None,
-        seq_len=None) -> dict:
-    """Compare on one batch. ``floor`` (fp64 reference, see ``within``): None = on in fp32, off in bf16."""
+        seq_len=None, split="test") -> dict:
+    """Compare on one batch (``make_batch``'s ``split`` of ``data_path``). ``floor`` (fp64 reference, see
+    ``within``): None = on in fp32, off in bf16."""
     runtime = Runtime.create()
     checkpoint, weights, arch, own_config = read_model_source(checkpoint)
     if config is not None or arch is None:
@@ -387,10 +404,10 @@ def run(checkpoint, config=None, dtype=None, batch_size=4, seed=0, data_path=Non
     legacy_head = legacy_model(arch, batch_size)
     load_legacy_weights(legacy_head, weights)
 
-    batch = make_batch(arch, batch_size, seed, data_path)
+    batch = make_batch(arch, batch_size, seed, data_path, split)
     if floor is None:
         floor = dtype_name == "float32"
-    exact = exact_legacy_model(arch, weights, batch_size) if floor and dtype_name == "float32" else None
+    exact = exact_legacy_model(arch, weights, batch_size) if floor else None
     forward_rows = compare_forward(legacy_head, mlx_head, batch, exact)
     grad_result = compare_gradients(legacy_head, mlx_head, batch, exact) if grads else None
     tolerances = TOLERANCES["float32" if dtype_name == "float32" else "bfloat16"]
@@ -444,7 +461,7 @@ def main(argv=None) -> int:
                         "are a smoke alarm that a trained model's logits exceed: docs/PARITY.md)")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data-path", help="built dataset: take the batch from its test split (and the sequence "
+    parser.add_argument("--data-path", help="built dataset: take the batch from it (--split; and the sequence "
                         "length, where the checkpoint does not give it)")  # fmt: skip
     parser.add_argument("--seq-len", type=int, help="sequence length, where neither checkpoint nor dataset gives it")
     parser.add_argument("--grads", action="store_true", help="also compare loss and gradients of a training step")
@@ -455,8 +472,17 @@ def main(argv=None) -> int:
         "tolerance passes if trm_mlx is at most twice as far from fp64 as legacy fp32 is (a trained model's large "
         "logits round past the fixed tolerance in one step, in both)",
     )
+    parser.add_argument("--fp64", action="store_true", help="bfloat16: also run legacy in fp64 and judge as in "
+                        "fp32 (trm_mlx at most twice as far from fp64 as legacy): how far each rounds")  # fmt: skip
+    parser.add_argument("--split", choices=["test", "train"], default="test", help="the --data-path batch: its test "
+                        "split's first rows with random puzzle identifiers (default), or one example of each of "
+                        "--batch-size training puzzles with their own (trained) puzzle rows")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args(argv)
+    if args.fixed_tolerances and args.fp64:
+        parser.error("--fixed-tolerances and --fp64 contradict each other")
+    if args.split == "train" and not args.data_path:
+        parser.error("--split train takes its batch from --data-path: pass a built dataset")
 
     config = None
     if args.config:
@@ -464,8 +490,9 @@ def main(argv=None) -> int:
 
         config = yaml.safe_load(Path(args.config).read_text())
     with one_line_errors("trm-parity"):
+        floor = False if args.fixed_tolerances else True if args.fp64 else None
         result = run(args.checkpoint, config, args.dtype, args.batch_size, args.seed, args.data_path, args.grads,
-                     floor=False if args.fixed_tolerances else None, seq_len=args.seq_len)  # fmt: skip
+                     floor=floor, seq_len=args.seq_len, split=args.split)  # fmt: skip
     if args.json:
         print(json.dumps(result))
     else:

@@ -371,3 +371,46 @@ def test_without_torch_one_line_says_what_to_install(monkeypatch):
     spec = importlib.util.spec_from_file_location("parity_without_torch", Path(parity.__file__))
     with pytest.raises(SystemExit, match=r'the PyTorch reference needs torch: pip install -e "\.\[legacy\]"'):
         spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bf16_gradients_round_no_further_from_fp64_than_the_reference(tmp_path, seed):
+    """`--fp64` in bf16: one training step's gradients of each side against the fp64 reference. trm_mlx's rounding
+    is the reference's kind (bf16 operands, fp32 accumulation): its distance from fp64 stays within FLOOR_FACTOR
+    of the bf16 reference's for every gradient, the puzzle rows included."""
+    checkpoint, _ = write_original_checkpoint(tmp_path, {**TINY, "forward_dtype": "bfloat16"}, seed=seed)
+    result = parity.run(checkpoint, batch_size=4, seed=1, grads=True, floor=True)
+    assert result["dtype"] == "bfloat16" and result["fp64_reference"] and result["pass"]
+    for key, g in result["gradients"]["grads"].items():
+        assert 0 < g["mlx_vs_exact"] <= parity.FLOOR_FACTOR * g["floor"], (key, g)
+
+
+def test_a_training_batch_has_one_example_of_each_drawn_puzzle_with_its_own_identifier(tmp_path, capsys):
+    """`--split train`: the first example of each of batch-size puzzles, drawn without repeats, and that puzzle's
+    identifier; the test split keeps its first rows."""
+    data = tmp_path / "built"
+    (data / "train").mkdir(parents=True)
+    starts, identifiers = np.array([0, 3, 5, 9]), np.array([7, 8, 9])
+    rows = np.repeat(np.arange(9)[:, None], SIZES["seq_len"], axis=1)  # row r holds r everywhere
+    np.save(data / "train" / "all__inputs.npy", rows)
+    np.save(data / "train" / "all__labels.npy", rows)
+    np.save(data / "train" / "all__puzzle_indices.npy", starts)
+    np.save(data / "train" / "all__puzzle_identifiers.npy", identifiers)
+    (data / "train" / "dataset.json").write_text(json.dumps({"seq_len": SIZES["seq_len"], "ignore_label_id": 0}))
+    arch = {**TINY, **SIZES}
+    for seed in range(4):
+        batch = parity.make_batch(arch, 2, seed, data, split="train")
+        first = batch["inputs"][:, 0].tolist()
+        assert len(set(first)) == 2 and set(first) <= {0, 3, 5}
+        assert batch["puzzle_identifiers"].tolist() == [{0: 7, 3: 8, 5: 9}[r] for r in first]
+        assert ((batch["labels"] == -100) == (batch["inputs"] == 0)).all()  # the ignore label mapped
+    with pytest.raises(ValueError, match="3 puzzles, fewer than the batch size 4"):
+        parity.make_batch(arch, 4, 0, data, split="train")
+
+    checkpoint, _ = write_original_checkpoint(tmp_path, TINY)
+    with pytest.raises(SystemExit):
+        parity.main(["--checkpoint", str(checkpoint), "--split", "train"])
+    assert "--split train takes its batch from --data-path" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parity.main(["--checkpoint", str(checkpoint), "--fp64", "--fixed-tolerances"])
+    assert "contradict" in capsys.readouterr().err
