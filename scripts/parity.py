@@ -188,7 +188,8 @@ def _nudged(head, carry, batch: dict, generator: torch.Generator):
     nudged = {}
     for name, value in vars(carry.inner_carry).items():
         up = torch.nextafter(value, torch.full_like(value, float("inf")))
-        nudged[name] = torch.where(torch.rand(value.shape, generator=generator) < 0.5, up, value)
+        coins = torch.rand(value.shape, generator=generator, device="cpu").to(value.device)
+        nudged[name] = torch.where(coins < 0.5, up, value)
     return dataclasses.replace(carry, inner_carry=dataclasses.replace(carry.inner_carry, **nudged))
 
 
@@ -221,7 +222,7 @@ def compare_forward(legacy_head, mlx_head, batch: dict, exact_head=None) -> list
         heads.update(exact=exact_head, nudged=legacy_head)
     leader = "exact" if exact_head is not None else "legacy"
     generator = torch.Generator().manual_seed(0)
-    t_batch = {k: torch.from_numpy(v) for k, v in batch.items()}
+    t_batch = _torch_batch(batch, legacy_head)
     m_batch = {k: mx.array(v) for k, v in batch.items()}
     mlx_head.eval()
     with torch.inference_mode():
@@ -270,10 +271,16 @@ def compare_forward(legacy_head, mlx_head, batch: dict, exact_head=None) -> list
     return rows
 
 
+def _torch_batch(batch: dict, head) -> dict:
+    """The NumPy batch as torch tensors on the device of ``head``'s weights."""
+    device = next(head.parameters()).device
+    return {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
+
+
 def legacy_gradients(legacy_head, batch: dict) -> tuple[float, dict]:
     """Loss and gradients (native names, plus `puzzle_rows`) of one training step from a fresh carry."""
     legacy_head.train()
-    t_batch = {k: torch.from_numpy(v) for k, v in batch.items()}
+    t_batch = _torch_batch(batch, legacy_head)
     _, loss, _, _, _ = legacy_head(return_keys=[], carry=legacy_head.initial_carry(t_batch), batch=t_batch)
     loss.backward()
     grads = {k[len("model.") :]: _to_numpy(p.grad) for k, p in legacy_head.named_parameters() if p.grad is not None}
@@ -376,9 +383,10 @@ def verdict(forward_rows: list, grads: dict | None, tolerances: dict) -> bool:
 
 
 def run(checkpoint, config=None, dtype=None, batch_size=4, seed=0, data_path=None, grads=False, floor=None,
-        seq_len=None, split="test") -> dict:
+        seq_len=None, split="test", torch_device="cpu") -> dict:
     """Compare on one batch (``make_batch``'s ``split`` of ``data_path``). ``floor`` (fp64 reference, see
-    ``within``): None = on in fp32, off in bf16."""
+    ``within``): None = on in fp32, off in bf16. ``torch_device``: where the reference runs (its models built
+    under it, as the original builds them on CUDA)."""
     runtime = Runtime.create()
     checkpoint, weights, arch, own_config = read_model_source(checkpoint)
     if config is not None or arch is None:
@@ -401,15 +409,15 @@ def run(checkpoint, config=None, dtype=None, batch_size=4, seed=0, data_path=Non
     mlx_head = ACTLossHead(create_model(arch, runtime.execution), loss_type)
     load_weights_into(mlx_head.model, weights, checkpoint)
     torch.manual_seed(seed)
-    legacy_head = legacy_model(arch, batch_size)
-    load_legacy_weights(legacy_head, weights)
-
     batch = make_batch(arch, batch_size, seed, data_path, split)
     if floor is None:
         floor = dtype_name == "float32"
-    exact = exact_legacy_model(arch, weights, batch_size) if floor else None
-    forward_rows = compare_forward(legacy_head, mlx_head, batch, exact)
-    grad_result = compare_gradients(legacy_head, mlx_head, batch, exact) if grads else None
+    with torch.device(torch_device):
+        legacy_head = legacy_model(arch, batch_size)
+        load_legacy_weights(legacy_head, weights)
+        exact = exact_legacy_model(arch, weights, batch_size) if floor else None
+        forward_rows = compare_forward(legacy_head, mlx_head, batch, exact)
+        grad_result = compare_gradients(legacy_head, mlx_head, batch, exact) if grads else None
     tolerances = TOLERANCES["float32" if dtype_name == "float32" else "bfloat16"]
     failed = failures(forward_rows, grad_result, tolerances)
     return {
@@ -477,10 +485,14 @@ def main(argv=None) -> int:
     parser.add_argument("--split", choices=["test", "train"], default="test", help="the --data-path batch: its test "
                         "split's first rows with random puzzle identifiers (default), or one example of each of "
                         "--batch-size training puzzles with their own (trained) puzzle rows")  # fmt: skip
+    parser.add_argument("--torch-device", choices=["cpu", "cuda"], default="cpu", help="where the reference runs "
+                        "(default %(default)s; cuda: a GPU's arithmetic, where the original trains)")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args(argv)
     if args.fixed_tolerances and args.fp64:
         parser.error("--fixed-tolerances and --fp64 contradict each other")
+    if args.torch_device == "cuda" and not torch.cuda.is_available():
+        parser.error("--torch-device cuda: PyTorch sees no CUDA GPU on this machine")
     if args.split == "train" and not args.data_path:
         parser.error("--split train takes its batch from --data-path: pass a built dataset")
 
@@ -492,7 +504,7 @@ def main(argv=None) -> int:
     with one_line_errors("trm-parity"):
         floor = False if args.fixed_tolerances else True if args.fp64 else None
         result = run(args.checkpoint, config, args.dtype, args.batch_size, args.seed, args.data_path, args.grads,
-                     floor=floor, seq_len=args.seq_len, split=args.split)  # fmt: skip
+                     floor=floor, seq_len=args.seq_len, split=args.split, torch_device=args.torch_device)  # fmt: skip
     if args.json:
         print(json.dumps(result))
     else:

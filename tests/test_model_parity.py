@@ -414,3 +414,17 @@ def test_a_training_batch_has_one_example_of_each_drawn_puzzle_with_its_own_iden
     with pytest.raises(SystemExit):
         parity.main(["--checkpoint", str(checkpoint), "--fp64", "--fixed-tolerances"])
     assert "contradict" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            parity.main(["--checkpoint", str(checkpoint), "--torch-device", "cuda"])
+        assert "PyTorch sees no CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU for the reference's side")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_reference_on_cuda(tmp_path, dtype):
+    """`--torch-device cuda`: the reference's models are built on the GPU and the batch follows them; trm_mlx
+    passes against it, judged against the fp64 reference (also on the GPU)."""
+    checkpoint, _ = write_original_checkpoint(tmp_path, {**TINY, "forward_dtype": dtype})
+    result = parity.run(checkpoint, batch_size=4, seed=1, grads=True, floor=True, torch_device="cuda")
+    assert result["fp64_reference"] and result["pass"], result["failures"]
