@@ -68,6 +68,16 @@ def load_legacy_weights(head, weights: dict) -> None:
     head.load_state_dict(new_state, strict=True)
 
 
+def _examples(root: Path, rows) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, labels) of a built split's ``rows`` (an index array or a slice), its ignore label as -100."""
+    inputs = np.load(root / "all__inputs.npy", mmap_mode="r")[rows].astype(np.int32)
+    labels = np.load(root / "all__labels.npy", mmap_mode="r")[rows].astype(np.int32)
+    meta = json.loads((root / "dataset.json").read_text())
+    if meta.get("ignore_label_id") is not None:
+        labels[labels == meta["ignore_label_id"]] = -100
+    return inputs, labels
+
+
 def make_batch(arch: dict, batch_size: int, seed: int, data_path=None, split: str = "test") -> dict:
     """A batch of NumPy int32 arrays: the first rows of a dataset's test split with random puzzle identifiers, or
     (``split="train"``) the first example of each of ``batch_size`` training puzzles drawn with ``seed``, with their
@@ -80,20 +90,10 @@ def make_batch(arch: dict, batch_size: int, seed: int, data_path=None, split: st
         if len(identifiers) < batch_size:
             raise ValueError(f"{root}: {len(identifiers)} puzzles, fewer than the batch size {batch_size}")
         puzzles = np.sort(rng.choice(len(identifiers), batch_size, replace=False))
-        rows = starts[puzzles]
-        labels = np.load(root / "all__labels.npy", mmap_mode="r")[rows].astype(np.int32)
-        meta = json.loads((root / "dataset.json").read_text())
-        if meta.get("ignore_label_id") is not None:
-            labels[labels == meta["ignore_label_id"]] = -100
-        inputs = np.load(root / "all__inputs.npy", mmap_mode="r")[rows].astype(np.int32)
+        inputs, labels = _examples(root, starts[puzzles])
         return {"inputs": inputs, "labels": labels, "puzzle_identifiers": identifiers[puzzles].astype(np.int32)}
     if data_path is not None:
-        root = Path(data_path) / "test"
-        inputs = np.load(root / "all__inputs.npy", mmap_mode="r")[:batch_size].astype(np.int32)
-        labels = np.load(root / "all__labels.npy", mmap_mode="r")[:batch_size].astype(np.int32)
-        meta = json.loads((root / "dataset.json").read_text())
-        if meta.get("ignore_label_id") is not None:
-            labels[labels == meta["ignore_label_id"]] = -100
+        inputs, labels = _examples(Path(data_path) / "test", slice(0, batch_size))
         ids = rng.integers(0, arch["num_puzzle_identifiers"], size=len(inputs)).astype(np.int32)
         return {"inputs": inputs, "labels": labels, "puzzle_identifiers": ids}
     seq_len, vocab = arch["seq_len"], arch["vocab_size"]
