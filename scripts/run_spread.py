@@ -22,7 +22,7 @@ def in_range(records: list[dict], low: int, high: int) -> list[dict]:
     return [r for r in records if r.get("kind") == "train" and low <= r["step"] <= high]
 
 
-def test_accuracies(runs: dict[str, list[dict]]) -> dict[int, dict[str, float]]:
+def accuracies_by_step(runs: dict[str, list[dict]]) -> dict[int, dict[str, float]]:
     """{step: {run: test accuracy}} at every step some run evaluated."""
     table = {}
     for name, records in runs.items():
@@ -32,7 +32,7 @@ def test_accuracies(runs: dict[str, list[dict]]) -> dict[int, dict[str, float]]:
 
 
 def loss_gaps(runs: dict[str, list[dict]], pairs: list[tuple[str, str]], ranges: list[tuple[int, int]]) -> list[dict]:
-    """For each pair (a, b) and range: the mean of a's 100-step loss over b's minus 1, and at how many of their
+    """For each pair (a, b) and range: the mean of a's logged loss over b's minus 1, and at how many of their
     common steps a's is the higher (None where they share fewer than two steps)."""
     rows = []
     for (a, b), (low, high) in itertools.product(pairs, ranges):
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     ranges = args.ranges or [(0, 10**12)]
 
     print("test accuracy | " + " | ".join(runs))
-    for step, values in test_accuracies(runs).items():
+    for step, values in accuracies_by_step(runs).items():
         print(f"{step} | " + " | ".join(f"{values[n]:.4f}" if n in values else "" for n in runs))
     print("\ntraining LM loss, mean ratio minus 1 (steps where the first is higher)")
     for row in loss_gaps(runs, pairs, ranges):

@@ -30,7 +30,7 @@ def test_the_gap_is_the_mean_ratio_minus_one_with_the_steps_above(runs):
     assert whole["relative_gap"] == pytest.approx((3 * (1 / 1.25 - 1) + (1 / 0.8 - 1)) / 4)  # -0.0875
     assert (whole["a_above"], whole["common_steps"]) == (1, 4)
     assert first_two["relative_gap"] == pytest.approx(-0.2) and first_two["a_above"] == 0
-    assert run_spread.test_accuracies(records) == {1029: {"a": 0.5, "b": 0.6}, 2058: {"b": 0.55}}
+    assert run_spread.accuracies_by_step(records) == {1029: {"a": 0.5, "b": 0.6}, 2058: {"b": 0.55}}
 
 
 def test_the_command_prints_both_tables_and_names_a_wrong_pair(runs, capsys):
