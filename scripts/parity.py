@@ -13,12 +13,16 @@ In fp32 the reference also runs in fp64 (unless --fixed-tolerances): see ``withi
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
 from trm_mlx.blas import load_fast_blas
 
 load_fast_blas()  # trm-parity's entry module: the CPU BLAS loads before MLX does
+# fp32 is compared as fp32: PyTorch's fp32 products on CUDA are full fp32 by default, MLX's round their operands to
+# TF32 unless this is 0 (read when MLX starts; docs/PARITY.md).
+os.environ.setdefault("MLX_ENABLE_TF32", "0")
 
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402

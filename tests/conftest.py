@@ -1,6 +1,10 @@
+import os
+
 from trm_mlx.blas import load_fast_blas
 
 load_fast_blas()  # as every command line does first: before MLX loads
+# On a CUDA GPU MLX rounds fp32 products' operands to TF32 by default; the tests hold fp32 to fp32 (as trm-parity does).
+os.environ.setdefault("MLX_ENABLE_TF32", "0")
 
 from pathlib import Path  # noqa: E402
 
