@@ -11,6 +11,7 @@ rows past S. The backward applies the inverse rotation and writes the [B, S, 3H*
 """
 
 import mlx.core as mx
+import numpy as np
 
 from . import codegen, cpu
 from .registry import FusedOp, register, use_fused
@@ -193,12 +194,20 @@ def sample(key, dtype):
     return (qkv,), {"rotary": tables, "num_heads": nh, "positions": 16}  # padded, as attention training on CUDA
 
 
-def rotary_tables(length: int, head_dim: int, theta: float = 10000.0):
-    """cos/sin [length, hd] as spec §2.4.4 (the self-check's and tests' tables)."""
-    inv_freq = 1.0 / (theta ** (mx.arange(0, head_dim, 2, dtype=mx.float32) / head_dim))
-    freqs = mx.arange(length, dtype=mx.float32)[:, None] * inv_freq[None, :]
-    emb = mx.concatenate([freqs, freqs], axis=-1)
-    return mx.cos(emb), mx.sin(emb)
+def inverse_frequencies(head_dim: int, theta: float) -> np.ndarray:
+    """RoPE's inverse frequencies 1 / theta^(2i/hd) (spec §2.4.4), the exact powers rounded once to fp32: within one
+    ulp of the original's (PyTorch's fp32 power) and equal to them at head dim 64 and theta 10,000, where NumPy's
+    fp32 power is an ulp off in some entries (at position 96 a 1-ulp frequency moves the angle by 4e-6)."""
+    exponent = np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)
+    power = (np.float64(theta) ** exponent.astype(np.float64)).astype(np.float32)
+    return np.float32(1.0) / power
+
+
+def rotary_tables(length: int, head_dim: int, theta: float = 10000.0) -> tuple[mx.array, mx.array]:
+    """cos/sin [length, hd] in fp32 (spec §2.4.4) of the fp32 angles, each rounded once from fp64."""
+    freqs = np.outer(np.arange(length, dtype=np.float32), inverse_frequencies(head_dim, theta)).astype(np.float32)
+    angles = np.concatenate([freqs, freqs], axis=-1).astype(np.float64)
+    return mx.array(np.cos(angles).astype(np.float32)), mx.array(np.sin(angles).astype(np.float32))
 
 
 OP = register(

@@ -10,11 +10,11 @@ from contextlib import contextmanager
 
 import mlx.core as mx
 import mlx.nn as nn
-import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from ..kernels import GEMM_ROW_MULTIPLE, add_rms_norm, inject, split_heads, swiglu, token_mixing
 from ..kernels import cpu as cpu_kernels
+from ..kernels.rope import rotary_tables
 from .config import swiglu_intermediate_size
 from .execution import Execution
 from .init import truncated_normal
@@ -105,26 +105,18 @@ def lookup_rows(fp32_products: bool):
 
 
 class RotaryTables:
-    """cos/sin tables [S', hd] in fp32 (spec §2.4.4), built once per sequence length.
+    """RoPE's cos/sin tables [S', hd] in fp32 (`kernels.rope.rotary_tables`), built once per sequence length.
 
-    The frequencies are the exact powers rounded once to fp32: within one ulp of the original's (PyTorch's fp32
-    power) and equal to them at the configs' head dim 64 and theta 10,000, where NumPy's fp32 power is off by an ulp
-    in some entries (at position 96 a 1-ulp frequency moves the angle by 4e-6). cos/sin are rounded once from fp64.
     Not a module attribute of arrays on purpose: the tables are not weights and never saved.
     """
 
     def __init__(self, head_dim: int, theta: float):
-        exponent = np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)
-        power = (np.float64(theta) ** exponent.astype(np.float64)).astype(np.float32)
-        self.inv_freq = np.float32(1.0) / power
+        self.head_dim, self.theta = head_dim, theta
         self._cache = {}
 
     def __call__(self, length: int):
         if length not in self._cache:
-            t = np.arange(length, dtype=np.float32)
-            freqs = np.outer(t, self.inv_freq).astype(np.float32)
-            emb = np.concatenate([freqs, freqs], axis=-1).astype(np.float64)
-            self._cache[length] = (mx.array(np.cos(emb).astype(np.float32)), mx.array(np.sin(emb).astype(np.float32)))
+            self._cache[length] = rotary_tables(length, self.head_dim, self.theta)
         return self._cache[length]
 
 
