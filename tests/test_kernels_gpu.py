@@ -129,7 +129,8 @@ def test_fused_norm_inside_a_compiled_gradient():
 @pytest.mark.parametrize("variant", [{}, {"mlp_t": True, "pos_encodings": "none"}])
 def test_model_step_fused_vs_reference(variant):
     """One ACT step's loss and gradients, fused and reference, each against an fp32 CPU result. GPU matrix products
-    (TF32 in fp32) and bf16 rounding move both paths; the fused one must be no less accurate than the reference."""
+    (their summation order) and bf16 rounding move both paths; the fused one must be no less accurate than the
+    reference."""
     from mlx.utils import tree_flatten
 
     def step(runtime, dtype):

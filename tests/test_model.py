@@ -123,7 +123,7 @@ def test_embedding_gradient_sums_every_row_exactly():
 
 
 def test_embedding_gradient_matches_the_gather_gradient():
-    """fp32 on the CPU, where the product is exact (a GPU's fp32 products round their operands to TF32)."""
+    """fp32 on the CPU, where the product is exact (a GPU's fp32 products may round their operands to TF32)."""
     from trm_mlx.model.layers import lookup_rows
 
     rng = np.random.default_rng(0)

@@ -83,7 +83,8 @@ def lookup_rows(fp32_products: bool):
     Autodiff's gradient of a gather is a scatter-add: on a GPU, tens of thousands of rows added atomically into a
     dozen, in the weight's dtype (18 ms a step at Sudoku batch 768 on an H100, and bf16 sums lose the small terms).
     The product reads the cotangent once and accumulates as PyTorch's embedding backward does, and, unlike atomic
-    adds, in a fixed order. (In fp32 on a GPU its operands are rounded to TF32, as in every fp32 product there.)
+    adds, in a fixed order. (In fp32 on a GPU its operands are rounded to TF32 unless MLX_ENABLE_TF32=0, as in
+    every fp32 product there.)
     """
 
     @mx.custom_function
