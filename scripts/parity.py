@@ -281,11 +281,13 @@ def _torch_batch(batch: dict, head) -> dict:
     return {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
 
 
-def legacy_gradients(legacy_head, batch: dict) -> tuple[float, dict]:
-    """Loss and gradients (native names, plus `puzzle_rows`) of one training step from a fresh carry."""
+def legacy_gradients(legacy_head, batch: dict, compiled: bool = False) -> tuple[float, dict]:
+    """Loss and gradients (native names, plus `puzzle_rows`) of one training step from a fresh carry; `compiled`:
+    the step under torch.compile, as the original trains."""
     legacy_head.train()
     t_batch = _torch_batch(batch, legacy_head)
-    _, loss, _, _, _ = legacy_head(return_keys=[], carry=legacy_head.initial_carry(t_batch), batch=t_batch)
+    step = torch.compile(legacy_head) if compiled else legacy_head
+    _, loss, _, _, _ = step(return_keys=[], carry=legacy_head.initial_carry(t_batch), batch=t_batch)
     loss.backward()
     grads = {k[len("model.") :]: _to_numpy(p.grad) for k, p in legacy_head.named_parameters() if p.grad is not None}
     if hasattr(legacy_head.model.inner, "puzzle_emb"):
@@ -319,12 +321,13 @@ def _relative(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / norm) if norm > 0 else float(np.linalg.norm(a))
 
 
-def compare_gradients(legacy_head, mlx_head, batch: dict, exact_head=None) -> dict:
-    """One training step (exploration off): loss and every gradient, norm-wise relative to legacy.
+def compare_gradients(legacy_head, mlx_head, batch: dict, exact_head=None, compiled: bool = False) -> dict:
+    """One training step (exploration off): loss and every gradient, norm-wise relative to legacy (under
+    torch.compile if `compiled`).
 
-    With `exact_head` (legacy in fp64), each entry also gets the legacy fp32 error against it (`floor`).
+    With `exact_head` (legacy in fp64, eager), each entry also gets the legacy error against it (`floor`).
     """
-    t_loss, t_grads = legacy_gradients(legacy_head, batch)
+    t_loss, t_grads = legacy_gradients(legacy_head, batch, compiled)
     m_loss, m_grads = mlx_gradients(mlx_head, batch)
     one_sided = sorted(set(t_grads) ^ set(m_grads))
     if one_sided:
@@ -387,10 +390,11 @@ def verdict(forward_rows: list, grads: dict | None, tolerances: dict) -> bool:
 
 
 def run(checkpoint, config=None, dtype=None, batch_size=4, seed=0, data_path=None, grads=False, floor=None,
-        seq_len=None, split="test", torch_device="cpu") -> dict:
+        seq_len=None, split="test", torch_device="cpu", compiled=False) -> dict:
     """Compare on one batch (``make_batch``'s ``split`` of ``data_path``). ``floor`` (fp64 reference, see
     ``within``): None = on in fp32, off in bf16. ``torch_device``: where the reference runs (its models built
-    under it, as the original builds them on CUDA)."""
+    under it, as the original builds them on CUDA). ``compiled``: the reference's training step under
+    torch.compile."""
     runtime = Runtime.create()
     checkpoint, weights, arch, own_config = read_model_source(checkpoint)
     if config is not None or arch is None:
@@ -421,7 +425,7 @@ def run(checkpoint, config=None, dtype=None, batch_size=4, seed=0, data_path=Non
         load_legacy_weights(legacy_head, weights)
         exact = exact_legacy_model(arch, weights, batch_size) if floor else None
         forward_rows = compare_forward(legacy_head, mlx_head, batch, exact)
-        grad_result = compare_gradients(legacy_head, mlx_head, batch, exact) if grads else None
+        grad_result = compare_gradients(legacy_head, mlx_head, batch, exact, compiled) if grads else None
     tolerances = TOLERANCES["float32" if dtype_name == "float32" else "bfloat16"]
     failed = failures(forward_rows, grad_result, tolerances)
     return {
@@ -491,12 +495,16 @@ def main(argv=None) -> int:
                         "--batch-size training puzzles with their own (trained) puzzle rows")  # fmt: skip
     parser.add_argument("--torch-device", choices=["cpu", "cuda"], default="cpu", help="where the reference runs "
                         "(default %(default)s; cuda: a GPU's arithmetic, where the original trains)")  # fmt: skip
+    parser.add_argument("--compile", action="store_true", help="with --grads: the reference's training step under "
+                        "torch.compile, as the original trains (fused kernels round elsewhere than eager ones)")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args(argv)
     if args.fixed_tolerances and args.fp64:
         parser.error("--fixed-tolerances and --fp64 contradict each other")
     if args.torch_device == "cuda" and not torch.cuda.is_available():
         parser.error("--torch-device cuda: PyTorch sees no CUDA GPU on this machine")
+    if args.compile and not args.grads:
+        parser.error("--compile compiles the reference's training step: pass --grads")
     if args.split == "train" and not args.data_path:
         parser.error("--split train takes its batch from --data-path: pass a built dataset")
 
@@ -508,7 +516,8 @@ def main(argv=None) -> int:
     with one_line_errors("trm-parity"):
         floor = False if args.fixed_tolerances else True if args.fp64 else None
         result = run(args.checkpoint, config, args.dtype, args.batch_size, args.seed, args.data_path, args.grads,
-                     floor=floor, seq_len=args.seq_len, split=args.split, torch_device=args.torch_device)  # fmt: skip
+                     floor=floor, seq_len=args.seq_len, split=args.split, torch_device=args.torch_device,
+                     compiled=args.compile)  # fmt: skip
     if args.json:
         print(json.dumps(result))
     else:

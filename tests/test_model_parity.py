@@ -419,6 +419,21 @@ def test_a_training_batch_has_one_example_of_each_drawn_puzzle_with_its_own_iden
         with pytest.raises(SystemExit):
             parity.main(["--checkpoint", str(checkpoint), "--torch-device", "cuda"])
         assert "PyTorch sees no CUDA GPU" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parity.main(["--checkpoint", str(checkpoint), "--compile"])
+    assert "--compile compiles the reference's training step: pass --grads" in capsys.readouterr().err
+
+
+def test_the_reference_compiled(tmp_path, monkeypatch):
+    """`--compile`: the reference's training step runs under torch.compile (as the original trains: fused kernels
+    round elsewhere), and trm_mlx's bf16 gradients pass against it, judged against the fp64 reference."""
+    compiled = []
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module: compiled.append(module) or compile_(module))
+    checkpoint, _ = write_original_checkpoint(tmp_path, {**TINY, "forward_dtype": "bfloat16"})
+    result = parity.run(checkpoint, batch_size=4, seed=1, grads=True, floor=True, compiled=True)
+    assert len(compiled) == 1 and isinstance(compiled[0], parity.LegacyLossHead)
+    assert result["fp64_reference"] and result["pass"], result["failures"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU for the reference's side")
