@@ -7,7 +7,7 @@ of the same side from the same start measure the spread a comparison of the two 
         "reference again=docs/runs/arc-h200-rerun/legacy/metrics.jsonl" \\
         --pairs "reference again/reference" "trm-mlx/reference again" --ranges 100-400 1700-3000
 
-Without `--pairs`, every pair in the order given; without `--ranges`, all steps.
+Both tables print as Markdown. Without `--pairs`, every pair in the order given; without `--ranges`, all steps.
 """
 
 import argparse
@@ -15,6 +15,8 @@ import itertools
 
 from scripts.compare_curves import training_loss_agreement
 from scripts.plot_metrics import read_metrics, series
+
+ALL_STEPS = (0, 10**12)
 
 
 def in_range(records: list[dict], low: int, high: int) -> list[dict]:
@@ -45,6 +47,30 @@ def loss_gaps(runs: dict[str, list[dict]], pairs: list[tuple[str, str]], ranges:
     return rows
 
 
+def markdown(header: list[str], align: list[str], rows: list[list[str]]) -> str:
+    lines = [header, align, *rows]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+
+
+def accuracy_table(runs: dict[str, list[dict]]) -> str:
+    """Markdown: a row per evaluated step, a column per run (blank where a run did not evaluate there)."""
+    rows = [[f"{step:,}", *(f"{values[n]:.4f}" if n in values else "" for n in runs)]
+            for step, values in accuracies_by_step(runs).items()]  # fmt: skip
+    return markdown(["test accuracy at step", *runs], ["---:"] * (len(runs) + 1), rows)
+
+
+def gap_table(gaps: list[dict], ranges: list[tuple[int, int]]) -> str:
+    """Markdown: a row per pair, a column per step range (`loss_gaps`' rows, pair by pair)."""
+    labels = ["all steps" if high >= ALL_STEPS[1] else f"{low:,}-{high:,}" for low, high in ranges]
+    rows = []
+    for i in range(0, len(gaps), len(ranges)):
+        cells = [f"{100 * g['relative_gap']:+.2f}% ({g['a_above']}/{g['common_steps']})"
+                 if g["relative_gap"] is not None else "too few common steps" for g in gaps[i : i + len(ranges)]]  # fmt: skip
+        rows.append([f"{gaps[i]['a']} / {gaps[i]['b']}", *cells])
+    header = "training LM loss: mean ratio of the logged means minus 1 (steps where the first is higher)"
+    return markdown([header, *labels], ["---", *["---:"] * len(ranges)], rows)
+
+
 def parse_range(text: str) -> tuple[int, int]:
     try:
         low, high = (int(part) for part in text.split("-"))
@@ -69,17 +95,11 @@ def main(argv: list[str] | None = None) -> None:
     for pair in pairs:
         if len(pair) != 2 or not set(pair) <= set(runs):
             parser.error(f"{'/'.join(pair)!r}: expected A/B with A and B among {sorted(runs)}")
-    ranges = args.ranges or [(0, 10**12)]
+    ranges = args.ranges or [ALL_STEPS]
 
-    print("test accuracy | " + " | ".join(runs))
-    for step, values in accuracies_by_step(runs).items():
-        print(f"{step} | " + " | ".join(f"{values[n]:.4f}" if n in values else "" for n in runs))
-    print("\ntraining LM loss, mean ratio minus 1 (steps where the first is higher)")
-    for row in loss_gaps(runs, pairs, ranges):
-        gap = "too few common steps" if row["relative_gap"] is None else \
-            f"{100 * row['relative_gap']:+.2f}% ({row['a_above']}/{row['common_steps']})"
-        print(f"{row['a']} / {row['b']}, steps {row['steps'][0]}-{row['steps'][1]}: {gap}")
-
+    print(accuracy_table(runs))
+    print()
+    print(gap_table(loss_gaps(runs, pairs, ranges), ranges))
 
 if __name__ == "__main__":
     main()

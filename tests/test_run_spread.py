@@ -36,8 +36,8 @@ def test_the_gap_is_the_mean_ratio_minus_one_with_the_steps_above(runs):
 def test_the_command_prints_both_tables_and_names_a_wrong_pair(runs, capsys):
     run_spread.main([f"a={runs['a']}", f"b={runs['b']}", "--ranges", "100-200"])
     out = capsys.readouterr().out
-    assert "1029 | 0.5000 | 0.6000" in out and "2058 |  | 0.5500" in out
-    assert "a / b, steps 100-200: -20.00% (0/2)" in out
+    assert "| 1,029 | 0.5000 | 0.6000 |" in out and "| 2,058 |  | 0.5500 |" in out
+    assert "| a / b | -20.00% (0/2) |" in out and "(steps where the first is higher) | 100-200 |" in out
     with pytest.raises(SystemExit):
         run_spread.main([f"a={runs['a']}", f"b={runs['b']}", "--pairs", "a/c"])
     assert "'a/c': expected A/B" in capsys.readouterr().err
