@@ -454,7 +454,10 @@ def _print_report(result: dict) -> None:
     if result["gradients"] is not None:
         g = result["gradients"]
         def exact(d):
-            return f"  legacy-fp64 {d['floor']:.3e}  mlx-fp64 {d['mlx_vs_exact']:.3e}" if "floor" in d else ""
+            if "floor" not in d:
+                return ""
+            ratio = f" ({d['mlx_vs_exact'] / d['floor']:.2f}x)" if d["floor"] > 0 else ""
+            return f"  legacy-fp64 {d['floor']:.3e}  mlx-fp64 {d['mlx_vs_exact']:.3e}{ratio}"
 
         print(f"loss legacy {g['loss']['legacy']:.8g}  mlx {g['loss']['mlx']:.8g}  rel {g['loss']['rel']:.3e}{exact(g['loss'])}")
         for key, d in g["grads"].items():

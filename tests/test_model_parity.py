@@ -287,6 +287,20 @@ def test_the_command_compares_in_fp32_unless_asked(tmp_path, capsys):
         assert result["dtype"] == dtype and result["fp64_reference"] == (dtype == "float32")
 
 
+def test_the_report_gives_each_gradients_distance_from_fp64_as_a_ratio(tmp_path, capsys):
+    """Beside the reference's and trm_mlx's distances from fp64, the table prints their ratio: the number the
+    verdict weighs against 2."""
+    checkpoint, _ = write_original_checkpoint(tmp_path, TINY)
+    args = ["--checkpoint", str(checkpoint), "--grads", "--seed", "1"]
+    assert parity.main([*args, "--json"]) == 0
+    grads = json.loads(capsys.readouterr().out)["gradients"]["grads"]
+    assert parity.main(args) == 0
+    lines = {line.split()[1]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  grad ")}
+    for key, d in grads.items():
+        ratio = re.search(r"\(([0-9.]+)x\)$", lines[key])
+        assert ratio and float(ratio[1]) == pytest.approx(d["mlx_vs_exact"] / d["floor"], abs=0.005), lines[key]
+
+
 @pytest.mark.parametrize("head_dim,theta", [(16, 10000.0), (42, 10000.0), (64, 10000.0), (64, 500000.0), (128, 1e6)])
 def test_rotary_tables_round_once(head_dim, theta):
     """RoPE frequencies are the exact powers rounded once to fp32, within one ulp of the original's (PyTorch's fp32
