@@ -101,5 +101,6 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(gap_table(loss_gaps(runs, pairs, ranges), ranges))
 
+
 if __name__ == "__main__":
     main()
