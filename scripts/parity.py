@@ -40,6 +40,8 @@ from legacy.models.losses import ACTLossHead as LegacyLossHead
 from legacy.utils.functions import load_model_class
 from trm_mlx.checkpoint import load_weights_into, read_model_source
 from trm_mlx.checkpoint.original import arch_from_original
+from trm_mlx.data.dataset import collate, load_set
+from trm_mlx.data.metadata import load_metadata
 from trm_mlx.model import ACTLossHead, create_model
 from trm_mlx.runtime import Runtime
 from trm_mlx.user_errors import one_line_errors
@@ -72,34 +74,25 @@ def load_legacy_weights(head, weights: dict) -> None:
     head.load_state_dict(new_state, strict=True)
 
 
-def _examples(root: Path, rows) -> tuple[np.ndarray, np.ndarray]:
-    """(inputs, labels) of a built split's ``rows`` (an index array or a slice), its ignore label as -100."""
-    inputs = np.load(root / "all__inputs.npy", mmap_mode="r")[rows].astype(np.int32)
-    labels = np.load(root / "all__labels.npy", mmap_mode="r")[rows].astype(np.int32)
-    meta = json.loads((root / "dataset.json").read_text())
-    if meta.get("ignore_label_id") is not None:
-        labels[labels == meta["ignore_label_id"]] = -100
-    return inputs, labels
-
-
 def make_batch(arch: dict, batch_size: int, seed: int, data_path=None, split: str = "test") -> dict:
     """A batch of NumPy int32 arrays: the first rows of a dataset's test split with random puzzle identifiers, or
     (``split="train"``) the first example of each of ``batch_size`` training puzzles drawn with ``seed``, with their
     own identifiers (so their trained puzzle rows); without a dataset, random tokens."""
     rng = np.random.default_rng(seed)
-    if data_path is not None and split == "train":
-        root = Path(data_path) / "train"
-        starts = np.load(root / "all__puzzle_indices.npy")
-        identifiers = np.load(root / "all__puzzle_identifiers.npy")
-        if len(identifiers) < batch_size:
-            raise ValueError(f"{root}: {len(identifiers)} puzzles, fewer than the batch size {batch_size}")
-        puzzles = np.sort(rng.choice(len(identifiers), batch_size, replace=False))
-        inputs, labels = _examples(root, starts[puzzles])
-        return {"inputs": inputs, "labels": labels, "puzzle_identifiers": identifiers[puzzles].astype(np.int32)}
     if data_path is not None:
-        inputs, labels = _examples(Path(data_path) / "test", slice(0, batch_size))
-        ids = rng.integers(0, arch["num_puzzle_identifiers"], size=len(inputs)).astype(np.int32)
-        return {"inputs": inputs, "labels": labels, "puzzle_identifiers": ids}
+        metadata = load_metadata(data_path, split)
+        examples = load_set(data_path, split, "all", metadata)
+        if split == "train":
+            identifiers = examples.puzzle_identifiers
+            if len(identifiers) < batch_size:
+                root = Path(data_path) / split
+                raise ValueError(f"{root}: {len(identifiers)} puzzles, fewer than the batch size {batch_size}")
+            puzzles = np.sort(rng.choice(len(identifiers), batch_size, replace=False))
+            rows, ids = examples.puzzle_indices[puzzles], identifiers[puzzles]
+        else:
+            rows = slice(0, min(batch_size, len(examples.inputs)))
+            ids = rng.integers(0, arch["num_puzzle_identifiers"], size=rows.stop)
+        return collate(examples.inputs[rows], examples.labels[rows], ids, metadata, len(ids))
     seq_len, vocab = arch["seq_len"], arch["vocab_size"]
     labels = rng.integers(0, vocab, size=(batch_size, seq_len)).astype(np.int32)
     labels[:, : seq_len // 4] = -100  # some ignored positions, as in real data

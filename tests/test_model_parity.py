@@ -355,14 +355,13 @@ def test_sequence_length_from_the_data_path_or_the_command_line(tmp_path, capsys
         parity.main(["--checkpoint", str(checkpoint)])
     assert parity.main(["--checkpoint", str(checkpoint), "--seq-len", str(SIZES["seq_len"])]) == 0
 
+    from tiny_dataset import write_split
+
     data = tmp_path / "here"
-    rng = np.random.default_rng(0)
+    tokens = np.random.default_rng(0).integers(1, SIZES["vocab_size"], size=(4, SIZES["seq_len"]))
     for split in ("train", "test"):
-        (data / split).mkdir(parents=True)
-        (data / split / "dataset.json").write_text(json.dumps({"seq_len": SIZES["seq_len"], "ignore_label_id": 0}))
-    tokens = rng.integers(1, SIZES["vocab_size"], size=(4, SIZES["seq_len"]))
-    np.save(data / "test" / "all__inputs.npy", tokens)
-    np.save(data / "test" / "all__labels.npy", tokens)
+        write_split(data, split, tokens, tokens, [1], [0, 4], [0, 1], num_ids=SIZES["num_puzzle_identifiers"],
+                    vocab_size=SIZES["vocab_size"])
     assert parity.main(["--checkpoint", str(checkpoint), "--data-path", str(data), "--grads"]) == 0
     assert "PASS" in capsys.readouterr().out
 
@@ -403,15 +402,12 @@ def test_bf16_gradients_round_no_further_from_fp64_than_the_reference(tmp_path, 
 def test_a_training_batch_has_one_example_of_each_drawn_puzzle_with_its_own_identifier(tmp_path, capsys):
     """`--split train`: the first example of each of batch-size puzzles, drawn without repeats, and that puzzle's
     identifier; the test split keeps its first rows."""
+    from tiny_dataset import write_split
+
     data = tmp_path / "built"
-    (data / "train").mkdir(parents=True)
-    starts, identifiers = np.array([0, 3, 5, 9]), np.array([7, 8, 9])
     rows = np.repeat(np.arange(9)[:, None], SIZES["seq_len"], axis=1)  # row r holds r everywhere
-    np.save(data / "train" / "all__inputs.npy", rows)
-    np.save(data / "train" / "all__labels.npy", rows)
-    np.save(data / "train" / "all__puzzle_indices.npy", starts)
-    np.save(data / "train" / "all__puzzle_identifiers.npy", identifiers)
-    (data / "train" / "dataset.json").write_text(json.dumps({"seq_len": SIZES["seq_len"], "ignore_label_id": 0}))
+    write_split(data, "train", rows, rows, [7, 8, 9], [0, 3, 5, 9], [0, 1, 2, 3], num_ids=10, vocab_size=10)
+    write_split(data, "test", rows[::-1], rows[::-1], [1, 2], [0, 4, 9], [0, 1, 2], num_ids=10, vocab_size=10)
     arch = {**TINY, **SIZES}
     for seed in range(4):
         batch = parity.make_batch(arch, 2, seed, data, split="train")
@@ -421,6 +417,10 @@ def test_a_training_batch_has_one_example_of_each_drawn_puzzle_with_its_own_iden
         assert ((batch["labels"] == -100) == (batch["inputs"] == 0)).all()  # the ignore label mapped
     with pytest.raises(ValueError, match="3 puzzles, fewer than the batch size 4"):
         parity.make_batch(arch, 4, 0, data, split="train")
+    test = parity.make_batch(arch, 3, 0, data)
+    assert test["inputs"][:, 0].tolist() == [8, 7, 6] and test["labels"].dtype == np.int32
+    assert len(test["puzzle_identifiers"]) == 3
+    assert len(parity.make_batch(arch, 20, 0, data)["inputs"]) == 9  # no more rows than the split has
 
     checkpoint, _ = write_original_checkpoint(tmp_path, TINY)
     with pytest.raises(SystemExit):

@@ -20,7 +20,8 @@ SEQ_LEN = 6
 VOCAB = 5
 
 
-def write_split(root: Path, split: str, inputs, labels, puzzle_ids, puzzle_indices, group_indices, num_ids: int):
+def write_split(root: Path, split: str, inputs, labels, puzzle_ids, puzzle_indices, group_indices, num_ids: int,
+                vocab_size: int = VOCAB):
     directory = root / split
     directory.mkdir(parents=True)
     arrays = {
@@ -36,8 +37,8 @@ def write_split(root: Path, split: str, inputs, labels, puzzle_ids, puzzle_indic
         "pad_id": 0,
         "ignore_label_id": 0,
         "blank_identifier_id": 0,
-        "vocab_size": VOCAB,
-        "seq_len": SEQ_LEN,
+        "vocab_size": vocab_size,
+        "seq_len": inputs.shape[1],
         "num_puzzle_identifiers": num_ids,
         "total_groups": len(group_indices) - 1,
         "mean_puzzle_examples": len(inputs) / (len(puzzle_indices) - 1),
