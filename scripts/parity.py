@@ -492,7 +492,7 @@ def main(argv=None) -> int:
     parser.add_argument("--torch-device", choices=["cpu", "cuda"], default="cpu", help="where the reference runs "
                         "(default %(default)s; cuda: a GPU's arithmetic, where the original trains)")  # fmt: skip
     parser.add_argument("--compile", action="store_true", help="with --grads: the reference's training step under "
-                        "torch.compile, as the original trains (fused kernels round elsewhere than eager ones)")  # fmt: skip
+                        "torch.compile, as the original trains (its fused kernels round elsewhere)")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args(argv)
     if args.fixed_tolerances and args.fp64:
