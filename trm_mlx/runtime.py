@@ -210,8 +210,9 @@ def recompute_share(setting, backend: str) -> float:
 
 def lanes_here(requested, backend: str, ranks: int, batch_size: int | None, shared_blas: bool, cores: int) -> int:
     """The CPU lanes to run: on the CPU backend in a single process `requested`, where `auto` is AUTO_LANES if
-    the loaded BLAS shares its threads out among them (OpenBLAS, MKL), the process has that many cores and they split `batch_size` evenly (when given), else 1;
-    elsewhere 1 (a GPU runs its step as one graph, and ranks already split the batch)."""
+    the loaded BLAS shares its threads out among them (OpenBLAS, MKL), the process has that many cores and they
+    split `batch_size` evenly (when given), else 1; elsewhere 1 (a GPU runs its step as one graph, and ranks
+    already split the batch)."""
     if backend != "cpu" or ranks > 1:
         return 1
     if requested != "auto":
