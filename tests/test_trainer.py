@@ -289,6 +289,22 @@ def test_a_new_run_refuses_a_folder_that_holds_a_run(tiny_data, tmp_path):
         train_tiny(tiny_data, run, "max_steps=3")
 
 
+def test_resuming_a_run_at_its_last_step_trains_and_writes_nothing(tiny_data, tmp_path, capsys):
+    """A relay's segment after the run has ended (max_steps reached, or all its epochs) leaves the run as it is:
+    no step, no resume line in metrics.jsonl, no new state."""
+    run = tmp_path / "run"
+    train_tiny(tiny_data, run, "max_steps=11")
+    train_tiny(tiny_data, run, f"resume={run}")  # to the end of its 16 steps
+    for max_steps in ("max_steps=16", "max_steps=12"):
+        before = {path.name: path.read_bytes() for path in run.rglob("*") if path.is_file()}
+        result = train_tiny(tiny_data, run, max_steps, f"resume={run}")
+        assert result["step"] == 16 and result["train"] == {}
+        assert {path.name: path.read_bytes() for path in run.rglob("*") if path.is_file()} == before
+        assert "nothing to train: the run is at step 16" in capsys.readouterr().out
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines if '"resume"' in line] == [11]
+
+
 @pytest.mark.parametrize("field, value, expected", [
     ("seq_len", 7, "seq_len 7, the training data's is 6"),
     ("vocab_size", 6, "vocab_size 6, the training data's is 5"),
