@@ -265,3 +265,20 @@ def test_the_lease_script_packs_after_every_segment(tiny_data, tmp_path):
         unpack(tmp_path / "parts" / f"step_{step}", tmp_path / f"from_{step}")
         _, meta = saved_state(tmp_path / f"from_{step}")
         assert json.loads(meta)["step"] == step
+
+
+def test_the_lease_script_ends_where_the_run_ends(tiny_data, tmp_path):
+    """A lease longer than the run: segments of one step to max_steps=3, then one that finds nothing to train and
+    ends the lease without a resume line for it."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "relay_lease.sh"
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(script.parents[1]), "RELAY_EVERY": "1e-9"}
+    run = [f"data_paths=[{tiny_data}]", *TINY_RUN, "device=cpu", "epochs=4", "eval_interval=2", "+run_name=r",
+           "max_steps=3"]  # fmt: skip
+
+    lease = subprocess.run(["bash", script, "60", tmp_path / "machine", *run], capture_output=True, text=True,
+                           env=env, timeout=300)  # fmt: skip
+    assert lease.returncode == 0, lease.stderr
+    assert lease.stdout.count("stopped at step") == 3
+    assert "nothing to train: the run is at step 3, which is its last (3)" in lease.stdout
+    records = [json.loads(line) for line in (tmp_path / "machine" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "resume"] == [1, 2]

@@ -333,7 +333,7 @@ def _train(config: PretrainConfig, show_progress: bool, metrics_every: int, grou
     if config.resume is not None:
         load_train_state(find_train_state(config.resume), state, train_data, group)
     last_step = state.total_steps if config.max_steps is None else min(state.total_steps, config.max_steps)
-    if state.step >= last_step:  # e.g. a relay's next segment after the run's end: no step, no resume line
+    if config.resume is not None and state.step >= last_step:  # e.g. a relay's segment after the run's end
         log(f"nothing to train: the run is at step {state.step}, which is its last ({last_step})")
         return {"step": state.step, "train": {}, "eval": {}, "config": config}
     step_fn, compiled_state = make_train_step(state, config, runtime)
