@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> None:
         name, _, path = item.rpartition("=")
         if not name:
             parser.error(f"{item!r}: expected NAME=metrics.jsonl")
+        if name in runs:
+            parser.error(f"{name!r} names two runs: give each its own NAME")
         runs[name] = read_metrics(path)
     pairs = [tuple(pair.split("/")) for pair in args.pairs] if args.pairs else list(itertools.combinations(runs, 2))
     for pair in pairs:

@@ -41,3 +41,6 @@ def test_the_command_prints_both_tables_and_names_a_wrong_pair(runs, capsys):
     with pytest.raises(SystemExit):
         run_spread.main([f"a={runs['a']}", f"b={runs['b']}", "--pairs", "a/c"])
     assert "'a/c': expected A/B" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_spread.main([f"a={runs['a']}", f"a={runs['b']}"])
+    assert "'a' names two runs" in capsys.readouterr().err
