@@ -140,6 +140,27 @@ def test_sudoku_native_checkpoint_end_to_end(lanes, sudoku_build, tmp_path):
     assert rescored == {k: v for k, v in metrics.items() if k.startswith("Sudoku/")}
 
 
+def test_rescoring_counts_each_kind_of_board(sudoku_build, tmp_path):
+    """Re-scoring hand-made predictions of the 24 test puzzles, with the padding rows a saved file holds: 12 answers
+    equal to the labels, 6 with digits 1 and 2 swapped over the whole board (still a Sudoku, the clues 1 and 2
+    overwritten), 6 left as the puzzles (blanks: clues kept, not a Sudoku)."""
+    inputs = np.load(sudoku_build / "test" / "all__inputs.npy")
+    labels = np.load(sudoku_build / "test" / "all__labels.npy")
+    assert len(inputs) == 24
+    swapped = labels.copy()
+    swapped[labels == 2], swapped[labels == 3] = 3, 2  # tokens 2 and 3 are the digits 1 and 2
+    assert (np.isin(inputs[12:18], (2, 3))).any(axis=1).all()  # every swapped board overwrites a clue
+    preds = np.concatenate([labels[:12], swapped[12:18], inputs[18:]])
+    pad = np.zeros((8, inputs.shape[1]), inputs.dtype)  # padding rows: PAD inputs, whatever the model answered
+    rows = {"inputs": np.concatenate([inputs, pad]), "labels": np.concatenate([labels, pad]),
+            "preds": np.concatenate([preds, pad + 5])}  # fmt: skip
+    np.savez(tmp_path / "all_preds.0.npz", **rows)
+    metrics = run(EvalConfig(data_paths=[str(sudoku_build)], preds=str(tmp_path / "all_preds.0.npz"),
+                             output_dir=str(tmp_path / "rescored")))  # fmt: skip
+    assert metrics == {"Sudoku/count": 24, "Sudoku/exact_accuracy": 12 / 24, "Sudoku/valid": 12 / 24,
+                       "Sudoku/consistent": 18 / 24, "Sudoku/clues_kept": 18 / 24}  # fmt: skip
+
+
 def test_arc_original_checkpoint_end_to_end(arc_build, tmp_path, capsys):
     checkpoint = original_checkpoint(tmp_path, arc_build)
     out_dir = tmp_path / "out"

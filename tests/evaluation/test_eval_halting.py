@@ -13,6 +13,7 @@ from trm_mlx.evaluation import cli
 from trm_mlx.evaluation.boards import BoardEvaluator
 from trm_mlx.evaluation.loop import evaluate
 from trm_mlx.model import ACTLossHead, create_model
+from trm_mlx.runtime import Runtime
 
 TRM = "recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1"
 STEPS = 6
@@ -213,7 +214,15 @@ def test_the_tail_runs_in_smaller_batches(data):
     assert slots.shrink().tolist() == [1] and slots.busy()
 
 
-def test_a_set_smaller_than_the_batch_starts_in_a_smaller_one_on_a_cpu(data, runtime, monkeypatch):
+@pytest.fixture
+def cpu_runtime():
+    """A CPU runtime also where MLX's default device is a GPU, which it is again afterwards."""
+    previous = mx.default_device()
+    yield Runtime.create(device="cpu", cpu_lanes=1)
+    mx.set_default_device(previous)
+
+
+def test_a_set_smaller_than_the_batch_starts_in_a_smaller_one_on_a_cpu(data, cpu_runtime, monkeypatch):
     """11 examples, batch 32: the first step runs 12 rows (a multiple of 32 // 8), the answers as with batch 16."""
     from trm_mlx.evaluation import loop
 
@@ -226,9 +235,9 @@ def test_a_set_smaller_than_the_batch_starts_in_a_smaller_one_on_a_cpu(data, run
 
     monkeypatch.setattr(loop, "compiled_eval_step", recording)
     head = ACTLossHead(halting_model())
-    results = {size: evaluate(head, PuzzleDataset([str(data)], "test", global_batch_size=size), runtime,
+    results = {size: evaluate(head, PuzzleDataset([str(data)], "test", global_batch_size=size), cpu_runtime,
                               progress=False, halt_threshold=0.5) for size in (32, 16)}  # fmt: skip
-    assert runtime.backend == "cpu" and rows[0] == 12
+    assert rows[0] == 12
     assert results[32]["act_steps"] == results[16]["act_steps"]
     assert results[32]["all"]["exact_accuracy"] == results[16]["all"]["exact_accuracy"]
 
