@@ -49,7 +49,7 @@ def series(records: list[dict], kind: str, key: str, eval_set: str = "all") -> t
     return steps, values
 
 
-def plot(runs: dict[str, list[dict]], out: str | Path, title: str = "") -> Path:
+def draw(runs: dict[str, list[dict]], title: str = "") -> plt.Figure:
     """One figure, a panel per metric, a line per run; evaluations are dots, resumptions dotted vertical lines."""
     fig, axes = plt.subplots(2, 3, figsize=(15, 8), sharex=True, constrained_layout=True)
     for ax, (label, kind, key) in zip(axes.flat, PANELS):
@@ -67,6 +67,12 @@ def plot(runs: dict[str, list[dict]], out: str | Path, title: str = "") -> Path:
         axes.flat[0].legend()
     if title:
         fig.suptitle(textwrap.fill(title, 150))  # a long list of overrides stays inside the figure
+    return fig
+
+
+def plot(runs: dict[str, list[dict]], out: str | Path, title: str = "") -> Path:
+    """``draw``'s figure saved as a PNG at ``out``."""
+    fig = draw(runs, title)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

@@ -5,7 +5,7 @@ import json
 import matplotlib.image
 import pytest
 
-from scripts.plot_metrics import main, read_metrics, series
+from scripts.plot_metrics import PANELS, draw, main, read_metrics, series
 
 
 def test_a_relayed_runs_curves_are_drawn(tmp_path):
@@ -25,6 +25,20 @@ def test_a_relayed_runs_curves_are_drawn(tmp_path):
     main([f"ours={path}", f"theirs={path}", "--out", str(tmp_path / "curve.png")])
     image = matplotlib.image.imread(tmp_path / "curve.png")
     assert image.shape[0] > 400 and image.shape[1] > 800
+
+    # each panel: its metric's series for each run, the resumption as a dotted line per run
+    fig = draw({"ours": records, "theirs": records})
+    panels = {ax.get_title(): ax for ax in fig.axes}
+    assert list(panels) == [label for label, _, _ in PANELS]
+    for label, kind, key in PANELS:
+        lines = panels[label].get_lines()
+        curves = [line for line in lines if line.get_linestyle() != ":"]
+        assert [line.get_label() for line in curves] == ["ours", "theirs"], label
+        expected = series(records, kind, key)
+        for line in curves:
+            assert (list(line.get_xdata()), list(line.get_ydata())) == (expected[0], expected[1]), label
+        assert [list(line.get_xdata()) for line in lines if line.get_linestyle() == ":"] == [[150, 150]] * 2
+    assert panels[PANELS[0][0]].get_legend() is not None
 
     path.write_text("{not json\n")
     with pytest.raises(ValueError, match="metrics.jsonl:1: not a JSON line"):
