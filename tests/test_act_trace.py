@@ -90,10 +90,22 @@ def test_the_trace_agrees_with_the_evaluation_loop(tiny_data, tmp_path):
     assert first[2] - first[1] > 0.01  # far from rounding
     threshold = float(1 / (1 + np.exp(-logit)))
     simulated = next(r for r in rules(arrays, [threshold], []) if r["rule"] == f"q>{threshold:g}")
-    halting = evaluate(head, dataset(), runtime, progress=False, halt_threshold=threshold)
+    halting = evaluate(head, dataset(), runtime, progress=False, halt_threshold=threshold,
+                       save_outputs=["inputs", "preds", "steps"], save_dir=tmp_path / "halting")  # fmt: skip
     assert simulated["mean_act_steps"] == pytest.approx(halting["all"]["steps"])
     assert simulated["exact_accuracy"] == pytest.approx(halting["all"]["exact_accuracy"])
     assert 1 < simulated["mean_act_steps"] < steps
+    # row by row (the halting evaluation saves rows in the order they finish): each stops at the trace's first
+    # step over the threshold with that step's answer
+    stop = arrays["q_halt_logits"] > logit
+    stop[:, -1] = True
+    first = stop.argmax(axis=1)
+    with np.load(tmp_path / "halting" / "all_preds.0.npz") as saved:
+        order = [next(i for i, row in enumerate(arrays["inputs"]) if (row == inputs).all())
+                 for inputs in saved["inputs"]]  # fmt: skip
+        assert sorted(order) == list(range(len(first)))
+        np.testing.assert_array_equal(saved["steps"], first[order] + 1)
+        np.testing.assert_array_equal(saved["preds"], arrays["preds"][order, first[order]])
 
     # --steps runs on past the trained number: its first steps are the default trace's, and the rows go on from
     # there rather than starting over (the Q logit after step `steps` + 1 is not step 1's)
