@@ -26,6 +26,15 @@ def runtime() -> Runtime:
 
 
 @pytest.fixture
+def on_the_cpu():
+    """MLX's default device set to the CPU for the test, also on a GPU machine, then back to what it was."""
+    previous = mx.default_device()
+    mx.set_default_device(mx.cpu)
+    yield
+    mx.set_default_device(previous)
+
+
+@pytest.fixture
 def shared_data() -> Path:
     """The real benchmark data beside the checkout (../shared/data); tests that need it skip without it."""
     if not SHARED_DATA.is_dir():

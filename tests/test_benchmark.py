@@ -24,14 +24,7 @@ from trm_mlx.training.state import create_train_state
 
 SMALL_ARCH = ["arch.hidden_size=16", "arch.num_heads=2", "arch.halt_max_steps=2"]
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def cpu_device():
-    previous = mx.default_device()
-    mx.set_default_device(mx.cpu)
-    yield
-    mx.set_default_device(previous)
+pytestmark = pytest.mark.usefixtures("on_the_cpu")
 
 
 @pytest.mark.parametrize(

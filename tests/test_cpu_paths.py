@@ -17,17 +17,8 @@ from trm_mlx.lanes import cpu_cores
 from trm_mlx.model.layers import CastedLinear, SwiGLU
 from trm_mlx.runtime import CPU_TAPE_WIDTH, Runtime
 
+pytestmark = pytest.mark.usefixtures("on_the_cpu")  # the paths run on the CPU device, also on a GPU machine
 CPU = Runtime("cpu").execution
-
-
-@pytest.fixture(autouse=True)
-def on_the_cpu():
-    """The paths run on the CPU device, also where MLX's default device is a GPU (which it is again afterwards)."""
-    previous = mx.default_device()
-    mx.set_default_device(mx.cpu)
-    yield
-    mx.set_default_device(previous)
-
 
 HALF = {"bfloat16": mx.bfloat16, "float16": mx.float16}
 ULP = {"bfloat16": 2.0**-7, "float16": 2.0**-10}  # spacing at 1.0: an upper bound of one rounding, relative

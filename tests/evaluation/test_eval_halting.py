@@ -215,11 +215,9 @@ def test_the_tail_runs_in_smaller_batches(data):
 
 
 @pytest.fixture
-def cpu_runtime():
-    """A CPU runtime also where MLX's default device is a GPU, which it is again afterwards."""
-    previous = mx.default_device()
-    yield Runtime.create(device="cpu", cpu_lanes=1)
-    mx.set_default_device(previous)
+def cpu_runtime(on_the_cpu):
+    """A CPU runtime also where MLX's default device is a GPU."""
+    return Runtime.create(device="cpu", cpu_lanes=1)
 
 
 def test_a_set_smaller_than_the_batch_starts_in_a_smaller_one_on_a_cpu(data, cpu_runtime, monkeypatch):
