@@ -27,11 +27,9 @@ def runtime() -> Runtime:
 
 @pytest.fixture
 def on_the_cpu():
-    """MLX's default device set to the CPU for the test, also on a GPU machine, then back to what it was."""
-    previous = mx.default_device()
+    """MLX's default device set to the CPU for the test, also on a GPU machine (`restore_default_device` puts the
+    previous one back)."""
     mx.set_default_device(mx.cpu)
-    yield
-    mx.set_default_device(previous)
 
 
 @pytest.fixture

@@ -202,9 +202,9 @@ def emulate_rope_launch(backward, arrays, tables, shape, num_heads):
 
 
 @pytest.fixture
-def emulated(monkeypatch, request):
-    """Every kernel launch replaced by its emulation, so that the fused paths run "on CUDA" on the CPU device; counts
-    the launches."""
+def emulated(monkeypatch, on_the_cpu):
+    """Every kernel launch replaced by its emulation, so that the fused paths run "on CUDA" on the CPU device (exact
+    fp32 everywhere, also on a GPU machine: no TF32 matrix products); counts the launches."""
     launches = []
 
     def counted(name, fn):
@@ -215,9 +215,6 @@ def emulated(monkeypatch, request):
         return run
 
     monkeypatch.setattr(registry, "RESULTS", {})
-    default = mx.default_device()
-    mx.set_default_device(mx.cpu)  # exact fp32 everywhere, also on a GPU machine (no TF32 matrix products)
-    request.addfinalizer(lambda: mx.set_default_device(default))
     monkeypatch.setattr(norm, "rows_forward", counted("rows_fwd", lambda x, r, e: emulate_norm_forward(x, r, e, -1)))
     monkeypatch.setattr(
         norm, "rows_backward", counted("rows_bwd", lambda x, r, g, e: emulate_norm_backward(x, r, g, e, -1))

@@ -8,6 +8,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from devices import cpu_default_device
 from trm_mlx import kernels
 from trm_mlx.kernels import codegen, norm, registry, rope
 from trm_mlx.model import ACTLossHead, Execution, create_model
@@ -161,12 +162,8 @@ def test_model_step_fused_vs_reference(variant):
         mx.eval(loss, grads)
         return {"loss": loss, **dict(tree_flatten(grads))}
 
-    gpu = mx.default_device()
-    mx.set_default_device(mx.cpu)
-    try:
+    with cpu_default_device():
         truth = {k: np.array(v.astype(mx.float32)) for k, v in step(Runtime("cpu", "reference"), "float32").items()}
-    finally:
-        mx.set_default_device(gpu)
     gpu_reference = Runtime(codegen.GPU, "reference")
     gpu_fused = Runtime(codegen.GPU, "fused", fused_kernels("fused", codegen.GPU))
     for dtype, slack in (("float32", 1e-5), ("bfloat16", 1e-3)):

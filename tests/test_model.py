@@ -87,23 +87,18 @@ def _step_peak_memory(H_cycles: int) -> int:
     return mx.get_peak_memory() - base
 
 
-def test_no_gradient_cycles_hold_no_memory(monkeypatch):
+def test_no_gradient_cycles_hold_no_memory(monkeypatch, on_the_cpu):
     """A training step's peak memory must not grow with H_cycles: the no-grad cycles' graph is released.
 
     Measured on the CPU device everywhere: a GPU queues a step this small whole before it can release any buffer
     (tests/test_recompute.py), which says nothing about the graph."""
-    default = mx.default_device()
-    mx.set_default_device(mx.cpu)
-    try:
-        short, long = _step_peak_memory(1), _step_peak_memory(4)
-        assert long < 1.05 * short, (short, long)
-        # Control: without the stop_gradient the same measurement grows, so the check above can fail.
-        no_stop = types.SimpleNamespace(**{k: getattr(mx, k) for k in dir(mx) if not k.startswith("__")})
-        no_stop.stop_gradient = lambda x: x
-        monkeypatch.setattr(trm_module, "mx", no_stop)
-        assert _step_peak_memory(4) > 1.5 * short
-    finally:
-        mx.set_default_device(default)
+    short, long = _step_peak_memory(1), _step_peak_memory(4)
+    assert long < 1.05 * short, (short, long)
+    # Control: without the stop_gradient the same measurement grows, so the check above can fail.
+    no_stop = types.SimpleNamespace(**{k: getattr(mx, k) for k in dir(mx) if not k.startswith("__")})
+    no_stop.stop_gradient = lambda x: x
+    monkeypatch.setattr(trm_module, "mx", no_stop)
+    assert _step_peak_memory(4) > 1.5 * short
 
 
 def test_embedding_gradient_sums_every_row_exactly():

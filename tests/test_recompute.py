@@ -1,8 +1,6 @@
 """Block recomputation (`recompute: blocks`): the same gradients as autodiff keeping every activation, for a
 fraction of the memory, under the compiled train step as trm-train runs it."""
 
-import contextlib
-
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -12,6 +10,7 @@ from trm_mlx.model import ACTLossHead, create_model
 from trm_mlx.model.layers import recompute_plan
 from trm_mlx.runtime import Runtime, recompute_share, set_memory_limit, use_device
 
+from devices import cpu_default_device
 from test_model import tiny_arch
 
 
@@ -55,17 +54,6 @@ def compiled_gradients(recompute: float, rows: int = 48, **overrides):
     return loss.item(), dict(tree_flatten(weight_grads)) | {"puzzle_rows": row_grads}, peak
 
 
-@contextlib.contextmanager
-def on_the_cpu():
-    """MLX's default device set to the CPU for the block, then back to what it was."""
-    previous = mx.default_device()
-    mx.set_default_device(mx.cpu)
-    try:
-        yield
-    finally:
-        mx.set_default_device(previous)
-
-
 @pytest.mark.parametrize("variant", [dict(pos_encodings="rope"), dict(mlp_t=True, pos_encodings="none")])
 def test_recomputed_blocks_give_the_same_gradients_for_less_memory(variant):
     loss, grads, peak = compiled_gradients(0.0, **variant)
@@ -79,7 +67,7 @@ def test_recomputed_blocks_give_the_same_gradients_for_less_memory(variant):
     # on the CPU device: a GPU queues a step this small whole before it can release any buffer, so both peaks are
     # the same there (the paper-size figures are in docs/BENCHMARKS.md).
     if mx.default_device() != mx.cpu:
-        with on_the_cpu():
+        with cpu_default_device():
             peak, peak_rc = [compiled_gradients(share, **variant)[2] for share in (0.0, 1.0)]
     assert peak_rc < 0.6 * peak, (peak_rc, peak)
 
@@ -121,7 +109,7 @@ def test_a_share_of_the_blocks_recomputes_that_share(monkeypatch):
         for name, value in grads.items():
             np.testing.assert_allclose(np.array(value), np.array(expected[name]), rtol=1e-5, atol=1e-7, err_msg=name)
     if mx.default_device() != mx.cpu:  # peaks on the CPU device, as in the test above
-        with on_the_cpu():
+        with cpu_default_device():
             peaks = {share: compiled_gradients(share)[2] for share in peaks}
     assert peaks[1.0] < peaks[0.3] < peaks[0.0], peaks
 
@@ -151,15 +139,14 @@ def test_a_memory_limit_lowers_the_peak_not_the_numbers():
     the host waits for queued work past the limit, so a step's peak drops towards its working set (the queue
     holds dead intermediates) with the same gradients. On the CPU device, whose queue of a step this small is long
     enough to show it (a GPU's is not, and its paper-size figures are in docs/BENCHMARKS.md)."""
-    default_limit, default_device = mx.get_memory_limit(), mx.default_device()
-    mx.set_default_device(mx.cpu)
+    default_limit = mx.get_memory_limit()
     try:
-        loss, grads, peak = compiled_gradients(0.0)
-        set_memory_limit((mx.get_active_memory() + 0.5 * peak) / 2**30)
-        loss_limited, grads_limited, peak_limited = compiled_gradients(0.0)
+        with cpu_default_device():
+            loss, grads, peak = compiled_gradients(0.0)
+            set_memory_limit((mx.get_active_memory() + 0.5 * peak) / 2**30)
+            loss_limited, grads_limited, peak_limited = compiled_gradients(0.0)
     finally:
         mx.set_memory_limit(default_limit)
-        mx.set_default_device(default_device)
     assert loss_limited == loss
     for name, grad in grads.items():
         np.testing.assert_array_equal(np.array(grads_limited[name]), np.array(grad), err_msg=name)
