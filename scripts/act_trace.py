@@ -174,7 +174,9 @@ def final_answer_steps(correct: np.ndarray) -> np.ndarray:
     return wrong_after + 2  # 1-based step after the last wrong one
 
 
-def figure(results: list[dict], correct: np.ndarray, path: Path, title: str) -> None:
+def draw(results: list[dict], correct: np.ndarray, title: str) -> plt.Figure:
+    """Exact accuracy against mean ACT steps, a line per family of rules; beside it, for the rows solved after the
+    last step, the step from which their answer stayed right."""
     fig, (trade, first) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     families: dict[str, list[dict]] = {}  # "cap", "q>t" (alone and with caps), each "unchanged k", the give-ups
     for r in results:
@@ -200,8 +202,7 @@ def figure(results: list[dict], correct: np.ndarray, path: Path, title: str) -> 
     for ax in (trade, first):
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=9)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -241,7 +242,9 @@ def main(argv: list[str] | None = None) -> None:
     for r in results:
         print(json.dumps(r))
     title = f"{Path(args.checkpoint).name} on {Path(args.data).name} ({len(arrays['labels'])} test examples)"
-    figure(results, correct_by_step(arrays), out / "act_trace.png", title)
+    fig = draw(results, correct_by_step(arrays), title)
+    fig.savefig(out / "act_trace.png", dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

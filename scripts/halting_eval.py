@@ -60,7 +60,7 @@ def run(checkpoint: str, data: str, thresholds: list[float], batch_size: int, li
     return records
 
 
-def figure(records: list[dict], path: Path, title: str) -> None:
+def draw(records: list[dict], title: str) -> plt.Figure:
     """Exact accuracy against mean ACT steps, one point per rule; beside it how many examples halted at each step."""
     fig, (points, spread) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     halting = [i for i, r in enumerate(records) if r["act_steps"]]
@@ -81,8 +81,7 @@ def figure(records: list[dict], path: Path, title: str) -> None:
     for ax in (points, spread):
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=9)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -104,7 +103,9 @@ def main(argv: list[str] | None = None) -> None:
         records = run(args.checkpoint, args.data, args.thresholds, args.batch_size, args.limit, args.forward_dtype)
         (out / "halting.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     title = f"{Path(args.checkpoint).name} on {Path(args.data).name} ({records[0]['examples']} test examples)"
-    figure(records, out / "halting.png", title)
+    fig = draw(records, title)
+    fig.savefig(out / "halting.png", dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -4,12 +4,13 @@ the evaluation loop's own halt=max and halt=q runs; rules on a hand-made trace."
 import json
 
 import matplotlib.image
+import matplotlib.pyplot as plt
 import mlx.core as mx
 import numpy as np
 import pytest
 
 import trm_mlx
-from scripts.act_trace import (cells_changed, correct_by_step, final_answer_steps, give_up_rules, main, rule_result,
+from scripts.act_trace import (cells_changed, correct_by_step, draw, final_answer_steps, give_up_rules, main, rule_result,
                                rules, trace, unchanged_for)
 from tiny_runs import train_tiny
 from trm_mlx.checkpoint import save_native
@@ -54,6 +55,21 @@ def test_rules_on_a_hand_made_trace():
         ("q>0.5, give up on a moving answer: step 1, >= 1 cells changed", 1.0, pytest.approx(1 / 3)),
         ("q>0.5, give up on a moving answer: step 2, >= 1 cells changed", pytest.approx(5 / 3), pytest.approx(2 / 3)),
     ]
+
+
+def test_the_figure_draws_the_rules_and_the_final_answer_steps():
+    arrays = _hand_trace()
+    fig = draw(rules(arrays, thresholds=[0.5], patience=[1], caps=[2]), correct_by_step(arrays), "hand-made")
+    trade, first = fig.axes
+    lines = {line.get_label(): line for line in trade.get_lines()}
+    # caps 1..3: rows 0 and 2 right from step 2 on, row 2 alone at step 1
+    np.testing.assert_allclose(lines["every row stops at step s"].get_xydata(), [[1, 1 / 3], [2, 2 / 3], [3, 2 / 3]])
+    # q > 0.5 stops rows at 2, 3, 1 (2 steps on average), with cap 2 at 2, 2, 1; rows 0 and 2 right either way
+    np.testing.assert_allclose(lines["q>0.5, with caps"].get_xydata(), [[5 / 3, 2 / 3], [2, 2 / 3]])
+    # the solved rows' answers stay right from step 2 (row 0) and step 1 (row 2)
+    assert [bar.get_height() for bar in first.patches] == [1, 1, 0]
+    assert fig.get_suptitle() == "hand-made"
+    plt.close(fig)
 
 
 def test_the_trace_agrees_with_the_evaluation_loop(tiny_data, tmp_path):
