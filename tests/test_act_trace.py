@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import trm_mlx
-from scripts.act_trace import (cells_changed, correct_by_step, draw, final_answer_steps, give_up_rules, main, rule_result,
-                               rules, trace, unchanged_for)
+from scripts.act_trace import (cells_changed, correct_by_step, draw, final_answer_steps, give_up_rules, main,
+                               rule_result, rules, trace, unchanged_for)
 from tiny_runs import train_tiny
 from trm_mlx.checkpoint import save_native
 from trm_mlx.data import PuzzleDataset

@@ -37,7 +37,8 @@ def test_the_figure_draws_each_protocol_and_its_halting_steps():
     fig = draw(records, "hand-made")
     points, spread = fig.axes
     assert [c.get_offsets().tolist() for c in points.collections] == [[[3.0, 0.5]], [[1.75, 0.25]], [[2.75, 0.5]]]
-    assert [t.get_text() for t in points.get_legend().get_texts()] == ["max: 10 ex/s", "q>0.5: 20 ex/s", "q>0.9: 15 ex/s"]
+    labels = [t.get_text() for t in points.get_legend().get_texts()]
+    assert labels == ["max: 10 ex/s", "q>0.5: 20 ex/s", "q>0.9: 15 ex/s"]
     # two halting protocols side by side at each step: bars 0.4 wide, centred 0.2 left and right of the step
     bars = [(bar.get_x() + bar.get_width() / 2, bar.get_height()) for bar in spread.patches]
     np.testing.assert_allclose(bars, [[0.8, 2], [1.8, 1], [2.8, 1], [2.2, 1], [3.2, 3]])
