@@ -33,6 +33,7 @@ load_fast_blas()  # before MLX loads
 import mlx.core as mx  # noqa: E402
 
 import trm_mlx  # noqa: E402
+from scripts.plot_metrics import save  # noqa: E402
 from trm_mlx.data import PuzzleDataset  # noqa: E402
 from trm_mlx.data.dataset import IGNORE_LABEL_ID  # noqa: E402
 from trm_mlx.evaluation.boards import real_rows  # noqa: E402
@@ -242,9 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     for r in results:
         print(json.dumps(r))
     title = f"{Path(args.checkpoint).name} on {Path(args.data).name} ({len(arrays['labels'])} test examples)"
-    fig = draw(results, correct_by_step(arrays), title)
-    fig.savefig(out / "act_trace.png", dpi=110)
-    plt.close(fig)
+    save(draw(results, correct_by_step(arrays), title), out / "act_trace.png")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from trm_mlx.blas import load_fast_blas  # noqa: E402
 load_fast_blas()  # before MLX loads
 
 import trm_mlx  # noqa: E402
+from scripts.plot_metrics import save  # noqa: E402
 from trm_mlx.data import PuzzleDataset  # noqa: E402
 from trm_mlx.evaluation.loop import evaluate  # noqa: E402
 from trm_mlx.model import ACTLossHead  # noqa: E402
@@ -103,9 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         records = run(args.checkpoint, args.data, args.thresholds, args.batch_size, args.limit, args.forward_dtype)
         (out / "halting.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     title = f"{Path(args.checkpoint).name} on {Path(args.data).name} ({records[0]['examples']} test examples)"
-    fig = draw(records, title)
-    fig.savefig(out / "halting.png", dpi=110)
-    plt.close(fig)
+    save(draw(records, title), out / "halting.png")
 
 
 if __name__ == "__main__":

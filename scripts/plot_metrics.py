@@ -70,14 +70,18 @@ def draw(runs: dict[str, list[dict]], title: str = "") -> plt.Figure:
     return fig
 
 
-def plot(runs: dict[str, list[dict]], out: str | Path, title: str = "") -> Path:
-    """``draw``'s figure saved as a PNG at ``out``."""
-    fig = draw(runs, title)
+def save(fig: plt.Figure, out: str | Path) -> Path:
+    """``fig`` written as a PNG at ``out`` (its folder made if need be), then closed."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def plot(runs: dict[str, list[dict]], out: str | Path, title: str = "") -> Path:
+    """``draw``'s figure saved as a PNG at ``out``."""
+    return save(draw(runs, title), out)
 
 
 def main(argv: list[str] | None = None) -> None:
