@@ -339,7 +339,7 @@ def _train(config: PretrainConfig, show_progress: bool, metrics_every: int, grou
     step_fn, compiled_state = make_train_step(state, config, runtime)
     update_ema = make_ema_update(config.ema_rate)
 
-    logger = RunLogger(config, last_step, initial_step=min(state.step, last_step),
+    logger = RunLogger(config, last_step, initial_step=state.step,
                        show_progress=show_progress, primary=primary, metrics_every=metrics_every)  # fmt: skip
     logger.log({"num_params": num_params(state.head)}, step=0)
     if config.checkpoint_path is not None and primary:
